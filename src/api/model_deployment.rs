@@ -1,0 +1,405 @@
+//! `ModelDeployment`: one model, served by one runtime, on the GPUs it asks for.
+//!
+//! Field names and meanings of the original Go project are kept (`modelURI`, `runtime`,
+//! `resources`, `validateScript`, `autoscale`, `version`, `runtimeImage`) so its YAML applies
+//! unchanged; everything else is an optional extension. Doc comments here become
+//! `kubectl explain` text, so they are written for users.
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a served model.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "mlops.sathvik.dev",
+    version = "v1",
+    kind = "ModelDeployment",
+    plural = "modeldeployments",
+    shortname = "md",
+    category = "ml",
+    namespaced,
+    status = "ModelDeploymentStatus",
+    printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Replicas whose model answers, of those wanted"}"#,
+    printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".spec.gpu.count","description":"GPUs per replica"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Children are named NAME-service and NAME-validate-<8 hex>; Job pods carry the Job's
+    // name as a label value, which is limited to 63 characters.
+    validation = Rule::new("size(self.metadata.name) <= 45").message("metadata.name must be at most 45 characters, so that the names of the Service and validation Job derived from it stay valid"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]')").message("metadata.name must start with a lowercase letter, because it names a Service"),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.metric) || self.autoscaling.metric != 'gpu-utilization' || has(self.gpu)").message("autoscaling.metric gpu-utilization needs spec.gpu: a model without GPUs has no GPU utilisation to scale on").field_path(".autoscaling.metric"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.metric) || self.autoscaling.metric != 'inference-queue' || self.runtime in ['triton', 'torchserve']").message("autoscaling.metric inference-queue needs a runtime that reports queue time (triton or torchserve)").field_path(".autoscaling.metric"),
+    validation = Rule::new("!has(self.gpu) || !has(self.resources) || ((!has(self.resources.limits) || !self.resources.limits.exists(k, k.startsWith('nvidia.com/'))) && (!has(self.resources.requests) || !self.resources.requests.exists(k, k.startsWith('nvidia.com/'))))").message("resources must not name nvidia.com/* resources when gpu is set: gpu.count sets them").field_path(".resources"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.target) || (has(self.autoscaling.metric) && self.autoscaling.metric == 'inference-queue') || self.autoscaling.target <= 100").message("autoscaling.target is a percentage for gpu-utilization and cpu, so it must be between 1 and 100").field_path(".autoscaling.target"),
+)]
+pub struct ModelDeploymentSpec {
+    /// Where the model artifact lives: `https://…`, `http://…`, `s3://bucket/key`,
+    /// `gs://bucket/key` or `pvc://claim/path`. A key ending in `/` is a prefix whose objects
+    /// are all fetched; `.tar`, `.tar.gz` and `.tgz` archives are unpacked. An optional
+    /// `#sha256=<hex>` suffix is verified after download. For Triton this is a model directory
+    /// (config.pbtxt and numbered versions); for TorchServe a `.mar` archive.
+    #[serde(rename = "modelURI")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^(https?|s3|gs|pvc)://[^/]+')").message("modelURI must be an http://, https://, s3://, gs:// or pvc:// URI with a host, bucket or claim"),
+        validation = Rule::new("!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')").message("a pvc:// modelURI must name a PersistentVolumeClaim (a DNS label) before the path: pvc://claim/path"),
+    )]
+    pub model_uri: String,
+
+    /// Inference server that serves the model: `triton`, `torchserve` or `fastapi-pytorch`.
+    pub runtime: Runtime,
+
+    /// CPU and memory for the runtime container, as in a Pod. GPUs are asked for with
+    /// `gpu`, not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Script run against the fetched model before a version is served, in the runtime image,
+    /// with `MODEL_URI` and `MODEL_PATH` set. A relative path is looked up in the model
+    /// directory first, then in the image. `.py` runs with python3, `.sh` with sh. Only when
+    /// it succeeds is the Deployment moved to the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub validate_script: Option<String>,
+
+    /// Scale replicas with a HorizontalPodAutoscaler, bounded and driven by `autoscaling`.
+    #[serde(default)]
+    pub autoscale: bool,
+
+    /// Version label of the model. A change rolls the Deployment out (after validation, when
+    /// `validateScript` is set); `status.version` is the version now serving.
+    #[serde(default = "default_version")]
+    #[schemars(
+        length(min = 1, max = 63),
+        pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
+    pub version: String,
+
+    /// Image that replaces the runtime's pinned default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub runtime_image: Option<String>,
+
+    /// Name of the model inside the runtime (Triton repository entry, TorchServe model name).
+    /// Defaults to `metadata.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub model_name: Option<String>,
+
+    /// Replicas when `autoscale` is false.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// GPUs each replica needs and where they may come from. Without it the model runs on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuSpec>,
+
+    /// Bounds, metric and target of the HorizontalPodAutoscaler when `autoscale` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Node labels the pods must match, merged with the GPU placement's own affinity.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Extra tolerations; the `nvidia.com/gpu` NoSchedule toleration is added for GPU models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Pod affinity and anti-affinity, and node affinity terms combined with the GPU placement's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Environment of the runtime and model-fetch containers (object-store credentials go here).
+    /// A variable named here replaces the operator's variable of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Arguments appended to the runtime's command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_args: Vec<String>,
+}
+
+fn default_version() -> String {
+    "v1".to_owned()
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The inference servers the operator knows how to run and probe.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// NVIDIA Triton Inference Server (KServe v2 HTTP and gRPC).
+    Triton,
+    /// PyTorch TorchServe (inference and management APIs).
+    Torchserve,
+    /// The project's FastAPI + PyTorch server (`inference/`).
+    FastapiPytorch,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 3] = [
+        Runtime::Triton,
+        Runtime::Torchserve,
+        Runtime::FastapiPytorch,
+    ];
+
+    /// The spelling used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Triton => "triton",
+            Runtime::Torchserve => "torchserve",
+            Runtime::FastapiPytorch => "fastapi-pytorch",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// GPUs for each replica.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.sharing != 'mig' || has(self.migProfile)").message("migProfile is required when sharing is mig, e.g. 1g.10gb").field_path(".migProfile"),
+    validation = Rule::new("!has(self.migProfile) || self.sharing == 'mig'").message("migProfile may only be set when sharing is mig").field_path(".migProfile"),
+)]
+pub struct GpuSpec {
+    /// GPUs (or MIG slices) per replica: the `nvidia.com/gpu` (or `nvidia.com/mig-<profile>`)
+    /// limit.
+    #[serde(default = "default_gpu_count")]
+    #[schemars(range(min = 1, max = 64))]
+    pub count: i32,
+
+    /// Acceptable GPU products, as the `nvidia.com/gpu.product` node label spells them (e.g.
+    /// `NVIDIA-A100-SXM4-80GB`, `Tesla-T4`). Time-sliced (`-SHARED`) and MIG (`-MIG-<profile>`)
+    /// variants of a product are matched as well when `sharing` asks for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
+    pub products: Vec<String>,
+
+    /// Least memory per GPU in MiB, matched against the `nvidia.com/gpu.memory` node label
+    /// (for MIG, the slice's `nvidia.com/mig-<profile>.memory`).
+    #[serde(
+        default,
+        rename = "minMemoryMiB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1))]
+    pub min_memory_mib: Option<i64>,
+
+    /// How the GPU is shared: `exclusive` (whole GPUs), `time-sliced` (device-plugin replicas)
+    /// or `mig` (a Multi-Instance GPU slice; needs `migProfile`).
+    #[serde(default)]
+    pub sharing: GpuSharing,
+
+    /// MIG profile such as `1g.10gb`; the pod then asks for `nvidia.com/mig-<profile>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[1-7]g\.[0-9]+gb$"))]
+    pub mig_profile: Option<String>,
+}
+
+fn default_gpu_count() -> i32 {
+    1
+}
+
+/// How a replica's GPU is shared with other pods.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuSharing {
+    /// Whole GPUs, used by this pod alone.
+    #[default]
+    Exclusive,
+    /// Time-sliced replicas of a GPU advertised by the device plugin; compute is shared.
+    TimeSliced,
+    /// A Multi-Instance GPU slice with its own memory and compute.
+    Mig,
+}
+
+/// The HorizontalPodAutoscaler's bounds and what it scales on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not be greater than maxReplicas").field_path(".minReplicas"),
+)]
+pub struct AutoscalingSpec {
+    /// Fewest replicas.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most replicas.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// What to scale on: `gpu-utilization` (the default with `gpu`; measured by the node agent),
+    /// `cpu` (the default without), or `inference-queue` (the runtime's queue time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<ScalingMetric>,
+
+    /// Target per replica: a percentage for `gpu-utilization` (default 70) and `cpu` (default
+    /// 80), microseconds of queue time for `inference-queue` (default 50000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target: Option<i32>,
+
+    /// Seconds the HPA waits before scaling down after load drops (Kubernetes' default is 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_max_replicas() -> i32 {
+    4
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            metric: None,
+            target: None,
+            scale_down_stabilization_seconds: None,
+        }
+    }
+}
+
+/// A metric the HorizontalPodAutoscaler can scale on.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScalingMetric {
+    /// Average GPU utilisation (percent) of the GPUs each pod holds.
+    GpuUtilization,
+    /// Average CPU utilisation (percent of the CPU request).
+    Cpu,
+    /// Average time requests wait in the runtime's queue (microseconds).
+    InferenceQueue,
+}
+
+/// Observed state, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    /// Coarse lifecycle: Pending, Validating, Deploying, Ready or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// What is happening, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The model version now serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Replicas of the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Replicas whose pods are Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Replicas whose model answers the runtime's model-readiness API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_ready_replicas: Option<i32>,
+
+    /// `modelReadyReplicas/replicas`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+
+    /// In-cluster address of the model's Service (`NAME-service.NAMESPACE.svc:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// The model as the runtime reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelInfo>,
+
+    /// Validated, GPUCapacity, ModelReady, Available and Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Coarse lifecycle of a ModelDeployment, kept from the original project.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; nothing has run yet, or pods are waiting for capacity.
+    Pending,
+    /// The validation Job for a new version is running.
+    Validating,
+    /// The Deployment is rolling out or its model is loading.
+    Deploying,
+    /// Every wanted replica serves the model.
+    Ready,
+    /// Validation failed or the spec cannot be served; see `message` and conditions.
+    Failed,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Model metadata as reported by the runtime.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    /// Model name inside the runtime.
+    pub name: String,
+    /// Framework or backend (e.g. `onnxruntime_onnx`, `python`, `Torch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Versions the runtime has loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
+    /// Input tensors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<TensorInfo>,
+    /// Output tensors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<TensorInfo>,
+}
+
+/// A model input or output tensor.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+pub struct TensorInfo {
+    /// Tensor name.
+    pub name: String,
+    /// Element type, e.g. `FP32`.
+    pub datatype: String,
+    /// Dimensions; -1 is variable.
+    #[serde(default)]
+    pub shape: Vec<i64>,
+}

@@ -1,0 +1,300 @@
+//! What a `modelURI` names: an HTTP(S) file, an object-store object or prefix, a path on a
+//! PersistentVolumeClaim, or (for `model-operator fetch` run by hand) a local file. Shared by
+//! validation, the builders and the fetcher so that all three read a URI the same way.
+
+use std::fmt;
+
+use url::Url;
+
+/// A parsed `modelURI`, with its optional `#sha256=<hex>` checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUri {
+    pub source: ModelSource,
+    pub sha256: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Http(Url),
+    ObjectStore {
+        store: ObjectStoreKind,
+        bucket: String,
+        /// Object key; ends with `/` when it names a prefix.
+        key: String,
+    },
+    Pvc {
+        claim: String,
+        /// Path inside the claim, without a leading `/`; empty for the claim's root.
+        path: String,
+    },
+    File(std::path::PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectStoreKind {
+    S3,
+    Gcs,
+}
+
+impl ObjectStoreKind {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ObjectStoreKind::S3 => "s3",
+            ObjectStoreKind::Gcs => "gs",
+        }
+    }
+}
+
+/// How the fetched artifact lands on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactShape {
+    /// One file, kept under its own name.
+    File { file_name: String },
+    /// A directory tree: an unpacked archive, every object under a prefix, or a claim path.
+    Directory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("{0:?} is not a URI: {1}")]
+    Malformed(String, String),
+    #[error("scheme {0:?} is not supported; use http, https, s3, gs or pvc")]
+    UnsupportedScheme(String),
+    #[error("{0:?} names no bucket or claim")]
+    MissingHost(String),
+    #[error("{0:?} names no object: add a key after the bucket")]
+    MissingKey(String),
+    #[error("checksum fragment must be #sha256=<64 hex digits>, found {0:?}")]
+    BadChecksum(String),
+}
+
+/// Where cluster pods may fetch from: everything but local files.
+pub const CLUSTER_SCHEMES: [&str; 5] = ["http", "https", "s3", "gs", "pvc"];
+
+impl ModelUri {
+    pub fn parse(uri: &str) -> Result<Self, UriError> {
+        let (base, fragment) = match uri.split_once('#') {
+            Some((base, fragment)) => (base, Some(fragment)),
+            None => (uri, None),
+        };
+        let sha256 = fragment.map(parse_checksum).transpose()?;
+        let url =
+            Url::parse(base).map_err(|e| UriError::Malformed(uri.to_owned(), e.to_string()))?;
+        let host = url.host_str().unwrap_or("").to_owned();
+        let path = url.path().trim_start_matches('/').to_owned();
+        let source = match url.scheme() {
+            "http" | "https" => {
+                if host.is_empty() {
+                    return Err(UriError::MissingHost(uri.to_owned()));
+                }
+                ModelSource::Http(url)
+            }
+            scheme @ ("s3" | "gs") => {
+                if host.is_empty() {
+                    return Err(UriError::MissingHost(uri.to_owned()));
+                }
+                if path.is_empty() {
+                    return Err(UriError::MissingKey(uri.to_owned()));
+                }
+                let store = if scheme == "s3" {
+                    ObjectStoreKind::S3
+                } else {
+                    ObjectStoreKind::Gcs
+                };
+                ModelSource::ObjectStore {
+                    store,
+                    bucket: host,
+                    key: path,
+                }
+            }
+            "pvc" => {
+                if host.is_empty() {
+                    return Err(UriError::MissingHost(uri.to_owned()));
+                }
+                ModelSource::Pvc {
+                    claim: host,
+                    path: path.trim_end_matches('/').to_owned(),
+                }
+            }
+            "file" => ModelSource::File(
+                url.to_file_path()
+                    .map_err(|()| UriError::Malformed(uri.to_owned(), "not a local path".into()))?,
+            ),
+            other => return Err(UriError::UnsupportedScheme(other.to_owned())),
+        };
+        Ok(Self { source, sha256 })
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        match &self.source {
+            ModelSource::Http(url) if url.scheme() == "http" => "http",
+            ModelSource::Http(_) => "https",
+            ModelSource::ObjectStore { store, .. } => store.scheme(),
+            ModelSource::Pvc { .. } => "pvc",
+            ModelSource::File(_) => "file",
+        }
+    }
+
+    /// Whether the artifact is one file or a tree once fetched.
+    pub fn shape(&self) -> ArtifactShape {
+        let last = match &self.source {
+            ModelSource::Http(url) => url
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or(""),
+            ModelSource::ObjectStore { key, .. } if key.ends_with('/') => {
+                return ArtifactShape::Directory;
+            }
+            ModelSource::ObjectStore { key, .. } => key.rsplit('/').next().unwrap_or(""),
+            // A claim path is mounted as it is: a file when its name has an extension.
+            ModelSource::Pvc { path, .. } => {
+                let last = path.rsplit('/').next().unwrap_or("");
+                return if last.contains('.') {
+                    ArtifactShape::File {
+                        file_name: last.to_owned(),
+                    }
+                } else {
+                    ArtifactShape::Directory
+                };
+            }
+            ModelSource::File(path) => path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+        };
+        if is_archive(last) {
+            ArtifactShape::Directory
+        } else if last.is_empty() {
+            ArtifactShape::File {
+                file_name: "model".to_owned(),
+            }
+        } else {
+            ArtifactShape::File {
+                file_name: last.to_owned(),
+            }
+        }
+    }
+}
+
+impl fmt::Display for ModelUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            ModelSource::Http(url) => write!(f, "{url}"),
+            ModelSource::ObjectStore { store, bucket, key } => {
+                write!(f, "{}://{bucket}/{key}", store.scheme())
+            }
+            ModelSource::Pvc { claim, path } => write!(f, "pvc://{claim}/{path}"),
+            ModelSource::File(path) => write!(f, "file://{}", path.display()),
+        }
+    }
+}
+
+/// Tar archives are unpacked by the fetcher; everything else is stored as it is (a TorchServe
+/// `.mar` is a zip that TorchServe opens itself).
+pub fn is_archive(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz")
+}
+
+fn parse_checksum(fragment: &str) -> Result<[u8; 32], UriError> {
+    let bad = || UriError::BadChecksum(fragment.to_owned());
+    let hex_digits = fragment.strip_prefix("sha256=").ok_or_else(bad)?;
+    let bytes = hex::decode(hex_digits).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_file_keeps_its_name() {
+        let uri = ModelUri::parse("https://dummy.com/dummy_model.pt").unwrap();
+        assert_eq!(uri.scheme(), "https");
+        assert_eq!(
+            uri.shape(),
+            ArtifactShape::File {
+                file_name: "dummy_model.pt".into()
+            }
+        );
+        assert_eq!(uri.sha256, None);
+    }
+
+    #[test]
+    fn archives_and_prefixes_are_directories() {
+        for uri in [
+            "s3://models/resnet/",
+            "gs://b/triton/resnet.tar.gz",
+            "https://h/m.tgz",
+            "pvc://models/resnet",
+        ] {
+            assert_eq!(
+                ModelUri::parse(uri).unwrap().shape(),
+                ArtifactShape::Directory,
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn object_store_uri_splits_bucket_and_key() {
+        let uri = ModelUri::parse("s3://bucket/path/to/model.mar").unwrap();
+        assert_eq!(
+            uri.source,
+            ModelSource::ObjectStore {
+                store: ObjectStoreKind::S3,
+                bucket: "bucket".into(),
+                key: "path/to/model.mar".into()
+            }
+        );
+        assert_eq!(uri.to_string(), "s3://bucket/path/to/model.mar");
+    }
+
+    #[test]
+    fn pvc_uri_names_claim_and_path() {
+        let uri = ModelUri::parse("pvc://model-cache/llama/7b/").unwrap();
+        assert_eq!(
+            uri.source,
+            ModelSource::Pvc {
+                claim: "model-cache".into(),
+                path: "llama/7b".into()
+            }
+        );
+        assert_eq!(uri.shape(), ArtifactShape::Directory);
+        let file = ModelUri::parse("pvc://model-cache/mars/bert.mar").unwrap();
+        assert_eq!(
+            file.shape(),
+            ArtifactShape::File {
+                file_name: "bert.mar".into()
+            }
+        );
+    }
+
+    #[test]
+    fn checksum_fragment_is_decoded() {
+        let digest = "a".repeat(64);
+        let uri = ModelUri::parse(&format!("https://h/m.pt#sha256={digest}")).unwrap();
+        assert_eq!(uri.sha256, Some([0xaa; 32]));
+        assert_eq!(
+            ModelUri::parse("https://h/m.pt#md5=00"),
+            Err(UriError::BadChecksum("md5=00".into()))
+        );
+        assert_eq!(
+            ModelUri::parse("https://h/m.pt#sha256=abc"),
+            Err(UriError::BadChecksum("sha256=abc".into()))
+        );
+    }
+
+    #[test]
+    fn unsupported_and_incomplete_uris_are_refused() {
+        assert_eq!(
+            ModelUri::parse("ftp://h/m.pt"),
+            Err(UriError::UnsupportedScheme("ftp".into()))
+        );
+        assert_eq!(
+            ModelUri::parse("s3://bucket"),
+            Err(UriError::MissingKey("s3://bucket".into()))
+        );
+        assert!(matches!(
+            ModelUri::parse("not a uri"),
+            Err(UriError::Malformed(..))
+        ));
+    }
+}
