@@ -1,0 +1,204 @@
+//! Deployment `NAME`: the runtime container with its command, ports, probes and GPU placement,
+//! fed by the model-fetch init container.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            PodSpec, PodTemplateSpec, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    COMPONENT_SERVER, LABEL_RUNTIME, LABEL_VERSION, common_labels, object_meta,
+    pod::{
+        container_security_context, fetch_init_container, model_env, model_mount, model_volume,
+        pod_security_context,
+    },
+    server_selector,
+};
+use crate::{
+    gpu::{GpuPlacement, merge_node_requirements},
+    reconcile::validate::{Scaling, Validated},
+    runtimes::CONFIG_DIR,
+};
+
+pub const SERVER_CONTAINER: &str = "model-server";
+/// Changes when the runtime configuration does, so that pods restart to read it.
+pub const CONFIG_HASH_ANNOTATION: &str = "mlops.sathvik.dev/runtime-config-hash";
+const SHM_VOLUME: &str = "dshm";
+const CONFIG_VOLUME: &str = "runtime-config";
+/// Model rollouts are slow (download, then load); a rollout counts as stuck only after the
+/// startup probe's whole window.
+const PROGRESS_DEADLINE_SECONDS: i32 = 1800;
+
+pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deployment {
+    let mut pod_labels = common_labels(model);
+    pod_labels.extend(server_selector(model));
+    pod_labels.insert(LABEL_VERSION.to_owned(), model.version.clone());
+    pod_labels.insert(LABEL_RUNTIME.to_owned(), model.runtime.to_string());
+
+    let annotations = runtime_config
+        .map(|config| BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash(config))]));
+
+    let replicas = match &model.scaling {
+        Scaling::Fixed { replicas } => Some(*replicas),
+        // The HPA owns the replica count; leaving the field out keeps apply from resetting it.
+        Scaling::Autoscaled(_) => None,
+    };
+
+    let mut volumes = vec![model_volume(model)];
+    let mut mounts = vec![model_mount(model)];
+    if model.profile.needs_shared_memory() {
+        volumes.push(Volume {
+            name: SHM_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: None,
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: SHM_VOLUME.to_owned(),
+            mount_path: "/dev/shm".to_owned(),
+            ..VolumeMount::default()
+        });
+    }
+    if let Some(config) = runtime_config {
+        volumes.push(Volume {
+            name: CONFIG_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config.metadata.name.clone().unwrap_or_default(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: CONFIG_VOLUME.to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+
+    let (command, mut args) = model.profile.command(model);
+    args.extend(model.runtime_args.iter().cloned());
+    let probes = model.profile.probes();
+    let server = Container {
+        name: SERVER_CONTAINER.to_owned(),
+        image: Some(model.image.clone()),
+        command: (!command.is_empty()).then_some(command),
+        args: (!args.is_empty()).then_some(args),
+        ports: Some(
+            model
+                .profile
+                .ports()
+                .iter()
+                .map(|p| ContainerPort {
+                    name: Some(p.name.to_owned()),
+                    container_port: p.port,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        env: Some(model_env(model, model.profile.env(model))),
+        resources: Some(runtime_resources(model)),
+        readiness_probe: Some(probes.readiness),
+        liveness_probe: Some(probes.liveness),
+        startup_probe: Some(probes.startup),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security_context(false)),
+        ..Container::default()
+    };
+
+    let mut tolerations = Vec::new();
+    if model.gpu.is_some() {
+        tolerations.push(GpuPlacement::toleration());
+    }
+    tolerations.extend(model.tolerations.iter().cloned());
+    let requirements = model
+        .gpu
+        .as_ref()
+        .map(GpuPlacement::node_requirements)
+        .unwrap_or_default();
+
+    Deployment {
+        metadata: object_meta(model, model.name.clone(), COMPONENT_SERVER),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(server_selector(model)),
+                match_expressions: None,
+            },
+            // Never drop a serving replica before its successor has loaded the model.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations,
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: fetch_init_container(model).map(|c| vec![c]),
+                    containers: vec![server],
+                    volumes: Some(volumes),
+                    node_selector: (!model.node_selector.is_empty())
+                        .then(|| model.node_selector.clone()),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    affinity: merge_node_requirements(model.affinity.clone(), requirements),
+                    security_context: Some(pod_security_context()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The user's CPU and memory plus the GPU resource, as limit and equal request.
+fn runtime_resources(model: &Validated) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    let mut resources = model.resources.clone();
+    if let Some(gpu) = &model.gpu {
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .extend(gpu.resource_quantities());
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .extend(gpu.resource_quantities());
+    }
+    resources
+}
+
+fn config_hash(config: &ConfigMap) -> String {
+    let mut hasher = Sha256::new();
+    for (file, content) in config.data.iter().flatten() {
+        hasher.update(file.as_bytes());
+        hasher.update([0]);
+        hasher.update(content.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())[..16].to_owned()
+}

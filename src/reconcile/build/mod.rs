@@ -1,0 +1,140 @@
+//! Pure: renders the children of one `ModelDeployment` from its `Validated` view. One file per
+//! owned kind; `Desired` gathers them so that `apply` destructures every field and a new kind
+//! cannot be forgotten.
+
+mod deployment;
+mod hpa;
+mod pod;
+mod runtime_config;
+mod service;
+mod validation_job;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::Job,
+        core::v1::{ConfigMap, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::Serialize;
+
+pub use self::{
+    deployment::build as build_deployment, hpa::build as build_hpa,
+    runtime_config::build as build_runtime_config, service::build as build_service,
+    validation_job::build as build_validation_job,
+};
+use super::validate::Validated;
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "model-operator";
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// The original project's label, kept so its selectors and dashboards keep working.
+pub const LABEL_MODEL: &str = "model";
+pub const LABEL_VERSION: &str = "mlops.sathvik.dev/version";
+pub const LABEL_RUNTIME: &str = "mlops.sathvik.dev/runtime";
+pub const MANAGED_BY: &str = "model-operator";
+pub const COMPONENT_SERVER: &str = "model-server";
+pub const COMPONENT_VALIDATION: &str = "validation";
+
+/// Everything the operator owns for one ModelDeployment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Desired {
+    /// Generated runtime configuration (TorchServe's config.properties), when the runtime has any.
+    pub runtime_config: Option<ConfigMap>,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    pub validation_job: Option<Job>,
+}
+
+pub fn build(model: &Validated) -> Desired {
+    let runtime_config = build_runtime_config(model);
+    Desired {
+        deployment: build_deployment(model, runtime_config.as_ref()),
+        runtime_config,
+        service: build_service(model),
+        hpa: build_hpa(model),
+        validation_job: build_validation_job(model),
+    }
+}
+
+impl Desired {
+    /// The objects in the order they are applied: configuration before the pods that mount
+    /// it, the validation Job before the Deployment it gates, the HPA after its target.
+    pub fn objects(&self) -> Vec<serde_json::Value> {
+        let Desired {
+            runtime_config,
+            deployment,
+            service,
+            hpa,
+            validation_job,
+        } = self;
+        let mut objects = Vec::new();
+        objects.extend(runtime_config.iter().map(to_value));
+        objects.extend(validation_job.iter().map(to_value));
+        objects.push(to_value(deployment));
+        objects.push(to_value(service));
+        objects.extend(hpa.iter().map(to_value));
+        objects
+    }
+}
+
+fn to_value<K: Serialize + k8s_openapi::Resource>(object: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("Kubernetes objects serialize to JSON");
+    // k8s-openapi serializes apiVersion and kind; make sure they lead for readable output.
+    if let serde_json::Value::Object(map) = &mut value {
+        let mut ordered = serde_json::Map::new();
+        ordered.insert("apiVersion".into(), K::API_VERSION.into());
+        ordered.insert("kind".into(), K::KIND.into());
+        for (key, field) in std::mem::take(map) {
+            ordered.entry(key).or_insert(field);
+        }
+        *map = ordered;
+    }
+    value
+}
+
+/// Labels every child carries.
+pub fn common_labels(model: &Validated) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), model.name.clone()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_MODEL.to_owned(), model.name.clone()),
+    ])
+}
+
+/// The Deployment's (immutable) selector and the Service's: serving pods only, never the
+/// validation Job's pods.
+pub fn server_selector(model: &Validated) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), model.name.clone()),
+        (LABEL_COMPONENT.to_owned(), COMPONENT_SERVER.to_owned()),
+    ])
+}
+
+fn object_meta(model: &Validated, name: String, component: &str) -> ObjectMeta {
+    let mut labels = common_labels(model);
+    labels.insert(LABEL_COMPONENT.to_owned(), component.to_owned());
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(model.namespace.clone()),
+        labels: Some(labels),
+        owner_references: model.owner.clone().map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Service's name, as the original project named it.
+pub fn service_name(model_name: &str) -> String {
+    format!("{model_name}-service")
+}
+
+#[cfg(test)]
+mod tests;

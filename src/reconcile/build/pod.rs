@@ -1,0 +1,150 @@
+//! Pieces shared by the serving pods and the validation Job's pod: the model-fetch init
+//! container, the model volume, the model environment and the security contexts.
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource,
+        PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+        VolumeMount,
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+
+use crate::{model_source::ModelSource, reconcile::validate::Validated, runtimes::MODEL_ROOT};
+
+pub const MODEL_VOLUME: &str = "model-store";
+pub const FETCH_CONTAINER: &str = "model-fetch";
+/// Runtimes and our images run as this user; NGC's Triton and TorchServe images define it.
+const RUNTIME_UID: i64 = 1000;
+
+/// The model's volume: an emptyDir the init container fills, or the user's claim.
+pub fn model_volume(model: &Validated) -> Volume {
+    match &model.source.source {
+        ModelSource::Pvc { claim, .. } => Volume {
+            name: MODEL_VOLUME.to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        },
+        _ => Volume {
+            name: MODEL_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    }
+}
+
+/// How a container sees the model: the whole store, or the claim's path at the model path.
+pub fn model_mount(model: &Validated) -> VolumeMount {
+    match &model.source.source {
+        ModelSource::Pvc { path, .. } => VolumeMount {
+            name: MODEL_VOLUME.to_owned(),
+            mount_path: model.layout.model_path.clone(),
+            sub_path: (!path.is_empty()).then(|| path.clone()),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        _ => VolumeMount {
+            name: MODEL_VOLUME.to_owned(),
+            mount_path: MODEL_ROOT.to_owned(),
+            ..VolumeMount::default()
+        },
+    }
+}
+
+/// The init container that downloads the model; none for a claim, which is mounted instead.
+pub fn fetch_init_container(model: &Validated) -> Option<Container> {
+    if matches!(model.source.source, ModelSource::Pvc { .. }) {
+        return None;
+    }
+    let mut args = vec![
+        "fetch".to_owned(),
+        "--uri".to_owned(),
+        model.model_uri.clone(),
+        "--dest".to_owned(),
+        model.layout.fetch_dir.clone(),
+    ];
+    if let Some(file_name) = &model.layout.file_name {
+        args.extend(["--file-name".to_owned(), file_name.clone()]);
+    }
+    Some(Container {
+        name: FETCH_CONTAINER.to_owned(),
+        image: Some(model.fetcher_image.clone()),
+        args: Some(args),
+        // Object-store credentials come from the user's env.
+        env: (!model.env.is_empty()).then(|| model.env.clone()),
+        volume_mounts: Some(vec![model_mount(model)]),
+        resources: Some(ResourceRequirements {
+            requests: Some(
+                [
+                    ("cpu".to_owned(), Quantity("100m".into())),
+                    ("memory".to_owned(), Quantity("64Mi".into())),
+                ]
+                .into(),
+            ),
+            limits: Some([("memory".to_owned(), Quantity("512Mi".into()))].into()),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security_context(true)),
+        ..Container::default()
+    })
+}
+
+/// `MODEL_*` variables, then the runtime's, then the user's: a user variable replaces one of
+/// ours with the same name, in place.
+pub fn model_env(model: &Validated, runtime_env: Vec<EnvVar>) -> Vec<EnvVar> {
+    let plain = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    };
+    let mut env = vec![
+        plain("MODEL_NAME", &model.model_name),
+        plain("MODEL_VERSION", &model.version),
+        plain("MODEL_URI", &model.model_uri),
+        plain("MODEL_PATH", &model.layout.model_path),
+    ];
+    if model.gpu.is_none() {
+        // GPU nodes' container runtime hands every GPU to a container whose image sets
+        // NVIDIA_VISIBLE_DEVICES=all (Triton's does) unless told otherwise.
+        env.push(plain("NVIDIA_VISIBLE_DEVICES", "void"));
+    }
+    env.extend(runtime_env);
+    for user in &model.env {
+        match env.iter_mut().find(|e| e.name == user.name) {
+            Some(existing) => *existing = user.clone(),
+            None => env.push(user.clone()),
+        }
+    }
+    env
+}
+
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUNTIME_UID),
+        run_as_group: Some(RUNTIME_UID),
+        fs_group: Some(RUNTIME_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Restricted Pod Security Standard. Runtimes keep a writable root file system: Triton and
+/// TorchServe write logs and caches to their home directories.
+pub fn container_security_context(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        read_only_root_filesystem: Some(read_only_root),
+        ..SecurityContext::default()
+    }
+}

@@ -1,0 +1,35 @@
+//! Service `NAME-service`: the runtime's named ports, selecting serving pods only.
+
+use k8s_openapi::{
+    api::core::v1::{Service, ServicePort, ServiceSpec},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::{COMPONENT_SERVER, object_meta, server_selector, service_name};
+use crate::reconcile::validate::Validated;
+
+pub fn build(model: &Validated) -> Service {
+    let ports = model
+        .profile
+        .ports()
+        .iter()
+        .map(|port| ServicePort {
+            name: Some(port.name.to_owned()),
+            port: port.port,
+            target_port: Some(IntOrString::String(port.name.to_owned())),
+            protocol: Some("TCP".to_owned()),
+            app_protocol: (port.name == "grpc").then(|| "kubernetes.io/h2c".to_owned()),
+            ..ServicePort::default()
+        })
+        .collect();
+    Service {
+        metadata: object_meta(model, service_name(&model.name), COMPONENT_SERVER),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(server_selector(model)),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}

@@ -1,0 +1,285 @@
+//! Pure: turns a `ModelDeployment` into `Validated`, the resolved view every builder reads
+//! (defaults filled, URI parsed, GPU placement and scaling decided), or says which fields are
+//! wrong. The API server has already applied the CRD's schema and CEL rules to anything read
+//! from a cluster; `check` applies them here too for objects read from files.
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    api::{
+        ModelDeployment, Runtime, ScalingMetric,
+        admission::{self, FieldError, FieldErrors},
+    },
+    gpu::GpuPlacement,
+    model_source::{ModelSource, ModelUri},
+    runtimes::{self, ModelLayout, RuntimeProfile},
+    settings::OperatorImages,
+};
+
+/// Default HPA targets when `autoscaling.target` is not given.
+pub const DEFAULT_GPU_UTILIZATION_TARGET: i32 = 70;
+pub const DEFAULT_CPU_UTILIZATION_TARGET: i32 = 80;
+pub const DEFAULT_QUEUE_TIME_TARGET_US: i32 = 50_000;
+
+/// Everything the builders need, resolved once.
+#[derive(Clone)]
+pub struct Validated {
+    pub name: String,
+    pub namespace: String,
+    /// Controller reference to the ModelDeployment; absent for objects never stored (render).
+    pub owner: Option<OwnerReference>,
+    pub runtime: Runtime,
+    pub profile: &'static dyn RuntimeProfile,
+    pub model_name: String,
+    pub version: String,
+    pub image: String,
+    pub fetcher_image: String,
+    /// `modelURI` as written, checksum fragment included (the fetcher verifies it).
+    pub model_uri: String,
+    pub source: ModelUri,
+    pub layout: ModelLayout,
+    /// The user's CPU and memory; the GPU resource is added from `gpu`.
+    pub resources: ResourceRequirements,
+    pub gpu: Option<GpuPlacement>,
+    pub scaling: Scaling,
+    pub validation: Option<ValidationPlan>,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    pub affinity: Option<Affinity>,
+    pub env: Vec<EnvVar>,
+    pub runtime_args: Vec<String>,
+}
+
+impl fmt::Debug for Validated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validated")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("runtime", &self.runtime)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scaling {
+    Fixed { replicas: i32 },
+    Autoscaled(AutoscalingPlan),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscalingPlan {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    pub metric: ScalingMetric,
+    pub target: i32,
+    pub scale_down_stabilization_seconds: Option<i32>,
+}
+
+/// The validation Job for the spec's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationPlan {
+    pub script: String,
+    /// `NAME-validate-<8 hex of sha256(version, modelURI)>`: a new version or URI is a new Job.
+    pub job_name: String,
+}
+
+/// Admission (schema and CEL, as the API server applies them) followed by `validate`: for
+/// objects that come from files rather than from the API server.
+pub fn check(object: &Value, images: &OperatorImages) -> Result<Validated, FieldErrors> {
+    let model = admission::admit(object)?;
+    validate(&model, images)
+}
+
+/// What the schema cannot say: the URI must parse, quantities must be quantities, and the
+/// runtime must support the chosen scaling metric.
+pub fn validate(
+    model: &ModelDeployment,
+    images: &OperatorImages,
+) -> Result<Validated, FieldErrors> {
+    let spec = &model.spec;
+    let mut errors = Vec::new();
+    let mut refuse = |field: &str, message: String| {
+        errors.push(FieldError {
+            field: field.to_owned(),
+            message,
+        })
+    };
+
+    let name = model.name_any();
+    let namespace = model.namespace().unwrap_or_else(|| "default".to_owned());
+    let profile = runtimes::profile(spec.runtime);
+    let model_name = spec.model_name.clone().unwrap_or_else(|| name.clone());
+
+    let source = match ModelUri::parse(&spec.model_uri) {
+        Ok(uri) if matches!(uri.source, ModelSource::File(_)) => {
+            refuse("spec.modelURI", "file:// names a path on the operator's machine, not in the pod; use http(s), s3, gs or pvc".into());
+            None
+        }
+        Ok(uri) => Some(uri),
+        Err(error) => {
+            refuse("spec.modelURI", error.to_string());
+            None
+        }
+    };
+
+    let resources = spec.resources.clone().unwrap_or_default();
+    for (kind, quantities) in [
+        ("limits", &resources.limits),
+        ("requests", &resources.requests),
+    ] {
+        for (resource, quantity) in quantities.iter().flatten() {
+            if !is_quantity(&quantity.0) {
+                refuse(
+                    &format!("spec.resources.{kind}.{resource}"),
+                    format!("{:?} is not a quantity (e.g. 500m, 2, 4Gi)", quantity.0),
+                );
+            }
+        }
+    }
+
+    let gpu = spec.gpu.as_ref().map(GpuPlacement::from_spec);
+    let scaling = if spec.autoscale {
+        let autoscaling = spec.autoscaling.clone().unwrap_or_default();
+        let metric = autoscaling.metric.unwrap_or(if gpu.is_some() {
+            ScalingMetric::GpuUtilization
+        } else {
+            ScalingMetric::Cpu
+        });
+        if metric == ScalingMetric::InferenceQueue && profile.queue_time_metric().is_none() {
+            refuse(
+                "spec.autoscaling.metric",
+                format!(
+                    "runtime {} reports no queue time; use cpu or gpu-utilization",
+                    spec.runtime
+                ),
+            );
+        }
+        if metric == ScalingMetric::GpuUtilization && gpu.is_none() {
+            refuse(
+                "spec.autoscaling.metric",
+                "gpu-utilization needs spec.gpu".into(),
+            );
+        }
+        let target = autoscaling.target.unwrap_or(match metric {
+            ScalingMetric::GpuUtilization => DEFAULT_GPU_UTILIZATION_TARGET,
+            ScalingMetric::Cpu => DEFAULT_CPU_UTILIZATION_TARGET,
+            ScalingMetric::InferenceQueue => DEFAULT_QUEUE_TIME_TARGET_US,
+        });
+        Scaling::Autoscaled(AutoscalingPlan {
+            min_replicas: autoscaling.min_replicas,
+            max_replicas: autoscaling.max_replicas,
+            metric,
+            target,
+            scale_down_stabilization_seconds: autoscaling.scale_down_stabilization_seconds,
+        })
+    } else {
+        Scaling::Fixed {
+            replicas: spec.replicas,
+        }
+    };
+
+    let (Some(source), true) = (source, errors.is_empty()) else {
+        return Err(FieldErrors(errors));
+    };
+    let layout = profile.layout(&model_name, &source.shape());
+    let validation = spec.validate_script.clone().map(|script| ValidationPlan {
+        job_name: validation_job_name(&name, &spec.version, &spec.model_uri),
+        script,
+    });
+    let image = spec
+        .runtime_image
+        .clone()
+        .unwrap_or_else(|| profile.default_image(images, gpu.is_some()));
+
+    Ok(Validated {
+        owner: model.controller_owner_ref(&()),
+        namespace,
+        runtime: spec.runtime,
+        profile,
+        model_name,
+        version: spec.version.clone(),
+        image,
+        fetcher_image: images.fetcher.clone(),
+        model_uri: spec.model_uri.clone(),
+        source,
+        layout,
+        resources,
+        gpu,
+        scaling,
+        validation,
+        node_selector: spec.node_selector.clone(),
+        tolerations: spec.tolerations.clone(),
+        affinity: spec.affinity.clone(),
+        env: spec.env.clone(),
+        runtime_args: spec.runtime_args.clone(),
+        name,
+    })
+}
+
+pub fn validation_job_name(name: &str, version: &str, model_uri: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(version.as_bytes());
+    hasher.update([0]);
+    hasher.update(model_uri.as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    format!("{name}-validate-{}", &digest[..8])
+}
+
+/// Kubernetes' quantity grammar: a signed decimal number, then a binary-SI (Ki…Ei),
+/// decimal-SI (n, u, m, k, M…E) or exponent (e3, E-2) suffix.
+fn is_quantity(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let number_end = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(number_end);
+    let digits = number.replace('.', "");
+    let number_ok = !digits.is_empty() && number.matches('.').count() <= 1;
+    let suffix_ok = match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T"
+        | "P" | "E" => true,
+        exponent => exponent
+            .strip_prefix(['e', 'E'])
+            .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+            .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())),
+    };
+    number_ok && suffix_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for ok in [
+            "500m", "1", "0.5", "4Gi", "256Mi", "1e3", "+2", ".5", "12E-2", "2k",
+        ] {
+            assert!(is_quantity(ok), "{ok} should be a quantity");
+        }
+        for bad in ["", "five", "1.2.3", "4GB", "Mi", "1e", "5 cores"] {
+            assert!(!is_quantity(bad), "{bad} should not be a quantity");
+        }
+    }
+
+    #[test]
+    fn validation_job_name_changes_with_version_and_uri() {
+        let a = validation_job_name("bert", "v1", "s3://m/bert.mar");
+        assert!(
+            a.starts_with("bert-validate-") && a.len() == "bert-validate-".len() + 8,
+            "{a}"
+        );
+        assert_ne!(a, validation_job_name("bert", "v2", "s3://m/bert.mar"));
+        assert_ne!(a, validation_job_name("bert", "v1", "s3://m/bert2.mar"));
+        assert_eq!(a, validation_job_name("bert", "v1", "s3://m/bert.mar"));
+    }
+}

@@ -1,0 +1,50 @@
+//! The project's FastAPI + PyTorch server (`inference/`): `POST /predict`, `/healthz`, on 8000.
+
+use super::{
+    Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
+    http_probe,
+};
+use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
+
+const HTTP: ServerPort = ServerPort {
+    name: "http",
+    port: 8000,
+};
+
+pub struct FastapiPytorch;
+
+impl RuntimeProfile for FastapiPytorch {
+    fn runtime(&self) -> Runtime {
+        Runtime::FastapiPytorch
+    }
+
+    fn default_image(&self, images: &OperatorImages, _uses_gpu: bool) -> String {
+        images.fastapi_pytorch.clone()
+    }
+
+    fn ports(&self) -> &'static [ServerPort] {
+        &[HTTP]
+    }
+
+    fn inference_port(&self) -> ServerPort {
+        HTTP
+    }
+
+    /// The image's entrypoint starts the server; it finds the model through `MODEL_PATH`.
+    fn command(&self, _model: &Validated) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
+    }
+
+    fn probes(&self) -> Probes {
+        Probes {
+            readiness: http_probe("/healthz", HTTP.port, 5, 3),
+            liveness: http_probe("/healthz", HTTP.port, 10, 3),
+            startup: http_probe(
+                "/healthz",
+                HTTP.port,
+                STARTUP_PERIOD_SECONDS,
+                STARTUP_FAILURE_THRESHOLD,
+            ),
+        }
+    }
+}
