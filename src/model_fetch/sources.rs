@@ -1,0 +1,257 @@
+//! Byte streams from each kind of source.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use futures::{Stream, StreamExt, TryStreamExt, stream::BoxStream};
+use object_store::{
+    ObjectStore, aws::AmazonS3Builder, gcp::GoogleCloudStorageBuilder, path::Path as ObjectPath,
+};
+use tracing::{info, warn};
+
+use super::{FetchError, Fetched};
+use crate::model_source::{ModelSource, ModelUri, ObjectStoreKind};
+
+type ByteStream = BoxStream<'static, Result<bytes::Bytes, FetchError>>;
+
+/// Attempts for an HTTP download that fails before its body starts (connection refused, 5xx).
+const HTTP_ATTEMPTS: u32 = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opens a single-object source: the body stream and its length when known.
+pub async fn open(uri: &ModelUri) -> Result<(ByteStream, Option<u64>), FetchError> {
+    let shown = uri.to_string();
+    match &uri.source {
+        ModelSource::Http(url) => open_http(url.clone()).await,
+        ModelSource::ObjectStore { store, bucket, key } => {
+            let store = object_store_for(*store, bucket, &shown)?;
+            let result = store
+                .get(&ObjectPath::from(key.as_str()))
+                .await
+                .map_err(|e| store_error(&shown, e))?;
+            let size = result.meta.size;
+            let stream = result
+                .into_stream()
+                .map_err(move |e| store_error(&shown, e));
+            Ok((stream.boxed(), Some(size)))
+        }
+        ModelSource::File(path) => {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => FetchError::NotFound { uri: shown.clone() },
+                    _ => FetchError::Io {
+                        path: path.clone(),
+                        source,
+                    },
+                })?;
+            let size = file.metadata().await.ok().map(|m| m.len());
+            let path = path.clone();
+            let stream = tokio_util_stream(file).map_err(move |source| FetchError::Io {
+                path: path.clone(),
+                source,
+            });
+            Ok((stream.boxed(), size))
+        }
+        ModelSource::Pvc { .. } => Err(FetchError::PvcNotFetched),
+    }
+}
+
+async fn open_http(url: url::Url) -> Result<(ByteStream, Option<u64>), FetchError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("model-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| FetchError::Transfer {
+            uri: url.to_string(),
+            message: e.to_string(),
+        })?;
+    let mut attempt = 1;
+    let response = loop {
+        let outcome = client.get(url.clone()).send().await;
+        let retryable = match &outcome {
+            Ok(response) => response.status().is_server_error(),
+            Err(error) => error.is_connect() || error.is_timeout(),
+        };
+        if !retryable || attempt == HTTP_ATTEMPTS {
+            break outcome;
+        }
+        warn!(url = %url, attempt, "download failed, retrying");
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        attempt += 1;
+    };
+    let response = response.map_err(|e| FetchError::Transfer {
+        uri: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(FetchError::HttpStatus {
+            url: url.to_string(),
+            status,
+        });
+    }
+    let total = response.content_length();
+    let shown = url.to_string();
+    let stream = response
+        .bytes_stream()
+        .map_err(move |e| FetchError::Transfer {
+            uri: shown.clone(),
+            message: e.to_string(),
+        });
+    Ok((stream.boxed(), total))
+}
+
+/// Credentials and endpoints come from the environment the way each cloud's tools read them
+/// (`AWS_*`, `GOOGLE_*`), so the pod's env configures the fetcher.
+fn object_store_for(
+    kind: ObjectStoreKind,
+    bucket: &str,
+    shown: &str,
+) -> Result<Arc<dyn ObjectStore>, FetchError> {
+    let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match kind {
+        ObjectStoreKind::S3 => AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map(|s| Arc::new(s) as _),
+        ObjectStoreKind::Gcs => GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map(|s| Arc::new(s) as _),
+    };
+    built.map_err(|e| store_error(shown, e))
+}
+
+fn store_error(uri: &str, error: object_store::Error) -> FetchError {
+    match error {
+        object_store::Error::NotFound { .. } => FetchError::NotFound {
+            uri: uri.to_owned(),
+        },
+        source => FetchError::ObjectStore {
+            uri: uri.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Every object under an object-store prefix, written under `dest` by relative key.
+pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchError> {
+    let ModelSource::ObjectStore { store, bucket, key } = &uri.source else {
+        unreachable!("fetch_prefix is only called for object-store prefixes");
+    };
+    let shown = uri.to_string();
+    let store = object_store_for(*store, bucket, &shown)?;
+    let prefix = ObjectPath::from(key.trim_end_matches('/'));
+    let objects: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| store_error(&shown, e))?;
+    if objects.is_empty() {
+        return Err(FetchError::NotFound { uri: shown });
+    }
+    let mut bytes = 0;
+    for object in &objects {
+        let relative: Vec<_> = object
+            .location
+            .prefix_match(&prefix)
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_ref().to_owned())
+            .collect();
+        let target = relative
+            .iter()
+            .fold(dest.to_path_buf(), |path, part| path.join(part));
+        let partial = target.with_file_name(format!(
+            ".{}.partial",
+            relative.last().map(String::as_str).unwrap_or("object")
+        ));
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(FetchError::io(parent))?;
+        }
+        let object_uri = format!("{shown}{}", relative.join("/"));
+        let result = store
+            .get(&object.location)
+            .await
+            .map_err(|e| store_error(&object_uri, e))?;
+        let stream = result.into_stream().map_err({
+            let object_uri = object_uri.clone();
+            move |e| store_error(&object_uri, e)
+        });
+        let no_checksum = ModelUri {
+            source: uri.source.clone(),
+            sha256: None,
+        };
+        match super::write_verified(
+            stream.boxed(),
+            Some(object.size),
+            &partial,
+            &no_checksum,
+            &object_uri,
+        )
+        .await
+        {
+            Ok(written) => bytes += written,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(error);
+            }
+        }
+        tokio::fs::rename(&partial, &target)
+            .await
+            .map_err(FetchError::io(&target))?;
+        info!(object = %object_uri, bytes = object.size, "fetched object");
+    }
+    Ok(Fetched {
+        path: dest.to_owned(),
+        bytes,
+        files: objects.len(),
+    })
+}
+
+/// A local directory, copied as a tree (for running the fetcher by hand).
+pub async fn copy_local_tree(source: &Path, dest: &Path) -> Result<Fetched, FetchError> {
+    let (source, dest) = (source.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut fetched = Fetched {
+            path: dest.clone(),
+            bytes: 0,
+            files: 0,
+        };
+        let mut pending = vec![source.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(FetchError::io(&dir))? {
+                let entry = entry.map_err(FetchError::io(&dir))?;
+                let path = entry.path();
+                let target =
+                    dest.join(path.strip_prefix(&source).expect("walked below the source"));
+                if entry.file_type().map_err(FetchError::io(&path))?.is_dir() {
+                    std::fs::create_dir_all(&target).map_err(FetchError::io(&target))?;
+                    pending.push(path);
+                } else {
+                    fetched.bytes +=
+                        std::fs::copy(&path, &target).map_err(FetchError::io(&target))?;
+                    fetched.files += 1;
+                }
+            }
+        }
+        Ok(fetched)
+    })
+    .await
+    .expect("copy task does not panic")
+}
+
+/// Reads a file as a stream of chunks.
+fn tokio_util_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Result<bytes::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buffer = vec![0; 1 << 16];
+        let read = file.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        buffer.truncate(read);
+        Ok(Some((bytes::Bytes::from(buffer), file)))
+    })
+}
