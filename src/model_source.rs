@@ -78,8 +78,7 @@ impl ModelUri {
             None => (uri, None),
         };
         let sha256 = fragment.map(parse_checksum).transpose()?;
-        let url =
-            Url::parse(base).map_err(|e| UriError::Malformed(uri.to_owned(), e.to_string()))?;
+        let url = Url::parse(base).map_err(|e| UriError::Malformed(uri.to_owned(), e.to_string()))?;
         let host = url.host_str().unwrap_or("").to_owned();
         let path = url.path().trim_start_matches('/').to_owned();
         let source = match url.scheme() {
@@ -138,10 +137,7 @@ impl ModelUri {
     /// Whether the artifact is one file or a tree once fetched.
     pub fn shape(&self) -> ArtifactShape {
         let last = match &self.source {
-            ModelSource::Http(url) => url
-                .path_segments()
-                .and_then(|mut s| s.next_back())
-                .unwrap_or(""),
+            ModelSource::Http(url) => url.path_segments().and_then(|mut s| s.next_back()).unwrap_or(""),
             ModelSource::ObjectStore { key, .. } if key.ends_with('/') => {
                 return ArtifactShape::Directory;
             }
@@ -225,11 +221,7 @@ mod tests {
             "https://h/m.tgz",
             "pvc://models/resnet",
         ] {
-            assert_eq!(
-                ModelUri::parse(uri).unwrap().shape(),
-                ArtifactShape::Directory,
-                "{uri}"
-            );
+            assert_eq!(ModelUri::parse(uri).unwrap().shape(), ArtifactShape::Directory, "{uri}");
         }
     }
 
@@ -292,9 +284,6 @@ mod tests {
             ModelUri::parse("s3://bucket"),
             Err(UriError::MissingKey("s3://bucket".into()))
         );
-        assert!(matches!(
-            ModelUri::parse("not a uri"),
-            Err(UriError::Malformed(..))
-        ));
+        assert!(matches!(ModelUri::parse("not a uri"), Err(UriError::Malformed(..))));
     }
 }

@@ -12,12 +12,8 @@ pub struct OperatorImages {
 
 /// The tag published images carry: the crate version, never `latest`.
 pub const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
-pub const DEFAULT_FETCHER_IMAGE: &str =
-    concat!("ghcr.io/sathvik/model-operator:", env!("CARGO_PKG_VERSION"));
-pub const DEFAULT_FASTAPI_IMAGE: &str = concat!(
-    "ghcr.io/sathvik/fastapi-pytorch:",
-    env!("CARGO_PKG_VERSION")
-);
+pub const DEFAULT_FETCHER_IMAGE: &str = concat!("ghcr.io/sathvik/model-operator:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_FASTAPI_IMAGE: &str = concat!("ghcr.io/sathvik/fastapi-pytorch:", env!("CARGO_PKG_VERSION"));
 
 impl Default for OperatorImages {
     fn default() -> Self {

@@ -10,10 +10,7 @@ use tokio::{io::AsyncWriteExt, net::TcpListener};
 const MODEL_BYTES: &[u8] = b"not really torch weights, but bytes all the same";
 
 fn triton_archive() -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (path, content) in [
         ("resnet/config.pbtxt", &b"backend: \"onnxruntime\"\n"[..]),
         ("resnet/1/model.onnx", MODEL_BYTES),
@@ -31,10 +28,7 @@ async fn serve() -> SocketAddr {
     let app = Router::new()
         .route("/models/model.pt", get(|| async { MODEL_BYTES }))
         .route("/models/resnet.tar.gz", get(|| async { triton_archive() }))
-        .route(
-            "/flaky/model.pt",
-            get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
-        );
+        .route("/flaky/model.pt", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -100,10 +94,7 @@ async fn downloads_a_file_under_its_own_name() {
     .await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(listing(dest.path()), ["model.pt"]);
-    assert_eq!(
-        std::fs::read(dest.path().join("model.pt")).unwrap(),
-        MODEL_BYTES
-    );
+    assert_eq!(std::fs::read(dest.path().join("model.pt")).unwrap(), MODEL_BYTES);
     assert!(
         stderr(&output).contains("model fetched"),
         "progress is logged:\n{}",
@@ -137,11 +128,7 @@ async fn a_wrong_checksum_fails_and_leaves_nothing() {
     let uri = format!("http://{address}/models/model.pt#sha256={}", "0".repeat(64));
     let output = fetch(&["--uri", &uri, "--dest", dest.path().to_str().unwrap()]).await;
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("checksum mismatch"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("checksum mismatch"), "{}", stderr(&output));
     assert!(
         listing(dest.path()).is_empty(),
         "left behind: {:?}",
@@ -214,10 +201,7 @@ async fn an_archive_is_unpacked_without_its_top_directory() {
     .await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(listing(&model_dir), ["1/model.onnx", "config.pbtxt"]);
-    assert_eq!(
-        std::fs::read(model_dir.join("1/model.onnx")).unwrap(),
-        MODEL_BYTES
-    );
+    assert_eq!(std::fs::read(model_dir.join("1/model.onnx")).unwrap(), MODEL_BYTES);
 }
 
 #[tokio::test]
@@ -235,26 +219,14 @@ async fn local_files_and_directories_are_copied() {
 #[tokio::test]
 async fn unsupported_schemes_and_claims_are_refused() {
     let dest = tempfile::tempdir().unwrap();
-    let output = fetch(&[
-        "--uri",
-        "ftp://host/model.pt",
-        "--dest",
-        dest.path().to_str().unwrap(),
-    ])
-    .await;
+    let output = fetch(&["--uri", "ftp://host/model.pt", "--dest", dest.path().to_str().unwrap()]).await;
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("scheme \"ftp\" is not supported"),
         "{}",
         stderr(&output)
     );
-    let output = fetch(&[
-        "--uri",
-        "pvc://cache/model",
-        "--dest",
-        dest.path().to_str().unwrap(),
-    ])
-    .await;
+    let output = fetch(&["--uri", "pvc://cache/model", "--dest", dest.path().to_str().unwrap()]).await;
     assert!(!output.status.success());
     assert!(stderr(&output).contains("mounted"), "{}", stderr(&output));
 }

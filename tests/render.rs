@@ -16,8 +16,7 @@ fn kinds(stdout: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(stdout);
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| {
-            let value: serde_json::Value =
-                serde::Deserialize::deserialize(doc).expect("render prints YAML");
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("render prints YAML");
             format!(
                 "{}/{}",
                 value["kind"].as_str().unwrap(),
@@ -84,11 +83,7 @@ fn every_example_renders_its_children() {
     let examples = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
         .unwrap()
         .count();
-    assert_eq!(
-        examples,
-        expected.len(),
-        "a new example needs a line in this test"
-    );
+    assert_eq!(examples, expected.len(), "a new example needs a line in this test");
 }
 
 #[test]
@@ -101,11 +96,7 @@ fn several_files_render_together_as_json() {
         "-o",
         "json",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON output");
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"].as_array().unwrap().len(), 5, "{list:#}");
@@ -116,10 +107,7 @@ fn several_files_render_together_as_json() {
 #[test]
 fn the_original_readme_examples_render_unchanged() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/original-readme");
-    let fixtures: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let fixtures: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(fixtures.len(), 3);
     for fixture in &fixtures {
         let output = render(&["-f", fixture.to_str().unwrap()]);
@@ -148,9 +136,7 @@ fn the_original_readme_examples_render_unchanged() {
         );
         for block in blocks {
             assert!(
-                fixtures
-                    .iter()
-                    .any(|f| std::fs::read_to_string(f).unwrap() == block),
+                fixtures.iter().any(|f| std::fs::read_to_string(f).unwrap() == block),
                 "no fixture is this README block verbatim:\n{block}"
             );
         }
@@ -173,10 +159,7 @@ fn an_invalid_file_exits_non_zero_naming_the_field() {
         stderr.contains("bad.yaml") && stderr.contains("spec.gpu.count"),
         "{stderr}"
     );
-    assert!(
-        output.stdout.is_empty(),
-        "nothing is printed for a refused file"
-    );
+    assert!(output.stdout.is_empty(), "nothing is printed for a refused file");
 }
 
 #[test]

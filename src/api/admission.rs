@@ -93,10 +93,7 @@ pub fn admit(object: &Value) -> Result<ModelDeployment, FieldErrors> {
 }
 
 fn check_type_meta(object: &Value) -> Result<(), FieldErrors> {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
     let expected_version = format!("{GROUP}/v1");
     if kind != "ModelDeployment" {
@@ -221,10 +218,7 @@ mod tests {
     #[test]
     fn json_pointers_become_field_paths() {
         assert_eq!(pointer_to_field_path("/spec/gpu/count"), "spec.gpu.count");
-        assert_eq!(
-            pointer_to_field_path("/spec/env/0/name"),
-            "spec.env[0].name"
-        );
+        assert_eq!(pointer_to_field_path("/spec/env/0/name"), "spec.env[0].name");
         assert_eq!(pointer_to_field_path(""), "");
     }
 }

@@ -81,10 +81,7 @@ pub struct ModelDeploymentSpec {
     /// Version label of the model. A change rolls the Deployment out (after validation, when
     /// `validateScript` is set); `status.version` is the version now serving.
     #[serde(default = "default_version")]
-    #[schemars(
-        length(min = 1, max = 63),
-        pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
     pub version: String,
 
     /// Image that replaces the runtime's pinned default image.
@@ -154,11 +151,7 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    pub const ALL: [Runtime; 3] = [
-        Runtime::Triton,
-        Runtime::Torchserve,
-        Runtime::FastapiPytorch,
-    ];
+    pub const ALL: [Runtime; 3] = [Runtime::Triton, Runtime::Torchserve, Runtime::FastapiPytorch];
 
     /// The spelling used in the spec.
     pub fn as_str(self) -> &'static str {
@@ -199,11 +192,7 @@ pub struct GpuSpec {
 
     /// Least memory per GPU in MiB, matched against the `nvidia.com/gpu.memory` node label
     /// (for MIG, the slice's `nvidia.com/mig-<profile>.memory`).
-    #[serde(
-        default,
-        rename = "minMemoryMiB",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "minMemoryMiB", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub min_memory_mib: Option<i64>,
 

@@ -22,11 +22,7 @@ pub struct FetchArgs {
 
 impl FetchArgs {
     pub fn run(self) -> ExitCode {
-        let FetchArgs {
-            uri,
-            dest,
-            file_name,
-        } = self;
+        let FetchArgs { uri, dest, file_name } = self;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

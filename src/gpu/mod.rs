@@ -1,6 +1,8 @@
-//! GPUs: where a model's pods may run and what they ask for. Pure; the capacity check that
-//! reads nodes builds on `GpuPlacement::matches_node`.
+//! GPUs: where a model's pods may run, what they ask for, and whether the cluster has room.
+//! Pure: callers pass in the nodes and pods they read.
 
+mod capacity;
 mod placement;
 
+pub use capacity::*;
 pub use placement::*;

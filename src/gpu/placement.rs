@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{
-        Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Toleration,
-    },
+    api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Toleration},
     apimachinery::pkg::api::resource::Quantity,
 };
 
@@ -37,10 +35,7 @@ pub struct GpuPlacement {
 
 impl GpuPlacement {
     pub fn from_spec(gpu: &GpuSpec) -> Self {
-        let profile = gpu
-            .mig_profile
-            .as_deref()
-            .filter(|_| gpu.sharing == GpuSharing::Mig);
+        let profile = gpu.mig_profile.as_deref().filter(|_| gpu.sharing == GpuSharing::Mig);
         let resource = match profile {
             Some(profile) => format!("nvidia.com/mig-{profile}"),
             None => GPU_RESOURCE.to_owned(),
@@ -102,10 +97,8 @@ impl GpuPlacement {
 
     /// Whether a node with these labels is acceptable (resources aside).
     pub fn matches_node(&self, labels: &BTreeMap<String, String>) -> bool {
-        let product_ok = self.products.is_empty()
-            || labels
-                .get(PRODUCT_LABEL)
-                .is_some_and(|p| self.products.contains(p));
+        let product_ok =
+            self.products.is_empty() || labels.get(PRODUCT_LABEL).is_some_and(|p| self.products.contains(p));
         let memory_ok = match &self.min_memory {
             None => true,
             Some((label, mib)) => labels
@@ -167,18 +160,14 @@ pub fn merge_node_requirements(
         return affinity;
     }
     let mut affinity = affinity.unwrap_or_default();
-    let node_affinity = affinity
-        .node_affinity
-        .get_or_insert_with(NodeAffinity::default);
+    let node_affinity = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
     let required = node_affinity
         .required_during_scheduling_ignored_during_execution
         .get_or_insert_with(|| NodeSelector {
             node_selector_terms: Vec::new(),
         });
     if required.node_selector_terms.is_empty() {
-        required
-            .node_selector_terms
-            .push(NodeSelectorTerm::default());
+        required.node_selector_terms.push(NodeSelectorTerm::default());
     }
     for term in &mut required.node_selector_terms {
         term.match_expressions
@@ -197,26 +186,17 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn exclusive_gpus_match_the_plain_product_only() {
-        let placement =
-            GpuPlacement::from_spec(&gpu("count: 2\nproducts: [NVIDIA-A100-SXM4-80GB]"));
+        let placement = GpuPlacement::from_spec(&gpu("count: 2\nproducts: [NVIDIA-A100-SXM4-80GB]"));
         assert_eq!(placement.resource, "nvidia.com/gpu");
         assert_eq!(placement.products, ["NVIDIA-A100-SXM4-80GB"]);
         assert!(placement.matches_node(&labels(&[(PRODUCT_LABEL, "NVIDIA-A100-SXM4-80GB")])));
-        assert!(
-            !placement.matches_node(&labels(&[(PRODUCT_LABEL, "NVIDIA-A100-SXM4-80GB-SHARED")]))
-        );
-        assert_eq!(
-            placement.describe(),
-            "2 × nvidia.com/gpu on NVIDIA-A100-SXM4-80GB"
-        );
+        assert!(!placement.matches_node(&labels(&[(PRODUCT_LABEL, "NVIDIA-A100-SXM4-80GB-SHARED")])));
+        assert_eq!(placement.describe(), "2 × nvidia.com/gpu on NVIDIA-A100-SXM4-80GB");
     }
 
     #[test]

@@ -38,9 +38,7 @@ fn unpack_blocking(archive: &Path, dest: &Path) -> Result<usize, FetchError> {
         .tempdir_in(dest)
         .map_err(unpack_error)?;
     // `unpack` refuses entries that would land outside the staging directory.
-    tar::Archive::new(reader)
-        .unpack(staging.path())
-        .map_err(unpack_error)?;
+    tar::Archive::new(reader).unpack(staging.path()).map_err(unpack_error)?;
 
     let mut root = staging.path().to_owned();
     let entries: Vec<_> = std::fs::read_dir(&root)

@@ -26,19 +26,13 @@ pub enum FetchError {
     #[error("pvc:// models are mounted into the pod, not fetched")]
     PvcNotFetched,
     #[error("GET {url} answered {status}")]
-    HttpStatus {
-        url: String,
-        status: reqwest::StatusCode,
-    },
+    HttpStatus { url: String, status: reqwest::StatusCode },
     #[error("downloading {uri}: {message}")]
     Transfer { uri: String, message: String },
     #[error("{uri} was not found")]
     NotFound { uri: String },
     #[error("object store {uri}: {source}")]
-    ObjectStore {
-        uri: String,
-        source: object_store::Error,
-    },
+    ObjectStore { uri: String, source: object_store::Error },
     #[error("checksum mismatch for {uri}: expected sha256 {expected}, downloaded {actual}")]
     ChecksumMismatch {
         uri: String,
@@ -48,15 +42,9 @@ pub enum FetchError {
     #[error("a #sha256= checksum names one file, but {uri} is a prefix of many")]
     ChecksumOnPrefix { uri: String },
     #[error("unpacking {file}: {source}")]
-    Unpack {
-        file: String,
-        source: std::io::Error,
-    },
+    Unpack { file: String, source: std::io::Error },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 impl FetchError {
@@ -84,9 +72,7 @@ pub async fn fetch(uri: &str, dest: &Path, file_name: Option<&str>) -> Result<Fe
     if matches!(parsed.source, ModelSource::Pvc { .. }) {
         return Err(FetchError::PvcNotFetched);
     }
-    tokio::fs::create_dir_all(dest)
-        .await
-        .map_err(FetchError::io(dest))?;
+    tokio::fs::create_dir_all(dest).await.map_err(FetchError::io(dest))?;
     let shown = parsed.to_string();
     info!(uri = %shown, dest = %dest.display(), "fetching model");
 
@@ -163,9 +149,7 @@ async fn write_verified(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .map_err(FetchError::io(partial))?;
+        file.write_all(&chunk).await.map_err(FetchError::io(partial))?;
         written += chunk.len() as u64;
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();

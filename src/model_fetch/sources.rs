@@ -3,9 +3,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt, TryStreamExt, stream::BoxStream};
-use object_store::{
-    ObjectStore, aws::AmazonS3Builder, gcp::GoogleCloudStorageBuilder, path::Path as ObjectPath,
-};
+use object_store::{ObjectStore, aws::AmazonS3Builder, gcp::GoogleCloudStorageBuilder, path::Path as ObjectPath};
 use tracing::{info, warn};
 
 use super::{FetchError, Fetched};
@@ -29,9 +27,7 @@ pub async fn open(uri: &ModelUri) -> Result<(ByteStream, Option<u64>), FetchErro
                 .await
                 .map_err(|e| store_error(&shown, e))?;
             let size = result.meta.size;
-            let stream = result
-                .into_stream()
-                .map_err(move |e| store_error(&shown, e));
+            let stream = result.into_stream().map_err(move |e| store_error(&shown, e));
             Ok((stream.boxed(), Some(size)))
         }
         ModelSource::File(path) => {
@@ -92,22 +88,16 @@ async fn open_http(url: url::Url) -> Result<(ByteStream, Option<u64>), FetchErro
     }
     let total = response.content_length();
     let shown = url.to_string();
-    let stream = response
-        .bytes_stream()
-        .map_err(move |e| FetchError::Transfer {
-            uri: shown.clone(),
-            message: e.to_string(),
-        });
+    let stream = response.bytes_stream().map_err(move |e| FetchError::Transfer {
+        uri: shown.clone(),
+        message: e.to_string(),
+    });
     Ok((stream.boxed(), total))
 }
 
 /// Credentials and endpoints come from the environment the way each cloud's tools read them
 /// (`AWS_*`, `GOOGLE_*`), so the pod's env configures the fetcher.
-fn object_store_for(
-    kind: ObjectStoreKind,
-    bucket: &str,
-    shown: &str,
-) -> Result<Arc<dyn ObjectStore>, FetchError> {
+fn object_store_for(kind: ObjectStoreKind, bucket: &str, shown: &str) -> Result<Arc<dyn ObjectStore>, FetchError> {
     let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match kind {
         ObjectStoreKind::S3 => AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
@@ -123,9 +113,7 @@ fn object_store_for(
 
 fn store_error(uri: &str, error: object_store::Error) -> FetchError {
     match error {
-        object_store::Error::NotFound { .. } => FetchError::NotFound {
-            uri: uri.to_owned(),
-        },
+        object_store::Error::NotFound { .. } => FetchError::NotFound { uri: uri.to_owned() },
         source => FetchError::ObjectStore {
             uri: uri.to_owned(),
             source,
@@ -158,9 +146,7 @@ pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchE
             .flatten()
             .map(|p| p.as_ref().to_owned())
             .collect();
-        let target = relative
-            .iter()
-            .fold(dest.to_path_buf(), |path, part| path.join(part));
+        let target = relative.iter().fold(dest.to_path_buf(), |path, part| path.join(part));
         let partial = target.with_file_name(format!(
             ".{}.partial",
             relative.last().map(String::as_str).unwrap_or("object")
@@ -183,15 +169,7 @@ pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchE
             source: uri.source.clone(),
             sha256: None,
         };
-        match super::write_verified(
-            stream.boxed(),
-            Some(object.size),
-            &partial,
-            &no_checksum,
-            &object_uri,
-        )
-        .await
-        {
+        match super::write_verified(stream.boxed(), Some(object.size), &partial, &no_checksum, &object_uri).await {
             Ok(written) => bytes += written,
             Err(error) => {
                 let _ = tokio::fs::remove_file(&partial).await;
@@ -224,14 +202,12 @@ pub async fn copy_local_tree(source: &Path, dest: &Path) -> Result<Fetched, Fetc
             for entry in std::fs::read_dir(&dir).map_err(FetchError::io(&dir))? {
                 let entry = entry.map_err(FetchError::io(&dir))?;
                 let path = entry.path();
-                let target =
-                    dest.join(path.strip_prefix(&source).expect("walked below the source"));
+                let target = dest.join(path.strip_prefix(&source).expect("walked below the source"));
                 if entry.file_type().map_err(FetchError::io(&path))?.is_dir() {
                     std::fs::create_dir_all(&target).map_err(FetchError::io(&target))?;
                     pending.push(path);
                 } else {
-                    fetched.bytes +=
-                        std::fs::copy(&path, &target).map_err(FetchError::io(&target))?;
+                    fetched.bytes += std::fs::copy(&path, &target).map_err(FetchError::io(&target))?;
                     fetched.files += 1;
                 }
             }

@@ -101,10 +101,7 @@ pub fn check(object: &Value, images: &OperatorImages) -> Result<Validated, Field
 
 /// What the schema cannot say: the URI must parse, quantities must be quantities, and the
 /// runtime must support the chosen scaling metric.
-pub fn validate(
-    model: &ModelDeployment,
-    images: &OperatorImages,
-) -> Result<Validated, FieldErrors> {
+pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Validated, FieldErrors> {
     let spec = &model.spec;
     let mut errors = Vec::new();
     let mut refuse = |field: &str, message: String| {
@@ -121,7 +118,10 @@ pub fn validate(
 
     let source = match ModelUri::parse(&spec.model_uri) {
         Ok(uri) if matches!(uri.source, ModelSource::File(_)) => {
-            refuse("spec.modelURI", "file:// names a path on the operator's machine, not in the pod; use http(s), s3, gs or pvc".into());
+            refuse(
+                "spec.modelURI",
+                "file:// names a path on the operator's machine, not in the pod; use http(s), s3, gs or pvc".into(),
+            );
             None
         }
         Ok(uri) => Some(uri),
@@ -132,10 +132,7 @@ pub fn validate(
     };
 
     let resources = spec.resources.clone().unwrap_or_default();
-    for (kind, quantities) in [
-        ("limits", &resources.limits),
-        ("requests", &resources.requests),
-    ] {
+    for (kind, quantities) in [("limits", &resources.limits), ("requests", &resources.requests)] {
         for (resource, quantity) in quantities.iter().flatten() {
             if !is_quantity(&quantity.0) {
                 refuse(
@@ -164,10 +161,7 @@ pub fn validate(
             );
         }
         if metric == ScalingMetric::GpuUtilization && gpu.is_none() {
-            refuse(
-                "spec.autoscaling.metric",
-                "gpu-utilization needs spec.gpu".into(),
-            );
+            refuse("spec.autoscaling.metric", "gpu-utilization needs spec.gpu".into());
         }
         let target = autoscaling.target.unwrap_or(match metric {
             ScalingMetric::GpuUtilization => DEFAULT_GPU_UTILIZATION_TARGET,
@@ -245,8 +239,7 @@ fn is_quantity(text: &str) -> bool {
     let digits = number.replace('.', "");
     let number_ok = !digits.is_empty() && number.matches('.').count() <= 1;
     let suffix_ok = match suffix {
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T"
-        | "P" | "E" => true,
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => true,
         exponent => exponent
             .strip_prefix(['e', 'E'])
             .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
@@ -261,9 +254,7 @@ mod tests {
 
     #[test]
     fn quantities_follow_the_kubernetes_grammar() {
-        for ok in [
-            "500m", "1", "0.5", "4Gi", "256Mi", "1e3", "+2", ".5", "12E-2", "2k",
-        ] {
+        for ok in ["500m", "1", "0.5", "4Gi", "256Mi", "1e3", "+2", ".5", "12E-2", "2k"] {
             assert!(is_quantity(ok), "{ok} should be a quantity");
         }
         for bad in ["", "five", "1.2.3", "4GB", "Mi", "1e", "5 cores"] {

@@ -1,9 +1,6 @@
 //! The project's FastAPI + PyTorch server (`inference/`): `POST /predict`, `/healthz`, on 8000.
 
-use super::{
-    Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
-    http_probe,
-};
+use super::{Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe};
 use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
 
 const HTTP: ServerPort = ServerPort {
@@ -39,12 +36,7 @@ impl RuntimeProfile for FastapiPytorch {
         Probes {
             readiness: http_probe("/healthz", HTTP.port, 5, 3),
             liveness: http_probe("/healthz", HTTP.port, 10, 3),
-            startup: http_probe(
-                "/healthz",
-                HTTP.port,
-                STARTUP_PERIOD_SECONDS,
-                STARTUP_FAILURE_THRESHOLD,
-            ),
+            startup: http_probe("/healthz", HTTP.port, STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         }
     }
 }

@@ -13,10 +13,7 @@ use k8s_openapi::{
 };
 
 pub use self::{fastapi::FastapiPytorch, torchserve::Torchserve, triton::Triton};
-use crate::{
-    api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated,
-    settings::OperatorImages,
-};
+use crate::{api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated, settings::OperatorImages};
 
 /// Where fetched models live inside every model pod.
 pub const MODEL_ROOT: &str = "/models";
@@ -125,10 +122,7 @@ fn http_probe(path: &str, port: i32, period_seconds: i32, failure_threshold: i32
 
 fn grpc_health_probe(port: i32, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
-        grpc: Some(GRPCAction {
-            port,
-            service: None,
-        }),
+        grpc: Some(GRPCAction { port, service: None }),
         period_seconds: Some(period_seconds),
         timeout_seconds: Some(3),
         failure_threshold: Some(failure_threshold),

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    CONFIG_DIR, MODEL_ROOT, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD,
-    STARTUP_PERIOD_SECONDS, ServerPort, http_probe,
+    CONFIG_DIR, MODEL_ROOT, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
+    http_probe,
 };
 use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
 

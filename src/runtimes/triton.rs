@@ -1,13 +1,10 @@
 //! NVIDIA Triton Inference Server: KServe v2 over HTTP (8000) and gRPC (8001), metrics on 8002.
 
 use super::{
-    MODEL_ROOT, ModelLayout, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD,
-    STARTUP_PERIOD_SECONDS, ServerPort, grpc_health_probe, http_probe,
+    MODEL_ROOT, ModelLayout, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
+    grpc_health_probe, http_probe,
 };
-use crate::{
-    api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated,
-    settings::OperatorImages,
-};
+use crate::{api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated, settings::OperatorImages};
 
 /// Triton 2.51 (NGC release 24.10), the server the protocol tests run against.
 pub const TRITON_IMAGE: &str = "nvcr.io/nvidia/tritonserver:24.10-py3";
@@ -56,10 +53,7 @@ impl RuntimeProfile for Triton {
                 model_path: model_dir,
             },
             ArtifactShape::File { file_name } => {
-                let extension = file_name
-                    .split_once('.')
-                    .map(|(_, ext)| ext)
-                    .unwrap_or("bin");
+                let extension = file_name.split_once('.').map(|(_, ext)| ext).unwrap_or("bin");
                 ModelLayout {
                     fetch_dir: format!("{model_dir}/1"),
                     file_name: Some(format!("model.{extension}")),

@@ -7,8 +7,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-            PodSpec, PodTemplateSpec, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, PodSpec, PodTemplateSpec,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -21,8 +21,7 @@ use sha2::{Digest, Sha256};
 use super::{
     COMPONENT_SERVER, LABEL_RUNTIME, LABEL_VERSION, common_labels, object_meta,
     pod::{
-        container_security_context, fetch_init_container, model_env, model_mount, model_volume,
-        pod_security_context,
+        container_security_context, fetch_init_container, model_env, model_mount, model_volume, pod_security_context,
     },
     server_selector,
 };
@@ -47,8 +46,8 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
     pod_labels.insert(LABEL_VERSION.to_owned(), model.version.clone());
     pod_labels.insert(LABEL_RUNTIME.to_owned(), model.runtime.to_string());
 
-    let annotations = runtime_config
-        .map(|config| BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash(config))]));
+    let annotations =
+        runtime_config.map(|config| BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash(config))]));
 
     let replicas = match &model.scaling {
         Scaling::Fixed { replicas } => Some(*replicas),
@@ -160,8 +159,7 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
                     init_containers: fetch_init_container(model).map(|c| vec![c]),
                     containers: vec![server],
                     volumes: Some(volumes),
-                    node_selector: (!model.node_selector.is_empty())
-                        .then(|| model.node_selector.clone()),
+                    node_selector: (!model.node_selector.is_empty()).then(|| model.node_selector.clone()),
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     affinity: merge_node_requirements(model.affinity.clone(), requirements),
                     security_context: Some(pod_security_context()),

@@ -2,9 +2,9 @@
 
 use k8s_openapi::{
     api::autoscaling::v2::{
-        CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
-        HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
-        MetricTarget, PodsMetricSource, ResourceMetricSource,
+        CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior,
+        HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource,
+        ResourceMetricSource,
     },
     apimachinery::pkg::api::resource::Quantity,
 };
@@ -55,15 +55,15 @@ pub fn build(model: &Validated) -> Option<HorizontalPodAutoscaler> {
             ..MetricSpec::default()
         },
     };
-    let behavior =
-        plan.scale_down_stabilization_seconds
-            .map(|seconds| HorizontalPodAutoscalerBehavior {
-                scale_down: Some(HPAScalingRules {
-                    stabilization_window_seconds: Some(seconds),
-                    ..HPAScalingRules::default()
-                }),
-                scale_up: None,
-            });
+    let behavior = plan
+        .scale_down_stabilization_seconds
+        .map(|seconds| HorizontalPodAutoscalerBehavior {
+            scale_down: Some(HPAScalingRules {
+                stabilization_window_seconds: Some(seconds),
+                ..HPAScalingRules::default()
+            }),
+            scale_up: None,
+        });
     Some(HorizontalPodAutoscaler {
         metadata: object_meta(model, model.name.clone(), COMPONENT_SERVER),
         spec: Some(HorizontalPodAutoscalerSpec {

@@ -3,9 +3,8 @@
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource,
-        PodSecurityContext, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
-        VolumeMount,
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+        ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
     },
     apimachinery::pkg::api::resource::Quantity,
 };

@@ -40,9 +40,7 @@ fn server(desired: &Desired) -> &Container {
 }
 
 fn env_value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
-    env.iter()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.as_deref())
+    env.iter().find(|e| e.name == name).and_then(|e| e.value.as_deref())
 }
 
 fn quantity(
@@ -53,8 +51,7 @@ fn quantity(
 }
 
 const DUMMY_MODEL: &str = include_str!("../../../tests/fixtures/original-readme/dummy-model.yaml");
-const CUSTOM_MODEL: &str =
-    include_str!("../../../tests/fixtures/original-readme/custom-model.yaml");
+const CUSTOM_MODEL: &str = include_str!("../../../tests/fixtures/original-readme/custom-model.yaml");
 const TRITON_GPU: &str = include_str!("../../../examples/triton-gpu-autoscaling.yaml");
 const TORCHSERVE_MIG: &str = include_str!("../../../examples/torchserve-mig.yaml");
 const TIME_SLICED_T4: &str = include_str!("../../../examples/time-sliced-t4.yaml");
@@ -66,16 +63,8 @@ fn original_dummy_model_renders_a_fastapi_deployment_and_service() {
     let spec = desired.deployment.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(1), "{deployment}");
     let server = server(&desired);
-    assert_eq!(
-        server.image.as_deref(),
-        Some(DEFAULT_FASTAPI_IMAGE),
-        "{deployment}"
-    );
-    assert_eq!(
-        server.ports.as_ref().unwrap()[0].container_port,
-        8000,
-        "{deployment}"
-    );
+    assert_eq!(server.image.as_deref(), Some(DEFAULT_FASTAPI_IMAGE), "{deployment}");
+    assert_eq!(server.ports.as_ref().unwrap()[0].container_port, 8000, "{deployment}");
     let env = server.env.as_ref().unwrap();
     assert_eq!(
         env_value(env, "MODEL_PATH"),
@@ -103,10 +92,7 @@ fn original_dummy_model_renders_a_fastapi_deployment_and_service() {
         "{deployment}"
     );
 
-    let fetch = &pod(&desired)
-        .init_containers
-        .as_ref()
-        .expect("a fetch init container")[0];
+    let fetch = &pod(&desired).init_containers.as_ref().expect("a fetch init container")[0];
     assert_eq!(fetch.image.as_deref(), Some(DEFAULT_FETCHER_IMAGE));
     assert_eq!(
         fetch.args.as_deref().unwrap(),
@@ -126,24 +112,9 @@ fn original_dummy_model_renders_a_fastapi_deployment_and_service() {
         Some("dummy-model-service"),
         "{service}"
     );
-    let port = &desired
-        .service
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap()[0];
-    assert_eq!(
-        (port.name.as_deref(), port.port),
-        (Some("http"), 8000),
-        "{service}"
-    );
-    assert!(
-        desired.hpa.is_none()
-            && desired.validation_job.is_none()
-            && desired.runtime_config.is_none()
-    );
+    let port = &desired.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("http"), 8000), "{service}");
+    assert!(desired.hpa.is_none() && desired.validation_job.is_none() && desired.runtime_config.is_none());
 }
 
 #[test]
@@ -152,14 +123,8 @@ fn every_child_carries_the_original_labels() {
     for object in desired.objects() {
         let labels = &object["metadata"]["labels"];
         assert_eq!(labels["model"], "custom-model", "{object:#}");
-        assert_eq!(
-            labels["app.kubernetes.io/name"], "custom-model",
-            "{object:#}"
-        );
-        assert_eq!(
-            labels["app.kubernetes.io/managed-by"], "model-operator",
-            "{object:#}"
-        );
+        assert_eq!(labels["app.kubernetes.io/name"], "custom-model", "{object:#}");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "model-operator", "{object:#}");
     }
 }
 
@@ -172,22 +137,12 @@ fn original_custom_model_autoscales_on_cpu_and_validates_first() {
         None,
         "the HPA owns replicas:\n{deployment}"
     );
-    assert_eq!(
-        server(&desired).image.as_deref(),
-        Some("localhost/fastapi-pytorch:dev")
-    );
+    assert_eq!(server(&desired).image.as_deref(), Some("localhost/fastapi-pytorch:dev"));
 
-    let hpa = desired
-        .hpa
-        .as_ref()
-        .expect("autoscale: true renders an HPA");
+    let hpa = desired.hpa.as_ref().expect("autoscale: true renders an HPA");
     let shown = show(hpa);
     let spec = hpa.spec.as_ref().unwrap();
-    assert_eq!(
-        (spec.min_replicas, spec.max_replicas),
-        (Some(1), 4),
-        "{shown}"
-    );
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 4), "{shown}");
     assert_eq!(spec.scale_target_ref.name, "custom-model", "{shown}");
     let metric = &spec.metrics.as_ref().unwrap()[0];
     let resource = metric.resource.as_ref().expect("a CPU resource metric");
@@ -197,15 +152,11 @@ fn original_custom_model_autoscales_on_cpu_and_validates_first() {
         "{shown}"
     );
 
-    let job = desired
-        .validation_job
-        .as_ref()
-        .expect("validateScript renders a Job");
+    let job = desired.validation_job.as_ref().expect("validateScript renders a Job");
     let shown = show(job);
     let name = job.metadata.name.as_deref().unwrap();
     assert!(
-        name.starts_with("custom-model-validate-")
-            && name.len() == "custom-model-validate-".len() + 8,
+        name.starts_with("custom-model-validate-") && name.len() == "custom-model-validate-".len() + 8,
         "{shown}"
     );
     let job_pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -221,21 +172,13 @@ fn original_custom_model_autoscales_on_cpu_and_validates_first() {
         "runs in the runtime image:\n{shown}"
     );
     let env = container.env.as_ref().unwrap();
-    assert_eq!(
-        env_value(env, "VALIDATE_SCRIPT"),
-        Some("validate.py"),
-        "{shown}"
-    );
+    assert_eq!(env_value(env, "VALIDATE_SCRIPT"), Some("validate.py"), "{shown}");
     assert_eq!(
         env_value(env, "MODEL_URI"),
         Some("https://example.com/model.pt"),
         "{shown}"
     );
-    assert_eq!(
-        env_value(env, "MODEL_PATH"),
-        Some("/models/model.pt"),
-        "{shown}"
-    );
+    assert_eq!(env_value(env, "MODEL_PATH"), Some("/models/model.pt"), "{shown}");
     let labels = job.metadata.labels.as_ref().unwrap();
     assert_eq!(
         labels.get(LABEL_COMPONENT).map(String::as_str),
@@ -244,14 +187,7 @@ fn original_custom_model_autoscales_on_cpu_and_validates_first() {
     );
 
     // The Service must not route to validation pods.
-    let selector = desired
-        .service
-        .spec
-        .as_ref()
-        .unwrap()
-        .selector
-        .as_ref()
-        .unwrap();
+    let selector = desired.service.spec.as_ref().unwrap().selector.as_ref().unwrap();
     assert_eq!(
         selector.get(LABEL_COMPONENT).map(String::as_str),
         Some(COMPONENT_SERVER)
@@ -277,11 +213,7 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
         Some("nvcr.io/nvidia/tritonserver:24.10-py3"),
         "{deployment}"
     );
-    assert_eq!(
-        server.command.as_deref().unwrap(),
-        ["tritonserver"],
-        "{deployment}"
-    );
+    assert_eq!(server.command.as_deref().unwrap(), ["tritonserver"], "{deployment}");
     assert!(
         server
             .args
@@ -307,29 +239,12 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
         "{deployment}"
     );
     assert_eq!(
-        server
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .grpc
-            .as_ref()
-            .unwrap()
-            .port,
+        server.readiness_probe.as_ref().unwrap().grpc.as_ref().unwrap().port,
         8001,
         "{deployment}"
     );
-    let liveness = server
-        .liveness_probe
-        .as_ref()
-        .unwrap()
-        .http_get
-        .as_ref()
-        .unwrap();
-    assert_eq!(
-        liveness.path.as_deref(),
-        Some("/v2/health/live"),
-        "{deployment}"
-    );
+    let liveness = server.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(liveness.path.as_deref(), Some("/v2/health/live"), "{deployment}");
     assert_eq!(
         server.startup_probe.as_ref().unwrap().failure_threshold,
         Some(180),
@@ -379,10 +294,7 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
         "{deployment}"
     );
     assert_eq!(
-        (
-            expressions[1].key.as_str(),
-            expressions[1].operator.as_str()
-        ),
+        (expressions[1].key.as_str(), expressions[1].operator.as_str()),
         ("nvidia.com/gpu.memory", "Gt"),
         "{deployment}"
     );
@@ -391,11 +303,7 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
         "the device plugin sets it:\n{deployment}"
     );
     assert!(
-        pod.volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .any(|v| v.name == "dshm"),
+        pod.volumes.as_ref().unwrap().iter().any(|v| v.name == "dshm"),
         "Triton gets a larger /dev/shm:\n{deployment}"
     );
 
@@ -419,14 +327,7 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
         ("AverageValue", Some("70")),
         "{shown}"
     );
-    let service_ports = desired
-        .service
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap();
+    let service_ports = desired.service.spec.as_ref().unwrap().ports.as_ref().unwrap();
     assert_eq!(service_ports.len(), 3, "{}", show(&desired.service));
 }
 
@@ -464,8 +365,7 @@ fn torchserve_on_a_mig_slice_gets_its_config_and_slice_resource() {
     );
     let args = server.args.as_ref().unwrap();
     assert!(
-        args.windows(2)
-            .any(|w| w == ["--models", "bert=bert_seq_cls.mar"]),
+        args.windows(2).any(|w| w == ["--models", "bert=bert_seq_cls.mar"]),
         "{deployment}"
     );
     assert!(
@@ -479,11 +379,7 @@ fn torchserve_on_a_mig_slice_gets_its_config_and_slice_resource() {
         Some("1"),
         "{deployment}"
     );
-    assert_eq!(
-        quantity(&resources.limits, "nvidia.com/gpu"),
-        None,
-        "{deployment}"
-    );
+    assert_eq!(quantity(&resources.limits, "nvidia.com/gpu"), None, "{deployment}");
     assert_eq!(desired.deployment.spec.as_ref().unwrap().replicas, Some(2));
     let expressions = pod(&desired)
         .affinity
@@ -575,20 +471,10 @@ fn torchserve_without_gpus_uses_the_cpu_image_and_no_gpu_workers() {
     let desired = render(
         "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {name: noop}\nspec:\n  modelURI: https://h/noop.mar\n  runtime: torchserve\n",
     );
-    assert_eq!(
-        server(&desired).image.as_deref(),
-        Some("pytorch/torchserve:0.12.0-cpu")
-    );
-    let properties = &desired
-        .runtime_config
-        .as_ref()
-        .unwrap()
-        .data
-        .as_ref()
-        .unwrap()["config.properties"];
+    assert_eq!(server(&desired).image.as_deref(), Some("pytorch/torchserve:0.12.0-cpu"));
+    let properties = &desired.runtime_config.as_ref().unwrap().data.as_ref().unwrap()["config.properties"];
     assert!(
-        properties.contains("number_of_gpu=0\n")
-            && properties.contains("default_workers_per_model=1\n"),
+        properties.contains("number_of_gpu=0\n") && properties.contains("default_workers_per_model=1\n"),
         "{properties}"
     );
 }
@@ -617,24 +503,12 @@ fn time_sliced_t4_accepts_shared_products() {
         "{deployment}"
     );
     assert_eq!(
-        quantity(
-            &server(&desired).resources.as_ref().unwrap().limits,
-            "nvidia.com/gpu"
-        )
-        .as_deref(),
+        quantity(&server(&desired).resources.as_ref().unwrap().limits, "nvidia.com/gpu").as_deref(),
         Some("1")
     );
     assert_eq!(desired.deployment.spec.as_ref().unwrap().replicas, Some(3));
     let job = desired.validation_job.as_ref().unwrap();
-    let job_resources = job
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+    let job_resources = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
         .resources
         .as_ref()
         .unwrap();
@@ -676,16 +550,8 @@ fn autoscaling_metric_defaults_follow_the_gpu() {
     let spec = hpa.spec.as_ref().unwrap();
     let pods = spec.metrics.as_ref().unwrap()[0].pods.as_ref().unwrap();
     assert_eq!(pods.metric.name, "inference_queue_duration_us", "{shown}");
-    assert_eq!(
-        pods.target.average_value.as_ref().unwrap().0,
-        "50000",
-        "{shown}"
-    );
-    assert_eq!(
-        (spec.min_replicas, spec.max_replicas),
-        (Some(2), 6),
-        "{shown}"
-    );
+    assert_eq!(pods.target.average_value.as_ref().unwrap().0, "50000", "{shown}");
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 6), "{shown}");
     let window = spec
         .behavior
         .as_ref()
@@ -706,10 +572,7 @@ fn a_claim_is_mounted_instead_of_fetched() {
     let pod = pod(&desired);
     assert!(pod.init_containers.is_none(), "{deployment}");
     let volume = &pod.volumes.as_ref().unwrap()[0];
-    let claim = volume
-        .persistent_volume_claim
-        .as_ref()
-        .expect("a claim volume");
+    let claim = volume.persistent_volume_claim.as_ref().expect("a claim volume");
     assert_eq!(
         (claim.claim_name.as_str(), claim.read_only),
         ("model-cache", Some(true)),
@@ -747,11 +610,7 @@ spec:
     let deployment = show(&desired.deployment);
     assert_eq!(desired.deployment.metadata.namespace.as_deref(), Some("ml"));
     let pod = pod(&desired);
-    assert_eq!(
-        pod.node_selector.as_ref().unwrap()["pool"],
-        "inference",
-        "{deployment}"
-    );
+    assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "inference", "{deployment}");
     let tolerations: Vec<_> = pod
         .tolerations
         .as_ref()
@@ -786,11 +645,7 @@ spec:
         Some("/models/override.pt"),
         "the user's variable wins:\n{deployment}"
     );
-    assert_eq!(
-        env.iter().filter(|e| e.name == "MODEL_PATH").count(),
-        1,
-        "{deployment}"
-    );
+    assert_eq!(env.iter().filter(|e| e.name == "MODEL_PATH").count(), 1, "{deployment}");
     assert_eq!(env_value(env, "WORKERS"), Some("4"), "{deployment}");
     assert_eq!(
         server(&desired).args.as_deref().unwrap(),
@@ -806,11 +661,7 @@ fn serving_pods_are_hardened_and_labelled_with_their_version() {
     let pod = pod(&desired);
     let security = pod.security_context.as_ref().unwrap();
     assert_eq!(security.run_as_non_root, Some(true), "{deployment}");
-    assert_eq!(
-        pod.automount_service_account_token,
-        Some(false),
-        "{deployment}"
-    );
+    assert_eq!(pod.automount_service_account_token, Some(false), "{deployment}");
     let container_security = server(&desired).security_context.as_ref().unwrap();
     assert_eq!(
         container_security.allow_privilege_escalation,
@@ -818,12 +669,7 @@ fn serving_pods_are_hardened_and_labelled_with_their_version() {
         "{deployment}"
     );
     assert_eq!(
-        container_security
-            .capabilities
-            .as_ref()
-            .unwrap()
-            .drop
-            .as_deref(),
+        container_security.capabilities.as_ref().unwrap().drop.as_deref(),
         Some(&["ALL".to_owned()][..]),
         "{deployment}"
     );
@@ -862,15 +708,7 @@ fn serving_pods_are_hardened_and_labelled_with_their_version() {
 fn a_new_version_renders_a_new_validation_job() {
     let v1 = render(CUSTOM_MODEL);
     let v2 = render(&CUSTOM_MODEL.replace("version: v1", "version: v2"));
-    let name = |d: &Desired| {
-        d.validation_job
-            .as_ref()
-            .unwrap()
-            .metadata
-            .name
-            .clone()
-            .unwrap()
-    };
+    let name = |d: &Desired| d.validation_job.as_ref().unwrap().metadata.name.clone().unwrap();
     assert_ne!(name(&v1), name(&v2));
     let version = |d: &Desired| {
         d.deployment
@@ -894,10 +732,7 @@ fn a_new_version_renders_a_new_validation_job() {
 fn refused(yaml: &str) -> FieldErrors {
     let object: Value = serde_yaml_ng::from_str(yaml).expect("fixture is YAML");
     match check(&object, &OperatorImages::default()) {
-        Ok(validated) => panic!(
-            "should be refused, rendered:\n{}",
-            show(&build(&validated).objects())
-        ),
+        Ok(validated) => panic!("should be refused, rendered:\n{}", show(&build(&validated).objects())),
         Err(errors) => errors,
     }
 }
@@ -906,11 +741,7 @@ fn refused(yaml: &str) -> FieldErrors {
 fn with_spec(patch: &str) -> String {
     format!(
         "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata:\n  name: m\nspec:\n  modelURI: s3://bucket/model/\n  runtime: triton\n{}\n",
-        patch
-            .lines()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        patch.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
     )
 }
 
@@ -944,11 +775,7 @@ fn gpu_count_below_one_is_refused() {
 
 #[test]
 fn mig_without_a_profile_is_refused() {
-    assert_refused(
-        &with_spec("gpu: {sharing: mig}"),
-        "spec.gpu",
-        "migProfile is required",
-    );
+    assert_refused(&with_spec("gpu: {sharing: mig}"), "spec.gpu", "migProfile is required");
 }
 
 #[test]
@@ -971,21 +798,13 @@ fn malformed_mig_profile_is_refused() {
 
 #[test]
 fn unknown_sharing_mode_is_refused() {
-    assert_refused(
-        &with_spec("gpu: {sharing: shared}"),
-        "spec.gpu.sharing",
-        "shared",
-    );
+    assert_refused(&with_spec("gpu: {sharing: shared}"), "spec.gpu.sharing", "shared");
 }
 
 #[test]
 fn unsupported_uri_scheme_is_refused() {
     let yaml = with_spec("").replace("s3://bucket/model/", "ftp://host/model.pt");
-    assert_refused(
-        &yaml,
-        "spec.modelURI",
-        "http://, https://, s3://, gs:// or pvc://",
-    );
+    assert_refused(&yaml, "spec.modelURI", "http://, https://, s3://, gs:// or pvc://");
 }
 
 #[test]
@@ -1044,11 +863,7 @@ fn negative_replicas_are_refused() {
 
 #[test]
 fn a_version_that_is_not_a_label_value_is_refused() {
-    assert_refused(
-        &with_spec("version: 'v1 final!'"),
-        "spec.version",
-        "does not match",
-    );
+    assert_refused(&with_spec("version: 'v1 final!'"), "spec.version", "does not match");
 }
 
 #[test]
@@ -1071,11 +886,7 @@ fn malformed_quantity_is_refused() {
 
 #[test]
 fn unknown_fields_are_refused_by_name() {
-    assert_refused(
-        &with_spec("gpu: {cuont: 2}"),
-        "spec.gpu.cuont",
-        "not declared",
-    );
+    assert_refused(&with_spec("gpu: {cuont: 2}"), "spec.gpu.cuont", "not declared");
 }
 
 #[test]

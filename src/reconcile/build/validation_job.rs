@@ -12,8 +12,7 @@ use k8s_openapi::{
 use super::{
     COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_VERSION, common_labels, object_meta,
     pod::{
-        container_security_context, fetch_init_container, model_env, model_mount, model_volume,
-        pod_security_context,
+        container_security_context, fetch_init_container, model_env, model_mount, model_volume, pod_security_context,
     },
 };
 use crate::reconcile::validate::Validated;
@@ -57,11 +56,7 @@ pub fn build(model: &Validated) -> Option<Job> {
     let container = Container {
         name: VALIDATE_CONTAINER.to_owned(),
         image: Some(model.image.clone()),
-        command: Some(vec![
-            "/bin/sh".to_owned(),
-            "-c".to_owned(),
-            RUN_SCRIPT.to_owned(),
-        ]),
+        command: Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), RUN_SCRIPT.to_owned()]),
         env: Some(env),
         resources: Some(model.resources.clone()),
         volume_mounts: Some(vec![model_mount(model)]),
@@ -84,8 +79,7 @@ pub fn build(model: &Validated) -> Option<Job> {
                     init_containers: fetch_init_container(model).map(|c| vec![c]),
                     containers: vec![container],
                     volumes: Some(vec![model_volume(model)]),
-                    node_selector: (!model.node_selector.is_empty())
-                        .then(|| model.node_selector.clone()),
+                    node_selector: (!model.node_selector.is_empty()).then(|| model.node_selector.clone()),
                     tolerations: (!model.tolerations.is_empty()).then(|| model.tolerations.clone()),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),

@@ -1,0 +1,343 @@
+//! GPU capacity pre-flight: before pods exist (or while some are Pending), compares what the
+//! unscheduled replicas need with the free GPUs on the nodes they may use, so the user reads
+//! "needs 2 × nvidia.com/gpu …; room for 1 …" instead of watching pods sit Pending.
+//!
+//! A replica fits only on one node with enough free GPUs for all of its `count`; free GPUs
+//! scattered over nodes do not add up.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+
+use super::GpuPlacement;
+use crate::api::conditions::reasons;
+
+/// One node's view for a GPU resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeGpus {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    /// Ready and not cordoned.
+    pub schedulable: bool,
+    pub allocatable: i64,
+    /// Requested by pods bound to the node that have not finished.
+    pub requested: i64,
+}
+
+impl NodeGpus {
+    pub fn free(&self) -> i64 {
+        (self.allocatable - self.requested).max(0)
+    }
+
+    /// Reads `resource` from a node and the pods bound to it.
+    pub fn from_node<'a>(node: &Node, pods: impl IntoIterator<Item = &'a Pod>, resource: &str) -> Self {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let status = node.status.as_ref();
+        let allocatable = status
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get(resource))
+            .and_then(|q| q.0.parse().ok())
+            .unwrap_or(0);
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let spec = node.spec.as_ref();
+        let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let requested = pods
+            .into_iter()
+            .filter(|pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            .filter(|pod| !is_finished(pod))
+            .map(|pod| pod_request(pod, resource))
+            .sum();
+        Self {
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            schedulable: ready && !cordoned,
+            allocatable,
+            requested,
+            name,
+        }
+    }
+}
+
+/// Where the pods of one ModelDeployment may go, besides GPU labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodConstraints {
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+/// The verdict, as a `GPUCapacity` condition would carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacityReport {
+    pub fits: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Whether `unscheduled` more replicas, each needing `placement.count` of `placement.resource`
+/// on one node, fit on the acceptable nodes.
+pub fn check_capacity(
+    placement: &GpuPlacement,
+    unscheduled: i32,
+    constraints: &PodConstraints,
+    nodes: &[NodeGpus],
+) -> CapacityReport {
+    let per_replica = i64::from(placement.count);
+    let matching: Vec<&NodeGpus> = nodes
+        .iter()
+        .filter(|node| node.allocatable > 0 && node.schedulable)
+        .filter(|node| placement.matches_node(&node.labels))
+        .filter(|node| {
+            constraints
+                .node_selector
+                .iter()
+                .all(|(k, v)| node.labels.get(k) == Some(v))
+        })
+        .filter(|node| {
+            node.taints
+                .iter()
+                .all(|taint| tolerated(taint, &constraints.tolerations))
+        })
+        .collect();
+    let demand = placement.describe();
+    if matching.is_empty() {
+        return CapacityReport {
+            fits: false,
+            reason: reasons::NO_MATCHING_NODES,
+            message: format!(
+                "needs {demand} per replica; none of the {} nodes offers it (schedulable, matching labels, taints tolerated)",
+                nodes.len()
+            ),
+        };
+    }
+    let room: i64 = matching.iter().map(|node| node.free() / per_replica).sum();
+    let free: i64 = matching.iter().map(|node| node.free()).sum();
+    let nodes_text = |nodes: &[&NodeGpus]| {
+        nodes
+            .iter()
+            .map(|n| format!("{} has {} of {} free", n.name, n.free(), n.allocatable))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if room >= i64::from(unscheduled) {
+        CapacityReport {
+            fits: true,
+            reason: reasons::GPUS_AVAILABLE,
+            message: format!(
+                "{unscheduled} unscheduled replica(s) of {demand} fit: {free} free on {} matching node(s)",
+                matching.len()
+            ),
+        }
+    } else {
+        CapacityReport {
+            fits: false,
+            reason: reasons::INSUFFICIENT_GPUS,
+            message: format!(
+                "needs {demand} for each of {unscheduled} unscheduled replica(s); room for {room}: {} ({} matching node(s), {free} free in all)",
+                nodes_text(&matching),
+                matching.len()
+            ),
+        }
+    }
+}
+
+/// Kubernetes' toleration semantics for the taints that keep pods off a node.
+fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
+    if taint.effect == "PreferNoSchedule" {
+        return true;
+    }
+    tolerations.iter().any(|t| {
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(key) => key == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// A pod's effective request: the larger of its containers' sum and its largest init
+/// container, as the scheduler counts it. A limit without a request counts as the request.
+pub fn pod_request(pod: &Pod, resource: &str) -> i64 {
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    let of = |c: &k8s_openapi::api::core::v1::Container| {
+        c.resources
+            .as_ref()
+            .and_then(|r| {
+                r.requests
+                    .as_ref()
+                    .and_then(|m| m.get(resource))
+                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(resource)))
+            })
+            .and_then(|q| q.0.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let containers: i64 = spec.containers.iter().map(of).sum();
+    let init = spec.init_containers.iter().flatten().map(of).max().unwrap_or(0);
+    containers.max(init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GpuSpec;
+
+    fn a100_node(name: &str, allocatable: i64, requested: i64) -> NodeGpus {
+        NodeGpus {
+            name: name.into(),
+            labels: [("nvidia.com/gpu.product".to_owned(), "NVIDIA-A100-SXM4-80GB".to_owned())].into(),
+            taints: vec![Taint {
+                key: "nvidia.com/gpu".into(),
+                effect: "NoSchedule".into(),
+                ..Taint::default()
+            }],
+            schedulable: true,
+            allocatable,
+            requested,
+        }
+    }
+
+    fn cpu_node() -> NodeGpus {
+        NodeGpus {
+            name: "cpu-0".into(),
+            labels: BTreeMap::new(),
+            taints: vec![],
+            schedulable: true,
+            allocatable: 0,
+            requested: 0,
+        }
+    }
+
+    fn placement(yaml: &str) -> GpuPlacement {
+        GpuPlacement::from_spec(&serde_yaml_ng::from_str::<GpuSpec>(yaml).unwrap())
+    }
+
+    fn gpu_constraints() -> PodConstraints {
+        PodConstraints {
+            tolerations: vec![GpuPlacement::toleration()],
+            ..PodConstraints::default()
+        }
+    }
+
+    #[test]
+    fn replicas_fit_when_single_nodes_have_room() {
+        let nodes = [a100_node("gpu-a100-0", 8, 4), a100_node("gpu-a100-1", 8, 0), cpu_node()];
+        let report = check_capacity(
+            &placement("count: 2\nproducts: [NVIDIA-A100-SXM4-80GB]"),
+            3,
+            &gpu_constraints(),
+            &nodes,
+        );
+        assert!(report.fits, "{report:?}");
+        assert_eq!(report.reason, "GPUsAvailable");
+        assert!(
+            report.message.contains("12 free on 2 matching node(s)"),
+            "{}",
+            report.message
+        );
+    }
+
+    #[test]
+    fn scattered_free_gpus_do_not_add_up() {
+        // 3 free GPUs in all, but no node has 2.
+        let nodes = [
+            a100_node("gpu-a100-0", 8, 7),
+            a100_node("gpu-a100-1", 8, 7),
+            a100_node("gpu-a100-2", 8, 7),
+        ];
+        let report = check_capacity(
+            &placement("count: 2\nproducts: [NVIDIA-A100-SXM4-80GB]"),
+            1,
+            &gpu_constraints(),
+            &nodes,
+        );
+        assert!(!report.fits, "{report:?}");
+        assert_eq!(report.reason, "InsufficientGPUs");
+        assert_eq!(
+            report.message,
+            "needs 2 × nvidia.com/gpu on NVIDIA-A100-SXM4-80GB for each of 1 unscheduled replica(s); room for 0: \
+             gpu-a100-0 has 1 of 8 free, gpu-a100-1 has 1 of 8 free, gpu-a100-2 has 1 of 8 free (3 matching node(s), 3 free in all)"
+        );
+    }
+
+    #[test]
+    fn no_matching_product_says_so() {
+        let nodes = [a100_node("gpu-a100-0", 8, 0), cpu_node()];
+        let report = check_capacity(&placement("products: [Tesla-T4]"), 1, &gpu_constraints(), &nodes);
+        assert_eq!((report.fits, report.reason), (false, "NoMatchingNodes"), "{report:?}");
+        assert!(
+            report.message.contains("1 × nvidia.com/gpu on Tesla-T4") && report.message.contains("2 nodes"),
+            "{}",
+            report.message
+        );
+    }
+
+    #[test]
+    fn untolerated_taints_and_cordoned_nodes_are_not_counted() {
+        let mut cordoned = a100_node("gpu-a100-1", 8, 0);
+        cordoned.schedulable = false;
+        let nodes = [a100_node("gpu-a100-0", 8, 0), cordoned];
+        let report = check_capacity(&placement("count: 1"), 1, &PodConstraints::default(), &nodes);
+        assert_eq!(
+            report.reason, "NoMatchingNodes",
+            "without the GPU toleration: {report:?}"
+        );
+        let report = check_capacity(&placement("count: 8"), 2, &gpu_constraints(), &nodes);
+        assert_eq!(
+            report.reason, "InsufficientGPUs",
+            "the cordoned node is no room: {report:?}"
+        );
+    }
+
+    #[test]
+    fn node_selector_narrows_the_nodes() {
+        let mut zoned = a100_node("gpu-a100-0", 8, 0);
+        zoned.labels.insert("zone".into(), "a".into());
+        let constraints = PodConstraints {
+            node_selector: [("zone".to_owned(), "b".to_owned())].into(),
+            ..gpu_constraints()
+        };
+        let report = check_capacity(&placement("count: 1"), 1, &constraints, &[zoned]);
+        assert_eq!(report.reason, "NoMatchingNodes");
+    }
+
+    #[test]
+    fn node_usage_counts_unfinished_pods_bound_to_it() {
+        let node: Node = serde_yaml_ng::from_str(
+            "metadata: {name: gpu-a100-0}\nstatus:\n  allocatable: {nvidia.com/gpu: '8'}\n  conditions: [{type: Ready, status: 'True'}]\n",
+        )
+        .unwrap();
+        let pod = |node: &str, phase: &str, gpus: &str| -> Pod {
+            serde_yaml_ng::from_str(&format!(
+                "spec:\n  nodeName: {node}\n  containers: [{{name: c, resources: {{limits: {{nvidia.com/gpu: '{gpus}'}}}}}}]\nstatus: {{phase: {phase}}}\n"
+            ))
+            .unwrap()
+        };
+        let pods = [
+            pod("gpu-a100-0", "Running", "2"),
+            pod("gpu-a100-0", "Succeeded", "4"),
+            pod("gpu-a100-1", "Running", "3"),
+            pod("gpu-a100-0", "Pending", "1"),
+        ];
+        let gpus = NodeGpus::from_node(&node, &pods, "nvidia.com/gpu");
+        assert_eq!(
+            (gpus.allocatable, gpus.requested, gpus.free(), gpus.schedulable),
+            (8, 3, 5, true)
+        );
+    }
+}
