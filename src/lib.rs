@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod gpu;
 pub mod model_fetch;
 pub mod model_source;

@@ -27,12 +27,16 @@ pub mod reasons {
     pub const GPUS_AVAILABLE: &str = "GPUsAvailable";
     pub const INSUFFICIENT_GPUS: &str = "InsufficientGPUs";
     pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
+    pub const DEPLOYMENT_NOT_CREATED: &str = "DeploymentNotCreated";
     pub const DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
     pub const DEPLOYMENT_UNAVAILABLE: &str = "DeploymentUnavailable";
     pub const MODEL_LOADED: &str = "ModelLoaded";
     pub const MODEL_LOADING: &str = "ModelLoading";
     pub const MODEL_NOT_REGISTERED: &str = "ModelNotRegistered";
     pub const SERVER_UNAVAILABLE: &str = "ServerUnavailable";
+    /// ModelReady from the kubelet's readiness probes alone, before any model probe answered.
+    pub const PODS_READY: &str = "PodsReady";
+    pub const PODS_NOT_READY: &str = "PodsNotReady";
     pub const SERVING: &str = "Serving";
     pub const NOT_SERVING: &str = "NotServing";
 }

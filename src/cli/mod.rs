@@ -3,13 +3,17 @@
 
 mod fetch;
 mod render;
+mod run;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 
-use crate::api::ModelDeployment;
+use crate::{
+    api::ModelDeployment,
+    settings::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, OperatorImages},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +44,34 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Download a model into a directory (the model-fetch init container).
     Fetch(fetch::FetchArgs),
+    /// Run the operator: reconcile ModelDeployments in the cluster of the in-cluster
+    /// configuration or KUBECONFIG.
+    Run(run::RunArgs),
+}
+
+/// The images the operator supplies itself, shared by `render` and `run` so both build the
+/// same objects.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// Image of the model-fetch init container (the operator's own image).
+    #[arg(long, env = "FETCHER_IMAGE", default_value = DEFAULT_FETCHER_IMAGE)]
+    pub fetcher_image: String,
+    /// Default image of the fastapi-pytorch runtime.
+    #[arg(long, env = "FASTAPI_PYTORCH_IMAGE", default_value = DEFAULT_FASTAPI_IMAGE)]
+    pub fastapi_pytorch_image: String,
+}
+
+impl ImageArgs {
+    pub fn into_images(self) -> OperatorImages {
+        let ImageArgs {
+            fetcher_image,
+            fastapi_pytorch_image,
+        } = self;
+        OperatorImages {
+            fetcher: fetcher_image,
+            fastapi_pytorch: fastapi_pytorch_image,
+        }
+    }
 }
 
 /// Parses the command line and runs the subcommand.
@@ -53,6 +85,7 @@ pub fn main() -> ExitCode {
         }
         Command::Render(args) => args.run(),
         Command::Fetch(args) => args.run(),
+        Command::Run(args) => args.run(),
     }
 }
 

@@ -7,9 +7,10 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::ImageArgs;
 use crate::{
     reconcile::{build::build, validate::check},
-    settings::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, OperatorImages},
+    settings::OperatorImages,
 };
 
 #[derive(Debug, Args)]
@@ -20,12 +21,8 @@ pub struct RenderArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
-    /// Image of the model-fetch init container (the operator's own image).
-    #[arg(long, env = "FETCHER_IMAGE", default_value = DEFAULT_FETCHER_IMAGE)]
-    pub fetcher_image: String,
-    /// Default image of the fastapi-pytorch runtime.
-    #[arg(long, env = "FASTAPI_PYTORCH_IMAGE", default_value = DEFAULT_FASTAPI_IMAGE)]
-    pub fastapi_pytorch_image: String,
+    #[command(flatten)]
+    pub images: ImageArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,16 +33,8 @@ pub enum OutputFormat {
 
 impl RenderArgs {
     pub fn run(self) -> ExitCode {
-        let RenderArgs {
-            files,
-            output,
-            fetcher_image,
-            fastapi_pytorch_image,
-        } = self;
-        let images = OperatorImages {
-            fetcher: fetcher_image,
-            fastapi_pytorch: fastapi_pytorch_image,
-        };
+        let RenderArgs { files, output, images } = self;
+        let images = images.into_images();
         match render_files(&files, &images) {
             Ok(objects) => {
                 print!("{}", format_objects(&objects, output));

@@ -1,6 +1,10 @@
-//! The reconcile pipeline, one module per step: `validate` (pure) turns a `ModelDeployment` into
-//! the validated view every builder reads, and `build` (pure) renders the desired children.
-//! The client-side steps (fetch, apply, status) build on these.
+//! The reconcile pipeline, one module per step: `fetch` reads the children from the watch
+//! caches, `validate` (pure) turns a `ModelDeployment` into the validated view every builder
+//! reads, `build` (pure) renders the desired children, `apply` writes them with server-side
+//! apply, and `status` (pure) computes what is written back. `crate::controller` runs it.
 
+pub mod apply;
 pub mod build;
+pub mod fetch;
+pub mod status;
 pub mod validate;

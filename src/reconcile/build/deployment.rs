@@ -8,7 +8,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, PodSpec, PodTemplateSpec,
-            Volume, VolumeMount,
+            Toleration, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -120,11 +120,7 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
         ..Container::default()
     };
 
-    let mut tolerations = Vec::new();
-    if model.gpu.is_some() {
-        tolerations.push(GpuPlacement::toleration());
-    }
-    tolerations.extend(model.tolerations.iter().cloned());
+    let tolerations = pod_tolerations(model);
     let requirements = model
         .gpu
         .as_ref()
@@ -175,6 +171,17 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
 }
 
 /// The user's CPU and memory plus the GPU resource, as limit and equal request.
+/// The GPU taint's toleration (when GPUs are requested) and the user's: what the serving pods
+/// tolerate, and so what the GPU capacity check lets them use.
+pub fn pod_tolerations(model: &Validated) -> Vec<Toleration> {
+    let mut tolerations = Vec::new();
+    if model.gpu.is_some() {
+        tolerations.push(GpuPlacement::toleration());
+    }
+    tolerations.extend(model.tolerations.iter().cloned());
+    tolerations
+}
+
 fn runtime_resources(model: &Validated) -> k8s_openapi::api::core::v1::ResourceRequirements {
     let mut resources = model.resources.clone();
     if let Some(gpu) = &model.gpu {

@@ -23,8 +23,11 @@ use k8s_openapi::{
 use serde::Serialize;
 
 pub use self::{
-    deployment::build as build_deployment, hpa::build as build_hpa, runtime_config::build as build_runtime_config,
-    service::build as build_service, validation_job::build as build_validation_job,
+    deployment::{build as build_deployment, pod_tolerations},
+    hpa::build as build_hpa,
+    runtime_config::build as build_runtime_config,
+    service::build as build_service,
+    validation_job::build as build_validation_job,
 };
 use super::validate::Validated;
 

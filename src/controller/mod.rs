@@ -1,0 +1,523 @@
+//! The operator process: watch caches, the kube-rs Controller running the reconcile pipeline
+//! (`fetch → validate → build → apply → status`), leader election and the admin server.
+
+pub mod admin;
+pub mod leader;
+pub mod metrics;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::Job,
+        core::v1::{ConfigMap, Node, Pod, Service},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+pub use self::{admin::Readiness, leader::LeaseSettings, metrics::Metrics};
+use crate::{
+    api::{ModelDeployment, ModelDeploymentStatus, conditions},
+    reconcile::{
+        apply::{self, ApplyError},
+        build::{self, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY},
+        fetch::Caches,
+        status::{self, ModelReadiness, StatusInputs, ValidationState},
+        validate,
+    },
+    settings::OperatorImages,
+};
+
+/// The Controller's name in Events and logs.
+pub const CONTROLLER_NAME: &str = "model-operator";
+/// Without any event, every ModelDeployment is looked at again this often: a safety net for
+/// a missed watch event, not how the operator normally reacts.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// After a failed reconcile; conflicts clear with the next watch event, other errors retry.
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+
+/// Everything `run` needs; the CLI fills it from flags.
+pub struct Settings {
+    pub images: OperatorImages,
+    /// Namespace to watch; all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+    /// Leader election; `None` runs as the only writer (development, single replica).
+    pub lease: Option<LeaseSettings>,
+    /// Reconciles that run at once.
+    pub concurrency: u16,
+    pub metrics_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub caches: Caches,
+    pub images: OperatorImages,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    leader: watch::Receiver<bool>,
+    caches_synced: watch::Receiver<bool>,
+}
+
+/// What a reconcile can fail with; `reason` labels metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Apply(error) => error.reason(),
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        images,
+        watch_namespace,
+        lease,
+        concurrency,
+        metrics_addr,
+        health_addr,
+    } = settings;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let listeners = admin::bind(metrics_addr, health_addr).await?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        shutdown_tx.send_replace(true);
+    });
+    let shutdown = {
+        let rx = shutdown_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        }
+    };
+
+    let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let (models, model_stream) =
+        cache::<ModelDeployment>(&client, watch_namespace.as_deref(), watcher::Config::default());
+    let (deployments, deployment_stream) = cache::<Deployment>(&client, watch_namespace.as_deref(), children.clone());
+    let (services, service_stream) = cache::<Service>(&client, watch_namespace.as_deref(), children.clone());
+    let (hpas, hpa_stream) = cache::<HorizontalPodAutoscaler>(&client, watch_namespace.as_deref(), children.clone());
+    let (jobs, job_stream) = cache::<Job>(&client, watch_namespace.as_deref(), children.clone());
+    let (config_maps, config_map_stream) = cache::<ConfigMap>(&client, watch_namespace.as_deref(), children);
+    // Every pod and node counts toward GPU capacity, whoever owns them.
+    let (pods, pod_stream) = cache::<Pod>(&client, None, watcher::Config::default());
+    let (nodes, node_stream) = cache_cluster::<Node>(&client);
+    let caches = Caches {
+        models: models.clone(),
+        deployments,
+        services,
+        hpas,
+        jobs,
+        config_maps,
+        pods,
+        nodes,
+    };
+
+    let (synced_tx, caches_synced) = watch::channel(false);
+    {
+        let caches = caches.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let Caches {
+                models,
+                deployments,
+                services,
+                hpas,
+                jobs,
+                config_maps,
+                pods,
+                nodes,
+            } = caches;
+            let synced = future::join_all([
+                Box::pin(models.wait_until_ready()) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>,
+                Box::pin(deployments.wait_until_ready()),
+                Box::pin(services.wait_until_ready()),
+                Box::pin(hpas.wait_until_ready()),
+                Box::pin(jobs.wait_until_ready()),
+                Box::pin(config_maps.wait_until_ready()),
+                Box::pin(pods.wait_until_ready()),
+                Box::pin(nodes.wait_until_ready()),
+            ])
+            .await;
+            if synced.iter().all(Result::is_ok) {
+                info!("watch caches synced");
+                readiness.set_ready();
+                synced_tx.send_replace(true);
+            }
+        });
+    }
+
+    let (leader, election) = match lease {
+        Some(lease) => {
+            let (leader, task) = leader::spawn(client.clone(), lease, metrics.clone(), shutdown_rx.clone());
+            (leader, Some(task))
+        }
+        None => {
+            metrics.leader.set(1);
+            (watch::channel(true).1, None)
+        }
+    };
+    // Becoming the leader re-reconciles everything: the standby skipped its events.
+    let became_leader = leadership_gained(leader.clone());
+
+    let context = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_NAME.to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        caches,
+        images,
+        metrics: metrics.clone(),
+        leader,
+        caches_synced,
+    });
+
+    let pod_models = models.clone();
+    let node_models = models.clone();
+    let controller = Controller::for_stream(model_stream, models)
+        .owns_stream(deployment_stream)
+        .owns_stream(service_stream)
+        .owns_stream(hpa_stream)
+        .owns_stream(job_stream)
+        .owns_stream(config_map_stream)
+        .watches_stream(pod_stream, move |pod| models_affected_by_pod(&pod, &pod_models))
+        .watches_stream(node_stream, move |_node| models_short_of_gpus(&node_models))
+        .reconcile_all_on(became_leader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(error) = result {
+                debug!(%error, "reconcile did not finish");
+            }
+            future::ready(())
+        });
+
+    let admin = admin::serve(listeners, metrics, readiness, shutdown);
+    let (_, admin_result) = tokio::join!(controller, admin);
+    if let Some(task) = election {
+        let _ = task.await;
+    }
+    admin_result?;
+    Ok(())
+}
+
+/// A reflector-backed watch of `K` in one namespace or all, whose events trigger reconciles
+/// and whose store the reconciler reads. Managed fields are dropped: nobody reads them and
+/// they are a large part of every object.
+fn cache<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let api: Api<K> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    reflect(api, config)
+}
+
+fn cache_cluster<K>(
+    client: &Client,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<Scope = k8s_openapi::ClusterResourceScope>,
+{
+    reflect(Api::all(client.clone()), watcher::Config::default())
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+/// A serving pod changes its ModelDeployment's status; a GPU pod that finishes or goes away
+/// frees GPUs that ModelDeployments short of them may now use.
+fn models_affected_by_pod(pod: &Pod, models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
+    let labels = pod.labels();
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(build::COMPONENT_SERVER)
+        && let (Some(name), Some(namespace)) = (labels.get(LABEL_NAME), pod.namespace())
+    {
+        return vec![ObjectRef::new(name).within(&namespace)];
+    }
+    let holds_gpus = pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers.iter().any(|c| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some_and(|limits| limits.keys().any(|k| k.starts_with("nvidia.com/")))
+        })
+    });
+    let released = pod.metadata.deletion_timestamp.is_some() || crate::gpu::is_finished(pod);
+    if holds_gpus && released {
+        models_short_of_gpus(models)
+    } else {
+        Vec::new()
+    }
+}
+
+/// ModelDeployments whose last status said the GPUs are missing: a node change may fix that.
+fn models_short_of_gpus(models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
+    models
+        .state()
+        .iter()
+        .filter(|model| {
+            model.status.as_ref().is_some_and(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == conditions::GPU_CAPACITY && c.status == "False")
+            })
+        })
+        .map(|model| ObjectRef::from_obj(model.as_ref()))
+        .collect()
+}
+
+/// One item each time `leader` turns true.
+fn leadership_gained(leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(leader, |mut leader| async move {
+        loop {
+            leader.changed().await.ok()?;
+            if *leader.borrow_and_update() {
+                return Some(((), leader));
+            }
+        }
+    })
+}
+
+async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = info_span!(
+        "reconcile",
+        namespace = %model.namespace().unwrap_or_default(),
+        name = %model.name_any()
+    );
+    async move {
+        // Until every cache has listed, "not in the cache" would read as "does not exist".
+        let _ = ctx.caches_synced.clone().wait_for(|synced| *synced).await;
+        if !*ctx.leader.borrow() {
+            return Ok(Action::await_change());
+        }
+        if model.meta().deletion_timestamp.is_some() {
+            // Owner references let the garbage collector remove every child.
+            return Ok(Action::await_change());
+        }
+        let started = std::time::Instant::now();
+        let result = reconcile_model(&model, &ctx).await;
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        ctx.metrics
+            .reconcile_duration
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_model(model: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileError> {
+    let previous = model.status.as_ref();
+    let now = Timestamp::now();
+    let validated = validate::validate(model, &ctx.images);
+    let next = match &validated {
+        Err(errors) => status::compute(StatusInputs {
+            generation: model.metadata.generation,
+            previous,
+            spec: Err(errors),
+            validation: ValidationState::NotRequired,
+            deployment: None,
+            capacity: None,
+            model: ModelReadiness::from_pod_readiness(None),
+            now,
+        }),
+        Ok(spec) => {
+            let desired = build::build(spec);
+            let config_name = desired.runtime_config.as_ref().map(|c| c.name_any());
+            let observed = ctx.caches.observe(spec, config_name.as_deref());
+            let validation = match (&spec.validation, &observed.validation_job) {
+                (None, _) => ValidationState::NotRequired,
+                (Some(plan), None) => ValidationState::Running {
+                    job: plan.job_name.clone(),
+                },
+                (Some(_), Some(job)) => ValidationState::of_job(job),
+            };
+            let capacity = ctx.caches.gpu_capacity(spec, &observed);
+            let applied = apply::apply(&ctx.client, &desired, &observed, validation.allows_rollout()).await?;
+            if applied.created_deployment {
+                ctx.metrics.deployments_created.inc();
+            }
+            if applied.started_validation {
+                ctx.metrics.validations.with_label_values(&["started"]).inc();
+            }
+            let deployment = applied.deployment.as_ref().or(observed.deployment.as_deref());
+            let next = status::compute(StatusInputs {
+                generation: model.metadata.generation,
+                previous,
+                spec: Ok(spec),
+                validation,
+                deployment,
+                capacity,
+                model: ModelReadiness::from_pod_readiness(deployment),
+                now,
+            });
+            let labels = [spec.namespace.as_str(), spec.name.as_str(), spec.runtime.as_str()];
+            let model_ready_replicas = next.model_ready_replicas.unwrap_or(0);
+            ctx.metrics
+                .model_ready
+                .with_label_values(&labels)
+                .set(i64::from(model_ready_replicas > 0));
+            ctx.metrics
+                .model_ready_replicas
+                .with_label_values(&labels)
+                .set(i64::from(model_ready_replicas));
+            next
+        }
+    };
+
+    count_validation_outcome(previous, &next, &ctx.metrics);
+    if previous != Some(&next) {
+        apply::write_status(&ctx.client, model, &next).await?;
+        publish_transitions(model, previous, &next, &ctx.recorder).await;
+    }
+    // Whatever the phase, what ends it is a change a watch reports (a Job finishing, pods
+    // becoming ready, GPUs freed); only the safety resync is timed.
+    Ok(Action::requeue(RESYNC_INTERVAL))
+}
+
+/// `model_validations_total{status=success|failure}` counts the Validated condition leaving
+/// ValidationRunning, once per Job verdict.
+fn count_validation_outcome(previous: Option<&ModelDeploymentStatus>, next: &ModelDeploymentStatus, metrics: &Metrics) {
+    let reason_of = |status: Option<&ModelDeploymentStatus>| {
+        status.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == conditions::VALIDATED)
+                .map(|c| c.reason.clone())
+        })
+    };
+    let before = reason_of(previous);
+    let after = reason_of(Some(next));
+    if before.as_deref() != Some(conditions::reasons::VALIDATION_RUNNING) || before == after {
+        return;
+    }
+    match after.as_deref() {
+        Some(conditions::reasons::VALIDATION_SUCCEEDED) => metrics.validations.with_label_values(&["success"]).inc(),
+        Some(conditions::reasons::VALIDATION_FAILED) => metrics.validations.with_label_values(&["failure"]).inc(),
+        _ => {}
+    }
+}
+
+async fn publish_transitions(
+    model: &ModelDeployment,
+    previous: Option<&ModelDeploymentStatus>,
+    next: &ModelDeploymentStatus,
+    recorder: &Recorder,
+) {
+    let reference = model.object_ref(&());
+    for transition in status::transitions(previous, next) {
+        let event = Event {
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason.clone(),
+            note: Some(format!(
+                "{} is {}: {}",
+                transition.type_, transition.status, transition.message
+            )),
+            action: transition.type_.clone(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            warn!(%error, reason = %transition.reason, "could not publish an Event");
+        }
+    }
+}
+
+fn error_policy(model: Arc<ModelDeployment>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&[error.reason()]).inc();
+    let transient = matches!(error, ReconcileError::Apply(e) if e.is_transient());
+    if transient {
+        debug!(name = %model.name_any(), %error, "reconcile raced another writer; retrying");
+    } else {
+        error!(name = %model.name_any(), reason = error.reason(), %error, "reconcile failed");
+    }
+    Action::requeue(ERROR_REQUEUE)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,144 @@
+//! Fetch: reads what exists for one ModelDeployment from the operator's watch caches, never
+//! from the API server, so that a thousand ModelDeployments cost no list calls per resync.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    batch::v1::Job,
+    core::v1::{ConfigMap, Node, Pod, Service},
+};
+use kube::{
+    Resource, ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
+
+use super::{
+    build::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME},
+    validate::{Scaling, Validated},
+};
+use crate::{
+    api::ModelDeployment,
+    gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, is_finished, requested_per_node},
+};
+
+/// The watch caches the reconciler reads. Children are cached by the operator's
+/// `managed-by` label; nodes and pods in full, because GPU capacity depends on every pod.
+#[derive(Clone)]
+pub struct Caches {
+    pub models: Store<ModelDeployment>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub jobs: Store<Job>,
+    pub config_maps: Store<ConfigMap>,
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+}
+
+/// The children of one ModelDeployment as they are now.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub deployment: Option<Arc<Deployment>>,
+    /// The validation Job of the spec's version and URI.
+    pub validation_job: Option<Arc<Job>>,
+    /// An HPA that exists while the spec no longer wants one.
+    pub hpa: Option<Arc<HorizontalPodAutoscaler>>,
+    pub runtime_config: Option<Arc<ConfigMap>>,
+    /// The serving pods, for the capacity check and the model probes.
+    pub pods: Vec<Arc<Pod>>,
+}
+
+impl Caches {
+    pub fn observe(&self, model: &Validated, runtime_config_name: Option<&str>) -> Observed {
+        let namespace = model.namespace.as_str();
+        Observed {
+            deployment: owned_child(&self.deployments, namespace, &model.name, model),
+            validation_job: model
+                .validation
+                .as_ref()
+                .and_then(|plan| owned_child(&self.jobs, namespace, &plan.job_name, model)),
+            hpa: owned_child(&self.hpas, namespace, &model.name, model),
+            runtime_config: runtime_config_name.and_then(|name| owned_child(&self.config_maps, namespace, name, model)),
+            pods: self
+                .pods
+                .state()
+                .into_iter()
+                .filter(|pod| pod.namespace().as_deref() == Some(namespace))
+                .filter(|pod| {
+                    let labels = pod.labels();
+                    labels.get(LABEL_NAME) == Some(&model.name)
+                        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER)
+                })
+                .collect(),
+        }
+    }
+
+    /// The GPU pre-flight: do the replicas that have no node yet fit on the free GPUs of the
+    /// nodes they may use? `None` when the model asks for no GPU.
+    pub fn gpu_capacity(&self, model: &Validated, observed: &Observed) -> Option<CapacityReport> {
+        let placement = model.gpu.as_ref()?;
+        let wanted = observed
+            .deployment
+            .as_ref()
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(match &model.scaling {
+                Scaling::Fixed { replicas } => *replicas,
+                Scaling::Autoscaled(plan) => plan.min_replicas,
+            });
+        let live: Vec<&Pod> = observed
+            .pods
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none() && !is_finished(pod))
+            .collect();
+        let bound = live.iter().filter(|pod| node_of(pod).is_some()).count();
+        let pending = live.len() - bound;
+        let unscheduled = (usize::try_from(wanted).unwrap_or(0).saturating_sub(bound)).max(pending);
+
+        let pods = self.pods.state();
+        let requested = requested_per_node(pods.iter().map(Arc::as_ref), &placement.resource);
+        let nodes: Vec<NodeGpus> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|node| {
+                let used = requested.get(&node.name_any()).copied().unwrap_or(0);
+                NodeGpus::with_requested(node, &placement.resource, used)
+            })
+            .collect();
+        let constraints = PodConstraints {
+            node_selector: model.node_selector.clone(),
+            tolerations: crate::reconcile::build::pod_tolerations(model),
+        };
+        Some(check_capacity(
+            placement,
+            i32::try_from(unscheduled).unwrap_or(i32::MAX),
+            &constraints,
+            &nodes,
+        ))
+    }
+}
+
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// A cached child by name, only if this ModelDeployment controls it: an object of the same
+/// name that belongs to someone else is never adopted or changed.
+fn owned_child<K>(store: &Store<K>, namespace: &str, name: &str, model: &Validated) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let child = store.get(&ObjectRef::new(name).within(namespace))?;
+    let owner_uid = model.owner.as_ref().map(|o| o.uid.as_str());
+    let controlled = child
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == owner_uid);
+    controlled.then_some(child)
+}

@@ -1,0 +1,420 @@
+//! Pure: computes a ModelDeployment's status from what the reconcile observed and applied.
+//! Conditions keep their `lastTransitionTime` unless their status flips; the phase, message and
+//! counts are derived from the conditions, so they can never disagree with them.
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, batch::v1::Job},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+
+use super::{build::LABEL_VERSION, validate::Validated};
+use crate::{
+    api::{
+        ModelDeploymentStatus, ModelInfo, Phase,
+        admission::FieldErrors,
+        conditions::{self, reasons},
+    },
+    gpu::CapacityReport,
+};
+
+/// Where the version's validation Job stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidationState {
+    /// The spec has no `validateScript`.
+    NotRequired,
+    /// The Job is created (or about to be) and has not finished.
+    Running {
+        job: String,
+    },
+    Succeeded {
+        job: String,
+    },
+    Failed {
+        job: String,
+        reason: String,
+        message: String,
+    },
+}
+
+impl ValidationState {
+    /// The Job's verdict; `None` for a Job that has not been created yet.
+    pub fn of_job(job: &Job) -> Self {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let status = job.status.as_ref();
+        let finished = |kind: &str| {
+            status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|conditions| conditions.iter().find(|c| c.type_ == kind && c.status == "True"))
+        };
+        if let Some(failed) = finished("Failed") {
+            return Self::Failed {
+                job: name,
+                reason: failed.reason.clone().unwrap_or_else(|| "JobFailed".to_owned()),
+                message: failed.message.clone().unwrap_or_default(),
+            };
+        }
+        if finished("Complete").is_some() || status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+            return Self::Succeeded { job: name };
+        }
+        Self::Running { job: name }
+    }
+
+    /// Whether the spec's version may be rolled out to the Deployment.
+    pub fn allows_rollout(&self) -> bool {
+        matches!(self, Self::NotRequired | Self::Succeeded { .. })
+    }
+}
+
+/// How many replicas' models answer, and why (or why not), as the model probes report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReadiness {
+    pub ready_replicas: i32,
+    pub reason: &'static str,
+    pub message: String,
+    pub model: Option<ModelInfo>,
+}
+
+impl ModelReadiness {
+    /// Readiness as the kubelet's probes see it, for when no model probe has answered: the
+    /// reason says so, so that nobody mistakes it for the model's own word.
+    pub fn from_pod_readiness(deployment: Option<&Deployment>) -> Self {
+        let ready = deployment
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        let (reason, message) = if ready > 0 {
+            (
+                reasons::PODS_READY,
+                format!("{ready} pod(s) pass the runtime's readiness probe; the model itself has not been probed"),
+            )
+        } else {
+            (
+                reasons::PODS_NOT_READY,
+                "no pod passes the runtime's readiness probe yet".to_owned(),
+            )
+        };
+        Self {
+            ready_replicas: ready,
+            reason,
+            message,
+            model: None,
+        }
+    }
+}
+
+/// Everything the status is computed from.
+#[derive(Debug)]
+pub struct StatusInputs<'a> {
+    pub generation: Option<i64>,
+    pub previous: Option<&'a ModelDeploymentStatus>,
+    pub spec: Result<&'a Validated, &'a FieldErrors>,
+    pub validation: ValidationState,
+    /// The Deployment as last applied or observed; `None` before the first rollout.
+    pub deployment: Option<&'a Deployment>,
+    /// The GPU pre-flight verdict; `None` when no GPU is requested.
+    pub capacity: Option<CapacityReport>,
+    pub model: ModelReadiness,
+    pub now: Timestamp,
+}
+
+/// The whole status, as it will be written.
+pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
+    let StatusInputs {
+        generation,
+        previous,
+        spec,
+        validation,
+        deployment,
+        capacity,
+        model,
+        now,
+    } = inputs;
+    let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let mut conditions = Conditions {
+        list: Vec::new(),
+        previous: previous_conditions,
+        generation,
+        now,
+    };
+
+    let validated = match spec {
+        Ok(validated) => validated,
+        Err(errors) => {
+            let message = format!("the spec is invalid: {errors}");
+            conditions.set(conditions::VALIDATED, false, reasons::SPEC_INVALID, &message);
+            for kind in [
+                conditions::GPU_CAPACITY,
+                conditions::MODEL_READY,
+                conditions::AVAILABLE,
+                conditions::READY,
+            ] {
+                conditions.set(
+                    kind,
+                    false,
+                    reasons::SPEC_INVALID,
+                    "nothing is deployed for an invalid spec",
+                );
+            }
+            return ModelDeploymentStatus {
+                phase: Some(Phase::Failed),
+                message: Some(message),
+                version: previous.and_then(|p| p.version.clone()),
+                observed_generation: generation,
+                conditions: conditions.list,
+                ..previous.cloned().unwrap_or_default()
+            };
+        }
+    };
+
+    match &validation {
+        ValidationState::NotRequired => conditions.set(
+            conditions::VALIDATED,
+            true,
+            reasons::NO_VALIDATION_SCRIPT,
+            "the spec is valid; no validateScript is set",
+        ),
+        ValidationState::Running { job } => conditions.set_unknown(
+            conditions::VALIDATED,
+            reasons::VALIDATION_RUNNING,
+            &format!("Job {job} is validating version {}", validated.version),
+        ),
+        ValidationState::Succeeded { job } => conditions.set(
+            conditions::VALIDATED,
+            true,
+            reasons::VALIDATION_SUCCEEDED,
+            &format!("Job {job} validated version {}", validated.version),
+        ),
+        ValidationState::Failed { job, reason, message } => conditions.set(
+            conditions::VALIDATED,
+            false,
+            reasons::VALIDATION_FAILED,
+            &format!(
+                "Job {job} failed to validate version {} ({reason}{}{message})",
+                validated.version,
+                if message.is_empty() { "" } else { ": " }
+            ),
+        ),
+    }
+
+    match &capacity {
+        None => conditions.set(
+            conditions::GPU_CAPACITY,
+            true,
+            reasons::NO_GPU_REQUESTED,
+            "the model requests no GPU",
+        ),
+        Some(report) => conditions.set(conditions::GPU_CAPACITY, report.fits, report.reason, &report.message),
+    }
+
+    let deployment_status = deployment.and_then(|d| d.status.as_ref());
+    let replicas = deployment_status.and_then(|s| s.replicas).unwrap_or(0);
+    let ready_replicas = deployment_status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let wanted = deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let available = deployment_status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Available"))
+        .filter(|c| c.status == "True")
+        .is_some();
+    let serving_version = deployment.and_then(serving_version);
+
+    if deployment.is_none() {
+        conditions.set(
+            conditions::AVAILABLE,
+            false,
+            reasons::DEPLOYMENT_NOT_CREATED,
+            "the Deployment is created once the version is validated",
+        );
+    } else if available {
+        conditions.set(
+            conditions::AVAILABLE,
+            true,
+            reasons::DEPLOYMENT_AVAILABLE,
+            &format!("{ready_replicas} of {wanted} replica(s) ready"),
+        );
+    } else {
+        conditions.set(
+            conditions::AVAILABLE,
+            false,
+            reasons::DEPLOYMENT_UNAVAILABLE,
+            &format!("{ready_replicas} of {wanted} replica(s) ready; the Deployment has fewer available than it needs"),
+        );
+    }
+
+    let model_ready = deployment.is_some() && model.ready_replicas > 0;
+    conditions.set(conditions::MODEL_READY, model_ready, model.reason, &model.message);
+
+    let ready = available && model_ready;
+    let ready_message = if ready {
+        format!(
+            "version {} serves on {} replica(s)",
+            serving_version.as_deref().unwrap_or(&validated.version),
+            model.ready_replicas
+        )
+    } else if !available {
+        "the Deployment is not available".to_owned()
+    } else {
+        "the model does not answer yet".to_owned()
+    };
+    conditions.set(
+        conditions::READY,
+        ready,
+        if ready { reasons::SERVING } else { reasons::NOT_SERVING },
+        &ready_message,
+    );
+
+    let rolled_out = serving_version.as_deref() == Some(validated.version.as_str())
+        && deployment_status.and_then(|s| s.updated_replicas).unwrap_or(0) >= wanted
+        && replicas <= wanted;
+    let (phase, message) = match (&validation, &capacity) {
+        (ValidationState::Failed { .. }, _) => (
+            Phase::Failed,
+            format!(
+                "{}{}",
+                conditions.message(conditions::VALIDATED),
+                serving_version
+                    .as_deref()
+                    .map(|v| format!("; version {v} keeps serving"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (ValidationState::Running { .. }, _) => (Phase::Validating, conditions.message(conditions::VALIDATED)),
+        (_, Some(report)) if !report.fits => (Phase::Pending, report.message.clone()),
+        _ if ready && rolled_out && model.ready_replicas >= wanted => (Phase::Ready, ready_message),
+        _ if !available => (Phase::Deploying, conditions.message(conditions::AVAILABLE)),
+        _ => (Phase::Deploying, conditions.message(conditions::MODEL_READY)),
+    };
+
+    ModelDeploymentStatus {
+        phase: Some(phase),
+        message: Some(message),
+        version: serving_version.or_else(|| previous.and_then(|p| p.version.clone())),
+        observed_generation: generation,
+        replicas: Some(replicas),
+        ready_replicas: Some(ready_replicas),
+        model_ready_replicas: Some(model.ready_replicas),
+        ready: Some(format!("{}/{}", model.ready_replicas, wanted)),
+        endpoint: Some(endpoint(validated)),
+        model: model.model.or_else(|| previous.and_then(|p| p.model.clone())),
+        conditions: conditions.list,
+    }
+}
+
+/// The version the Deployment's pod template carries: what serves, or is rolling out.
+pub fn serving_version(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .labels
+        .as_ref()?
+        .get(LABEL_VERSION)
+        .cloned()
+}
+
+/// `NAME-service.NAMESPACE.svc:PORT`, the in-cluster address clients send inference to.
+pub fn endpoint(model: &Validated) -> String {
+    format!(
+        "{}.{}.svc:{}",
+        super::build::service_name(&model.name),
+        model.namespace,
+        model.profile.inference_port().port
+    )
+}
+
+/// Builds the condition list, carrying each `lastTransitionTime` over while the status holds.
+struct Conditions<'a> {
+    list: Vec<Condition>,
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        self.push(type_, if status { "True" } else { "False" }, reason, message);
+    }
+
+    fn set_unknown(&mut self, type_: &str, reason: &str, message: &str) {
+        self.push(type_, "Unknown", reason, message);
+    }
+
+    fn push(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+        let last_transition_time = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(self.now));
+        self.list.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            observed_generation: self.generation,
+            last_transition_time,
+        });
+    }
+
+    fn message(&self, type_: &str) -> String {
+        self.list
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A condition whose status or reason differs from before: what Events report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// A change users should look at: a condition that went False, or validation failing.
+    pub warning: bool,
+}
+
+pub fn transitions(previous: Option<&ModelDeploymentStatus>, next: &ModelDeploymentStatus) -> Vec<Transition> {
+    let before = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    next.conditions
+        .iter()
+        .filter_map(|c| {
+            let was = before.iter().find(|b| b.type_ == c.type_);
+            if was.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
+                return None;
+            }
+            let was_true = was.is_some_and(|b| b.status == "True");
+            // A fresh object starts with most conditions False: that is no news, a problem is.
+            if c.status != "True" && !was_true && !is_problem(&c.reason) {
+                return None;
+            }
+            Some(Transition {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                warning: c.status == "False" && (was_true || is_problem(&c.reason)),
+            })
+        })
+        .collect()
+}
+
+fn is_problem(reason: &str) -> bool {
+    [
+        reasons::SPEC_INVALID,
+        reasons::VALIDATION_FAILED,
+        reasons::INSUFFICIENT_GPUS,
+        reasons::NO_MATCHING_NODES,
+    ]
+    .contains(&reason)
+}
+
+#[cfg(test)]
+mod tests;
