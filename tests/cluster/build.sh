@@ -32,10 +32,12 @@ with_lock() {
   flock -u "$lock_fd"
 }
 
-timed() {
-  local what=$1; shift
+# Builds one piece unless its binaries already report the pinned version; logs the cold build time.
+build_piece() {
+  local piece=$1 what=$2 home=$3
+  if "${piece}_is_built"; then log "$what already built in $home"; return; fi
   local start=$SECONDS
-  "$@"
+  "build_$piece"
   log "$what built in $((SECONDS - start))s"
 }
 
@@ -49,7 +51,6 @@ k8s_is_built() {
 }
 
 build_k8s() {
-  if k8s_is_built; then log "kubernetes $K8S_VERSION already built in $K8S_HOME/bin"; return; fi
   log "building kubernetes $K8S_VERSION (${K8S_COMMANDS[*]}) into $K8S_HOME/bin; cold takes a while"
   local staging_version="v0.${K8S_VERSION#v1.}"
   local src="$K8S_HOME/src"
@@ -89,7 +90,6 @@ etcd_is_built() {
 }
 
 build_etcd() {
-  if etcd_is_built; then log "etcd $ETCD_VERSION already built in $ETCD_HOME/bin"; return; fi
   log "building etcd $ETCD_VERSION into $ETCD_HOME/bin"
   local src="$ETCD_HOME/src"
   rm -rf "$src" && mkdir -p "$src"
@@ -133,7 +133,6 @@ kwok_is_built() {
 }
 
 build_kwok() {
-  if kwok_is_built; then log "kwok $KWOK_VERSION already built in $KWOK_HOME"; return; fi
   log "building kwok $KWOK_VERSION into $KWOK_HOME"
   local src="$KWOK_HOME/src"
   rm -rf "$src" && mkdir -p "$src"
@@ -160,7 +159,6 @@ helm_is_built() {
 }
 
 build_helm() {
-  if helm_is_built; then log "helm $HELM_VERSION already built in $HELM_HOME/bin"; return; fi
   log "building helm $HELM_VERSION into $HELM_HOME/bin"
   local src="$HELM_HOME/src"
   rm -rf "$src" && mkdir -p "$src"
@@ -181,10 +179,10 @@ main() {
   [[ " ${pieces[*]} " == *" all "* ]] && pieces=(k8s etcd kwok helm)
   for piece in "${pieces[@]}"; do
     case $piece in
-      k8s) with_lock "$K8S_HOME" timed "kubernetes $K8S_VERSION" build_k8s ;;
-      etcd) with_lock "$ETCD_HOME" timed "etcd $ETCD_VERSION" build_etcd ;;
-      kwok) with_lock "$KWOK_HOME" timed "kwok $KWOK_VERSION" build_kwok ;;
-      helm) with_lock "$HELM_HOME" timed "helm $HELM_VERSION" build_helm ;;
+      k8s) with_lock "$K8S_HOME" build_piece k8s "kubernetes $K8S_VERSION" "$K8S_HOME" ;;
+      etcd) with_lock "$ETCD_HOME" build_piece etcd "etcd $ETCD_VERSION" "$ETCD_HOME" ;;
+      kwok) with_lock "$KWOK_HOME" build_piece kwok "kwok $KWOK_VERSION" "$KWOK_HOME" ;;
+      helm) with_lock "$HELM_HOME" build_piece helm "helm $HELM_VERSION" "$HELM_HOME" ;;
       *) die "unknown piece '$piece' (expected k8s, etcd, kwok, helm or all)" ;;
     esac
   done

@@ -189,6 +189,14 @@ options:
   cidr: 10.244.0.0/16
   nodeIP: 10.1.0.1
   nodeLeaseDurationSeconds: 40
+  # kwok applies its defaults only when no KwokConfiguration is given, so these are spelled out (its
+  # own defaults) or it exits with "node leases parallelism must be greater than 0".
+  nodeLeaseParallelism: 4
+  nodePlayStageParallelism: 4
+  podPlayStageParallelism: 4
+  podsOnNodeSyncParallelism: 1
+  enablePodsOnNodeSyncListPager: true
+  enablePodsOnNodeSyncStreamWatch: false
 EOF
     for stage in "$KWOK_HOME"/stages/*.yaml; do
       printf -- '---\n'
