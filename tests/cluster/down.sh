@@ -20,6 +20,8 @@ is_our_process() {
   kill -0 "$pid" 2>/dev/null || return 1
   local exe
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  # A binary replaced on disk while running reads as "<path> (deleted)"; it is still ours.
+  exe=${exe% (deleted)}
   [[ $(basename "$exe") == "$name" ]]
 }
 

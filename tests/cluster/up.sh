@@ -223,13 +223,13 @@ EOF
 
 start_etcd() {
   start_detached etcd "$ETCD_HOME/bin/etcd" \
-    --name=default \
+    --name=model-operator-local \
     --data-dir="$CLUSTER_DIR/etcd" \
     --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster="default=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="model-operator-local=http://127.0.0.1:$ETCD_PEER_PORT" \
     --unsafe-no-fsync \
     --log-level=warn
   wait_for etcd "etcd healthy on 127.0.0.1:$ETCD_CLIENT_PORT" \
