@@ -17,7 +17,7 @@ STOP_GRACE_S=${CLUSTER_STOP_GRACE_S:-15}
 # whose executable is the component we started.
 is_our_process() {
   local pid=$1 name=$2
-  kill -0 "$pid" 2>/dev/null || return 1
+  process_alive "$pid" || return 1
   local exe
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
   # A binary replaced on disk while running reads as "<path> (deleted)"; it is still ours.
@@ -39,7 +39,7 @@ stop_component() {
     if is_our_process "$pid" "$name"; then
       log "$name (pid $pid) ignored SIGTERM for ${STOP_GRACE_S}s; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+      while process_alive "$pid"; do sleep 0.1; done
     fi
   fi
   rm -f "$pid_file"

@@ -38,5 +38,14 @@ export CGO_ENABLED=0
 export GOMODCACHE="$CACHE_ROOT/go/mod"
 export GOCACHE="$CACHE_ROOT/go/build"
 
+# True while the process runs. Unlike `kill -0`, a zombie (exited, not yet reaped by PID 1) counts as
+# gone, so waits for a stopped process end as soon as it has exited.
+process_alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != [ZX] ]]
+}
+
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -40,7 +40,7 @@ pid_of() { [[ -s "$PIDS/$1.pid" ]] && cat "$PIDS/$1.pid"; }
 is_running() {
   local pid
   pid=$(pid_of "$1") || return 1
-  kill -0 "$pid" 2>/dev/null
+  process_alive "$pid"
 }
 
 apiserver_ready() {
