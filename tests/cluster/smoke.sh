@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of a running local cluster (`make cluster-up` first): the API answers, the real scheduler
-# places GPU pods by extended resources, taints and GFD labels, kwok drives pods to Ready and Jobs to
-# Complete, the aggregation layer's requestheader CA is published, and HPAs are handled by the
-# controller manager. Works in its own namespace, deleted at the end.
+# places GPU pods by extended resources, taints and GFD labels, kwok drives pods to Ready, Jobs to
+# Complete and deleted pods away, the aggregation layer's requestheader CA is published, and the
+# controller manager syncs HPAs. Works in its own namespace, deleted at the end.
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -147,6 +147,15 @@ check_plain_pod_on_cpu_node() {
   fi
 }
 
+# Without a kubelet nothing would finish a pod's graceful deletion; kwok's pod-delete stage does.
+check_pod_deletion() {
+  if k delete pod plain --wait=true --timeout="${WAIT_S}s" >/dev/null; then
+    pass "deleted pod is gone (kwok pod-delete stage)"
+  else
+    fail "pod 'plain' was not removed after deletion"; k get pod plain -o yaml
+  fi
+}
+
 check_requestheader_ca() {
   local published expected
   published=$(k get configmap extension-apiserver-authentication --namespace kube-system \
@@ -208,6 +217,7 @@ main() {
   check_too_many_gpus_pending
   check_mig_pod
   check_plain_pod_on_cpu_node
+  check_pod_deletion
   check_requestheader_ca
   check_job_completes
   check_hpa

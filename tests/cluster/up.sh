@@ -330,6 +330,11 @@ reconcile_hpa_sync_period() {
   write_cluster_env
 }
 
+report_failed_start() {
+  (($1 == 0)) && return
+  log "cluster-up failed; component logs are in $LOGS; 'make cluster-down' stops what was started"
+}
+
 main() {
   command -v openssl >/dev/null || die "openssl is required to generate the cluster certificates"
   command -v curl >/dev/null || die "curl is required to probe the cluster"
@@ -351,6 +356,8 @@ main() {
   mkdir -p "$CLUSTER_DIR" "$PIDS" "$LOGS"
   # Marks the directory as ours, so cluster-down only ever deletes a directory this script made.
   touch "$CLUSTER_DIR/.model-operator-cluster"
+  # A failed start leaves its processes running for inspection; the next cluster-up cleans them up.
+  trap 'report_failed_start $?' EXIT
   link_tools
   generate_pki
   write_kubeconfig
