@@ -156,16 +156,17 @@ check_pod_deletion() {
   fi
 }
 
+# Aggregated API servers (the operator's custom-metrics API) trust the front-proxy CA they read from
+# this ConfigMap; it must be the CA cluster-up generated, with the proxy client's name allowed.
 check_requestheader_ca() {
-  local published expected
+  local published expected allowed
   published=$(k get configmap extension-apiserver-authentication --namespace kube-system \
-    -o jsonpath='{.data.requestheader-client-ca-file}')
-  expected=$(cat "$CLUSTER_DIR/pki/front-proxy-ca.crt")
-  local allowed
+    -o jsonpath='{.data.requestheader-client-ca-file}' | tr -d '\n')
+  expected=$(tr -d '\n' <"$CLUSTER_DIR/pki/front-proxy-ca.crt")
   allowed=$(k get configmap extension-apiserver-authentication --namespace kube-system \
     -o jsonpath='{.data.requestheader-allowed-names}')
-  if [[ -n $published && $(printf '%s' "$published" | tr -d '\n') == *"$(printf '%s' "$expected" | tr -d '\n')"* && $allowed == *front-proxy-client* ]]; then
-    pass "kube-system/extension-apiserver-authentication carries the front-proxy CA and allowed name $allowed"
+  if [[ -n $expected && $published == *"$expected"* && $allowed == *'"front-proxy-client"'* ]]; then
+    pass "kube-system/extension-apiserver-authentication carries the front-proxy CA, allowed names $allowed"
   else
     fail "extension-apiserver-authentication lacks the front-proxy CA or allowed names ('$allowed')"
   fi
