@@ -41,13 +41,26 @@ build_piece() {
   log "$what built in $((SECONDS - start))s"
 }
 
+# True when "$@" prints a line matching the glob $1. The output is captured first: piping into
+# `grep -q` can fail under pipefail when grep exits before the command has written everything
+# (SIGPIPE), which made a built binary look missing and triggered a rebuild.
+reports_line() {
+  local pattern=$1 output line; shift
+  output=$("$@" 2>/dev/null) || return 1
+  while IFS= read -r line; do
+    # shellcheck disable=SC2053 # the pattern is a glob on purpose
+    [[ $line == $pattern ]] && return 0
+  done <<<"$output"
+  return 1
+}
+
 k8s_is_built() {
   for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
     [[ -x "$K8S_HOME/bin/$cmd" ]] || return 1
     [[ "$("$K8S_HOME/bin/$cmd" --version 2>/dev/null)" == "Kubernetes $K8S_VERSION" ]] || return 1
   done
   [[ -x "$K8S_HOME/bin/kubectl" ]] || return 1
-  "$K8S_HOME/bin/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $K8S_VERSION"
+  reports_line "Client Version: $K8S_VERSION" "$K8S_HOME/bin/kubectl" version --client
 }
 
 build_k8s() {
@@ -86,7 +99,7 @@ build_k8s() {
 
 etcd_is_built() {
   [[ -x "$ETCD_HOME/bin/etcd" ]] &&
-    "$ETCD_HOME/bin/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"
+    reports_line "etcd Version: ${ETCD_VERSION#v}" "$ETCD_HOME/bin/etcd" --version
 }
 
 build_etcd() {
@@ -128,7 +141,7 @@ KWOK_STAGES=(
 
 kwok_is_built() {
   [[ -x "$KWOK_HOME/bin/kwok" ]] || return 1
-  "$KWOK_HOME/bin/kwok" --version 2>/dev/null | grep -q "kwok version $KWOK_VERSION" || return 1
+  reports_line "kwok version $KWOK_VERSION go*" "$KWOK_HOME/bin/kwok" --version || return 1
   for stage in "${KWOK_STAGES[@]}"; do [[ -s "$KWOK_HOME/stages/$(basename "$stage")" ]] || return 1; done
 }
 
@@ -155,7 +168,7 @@ build_kwok() {
 
 helm_is_built() {
   [[ -x "$HELM_HOME/bin/helm" ]] &&
-    "$HELM_HOME/bin/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"
+    reports_line "$HELM_VERSION" "$HELM_HOME/bin/helm" version --template '{{.Version}}'
 }
 
 build_helm() {

@@ -62,7 +62,8 @@ require_free_ports() {
   for component in "${COMPONENTS[@]}"; do
     for port in ${COMPONENT_PORTS[$component]}; do
       local holder
-      holder=$(ss -Htlnp "sport = :$port" 2>/dev/null | head -n1)
+      holder=$(ss -Htlnp "sport = :$port" 2>/dev/null)
+      holder=${holder%%$'\n'*}
       if [[ -n $holder ]]; then
         local process
         process=$(grep -o 'users:(([^)]*))' <<<"$holder" || echo "an unknown process")
