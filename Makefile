@@ -5,7 +5,8 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
 
-.PHONY: test lint fmt-check clippy unit crd-check crds build render-examples
+.PHONY: test lint fmt-check clippy unit crd-check crds build render-examples \
+	cluster-build cluster-up cluster-down cluster-smoke
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
 test: fmt-check clippy crd-check unit
@@ -35,3 +36,23 @@ render-examples:
 	$(CARGO) run --quiet -- render $(addprefix -f ,$(wildcard examples/*.yaml))
 
 lint: fmt-check clippy
+
+## Local control plane (tests/cluster/, DESIGN.md §6 tier 3): real etcd, kube-apiserver,
+## kube-controller-manager, kube-scheduler and kwok's fake GPU nodes as processes on 127.0.0.1.
+## CLUSTER_DIR (default .cluster) holds its state; HPA_SYNC_PERIOD (default 15s) tunes the HPA loop.
+
+## cluster-build: build (once per machine, cached in ~/.cache/model-operator) the cluster binaries.
+cluster-build:
+	tests/cluster/build.sh all
+
+## cluster-up: start the local cluster (idempotent); writes .cluster/kubeconfig and .cluster/bin/kubectl.
+cluster-up:
+	tests/cluster/up.sh
+
+## cluster-down: stop every process cluster-up started and delete .cluster.
+cluster-down:
+	tests/cluster/down.sh
+
+## cluster-smoke: check a running cluster schedules GPU pods, completes Jobs and syncs HPAs.
+cluster-smoke:
+	tests/cluster/smoke.sh
