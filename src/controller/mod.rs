@@ -49,6 +49,8 @@ pub const CONTROLLER_NAME: &str = "model-operator";
 /// Without any event, every ModelDeployment is looked at again this often: a safety net for
 /// a missed watch event, not how the operator normally reacts.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// A reconcile that arrives before the caches have listed comes back after this.
+const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
 /// After a failed reconcile; conflicts clear with the next watch event, other errors retry.
 const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 
@@ -301,7 +303,13 @@ fn models_affected_by_pod(pod: &Pod, models: &Store<ModelDeployment>) -> Vec<Obj
         && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(build::COMPONENT_SERVER)
         && let (Some(name), Some(namespace)) = (labels.get(LABEL_NAME), pod.namespace())
     {
-        return vec![ObjectRef::new(name).within(&namespace)];
+        // The pod cache spans every namespace; only models this operator watches are its business.
+        let model = ObjectRef::new(name).within(&namespace);
+        return if models.get(&model).is_some() {
+            vec![model]
+        } else {
+            Vec::new()
+        };
     }
     let holds_gpus = pod.spec.as_ref().is_some_and(|spec| {
         spec.containers.iter().any(|c| {
@@ -355,8 +363,12 @@ async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Act
         name = %model.name_any()
     );
     async move {
-        // Until every cache has listed, "not in the cache" would read as "does not exist".
-        let _ = ctx.caches_synced.clone().wait_for(|synced| *synced).await;
+        // Until every cache has listed, "not in the cache" would read as "does not exist". The
+        // reconcile must not wait here: a waiting reconcile holds a concurrency slot, and the
+        // Controller stops polling the watches (and so the caches) while its slots are full.
+        if !*ctx.caches_synced.borrow() {
+            return Ok(Action::requeue(CACHE_SYNC_RETRY));
+        }
         if !*ctx.leader.borrow() {
             return Ok(Action::await_change());
         }

@@ -1,0 +1,6 @@
+//! The cluster tier (DESIGN.md §6, tier 3): the operator binary against a real control plane on
+//! loopback. Run by `make e2e` (part of `make test`), which starts the cluster first; each test
+//! works in its own random namespace with its own operator process.
+
+mod reconciler;
+mod support;

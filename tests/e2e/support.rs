@@ -1,0 +1,259 @@
+//! The harness of the cluster tier: a client for the local control plane that `make cluster-up`
+//! starts (real etcd, kube-apiserver, controller manager, scheduler; kwok's fake GPU nodes), a
+//! random namespace per test, the operator binary as a child process, and bounded waits.
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use model_operator::api::ModelDeployment;
+use serde_json::Value;
+
+/// The field manager tests apply with, distinct from the operator's.
+pub const TEST_MANAGER: &str = "e2e-test";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig `make cluster-up` writes; `CLUSTER_DIR` moves it, as it moves the cluster.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cluster"))
+        .join("kubeconfig")
+}
+
+/// A client for the local cluster, with the CRD installed. Fails (never skips) when the cluster
+/// is not running, saying how to start it.
+pub async fn cluster() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no local cluster: cannot read {} ({e}); start it with `make cluster-up`",
+            path.display()
+        )
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the local kubeconfig is usable");
+    let client = Client::try_from(config).expect("a client for the local cluster");
+    install_crd(&client).await;
+    client
+}
+
+async fn install_crd(client: &Client) {
+    let text = std::fs::read_to_string(repo_root().join("crds/modeldeployments.mlops.sathvik.dev.yaml"))
+        .expect("the committed CRD");
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).expect("the CRD parses");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!("cannot reach the local cluster or install the CRD ({e}); is `make cluster-up` running?")
+    });
+    eventually(Duration::from_secs(30), "the CRD is established", || {
+        let api = api.clone();
+        let name = crd.name_any();
+        async move {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// A namespace with a random name; deleted (with everything in it) by `delete`.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let namespace: Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "labels": {"e2e": "model-operator"}}}),
+        )
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Applies a ModelDeployment written as YAML into this namespace, as `kubectl apply` would.
+    pub async fn apply_model(&self, yaml: &str) -> Result<ModelDeployment, kube::Error> {
+        let mut object: Value = serde_yaml_ng::from_str(yaml).expect("fixture is YAML");
+        object["metadata"]["namespace"] = Value::String(self.name.clone());
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("fixture has a name")
+            .to_owned();
+        self.api::<ModelDeployment>()
+            .patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&object))
+            .await
+    }
+
+    pub async fn delete(self) {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    hasher.finish() as u32
+}
+
+/// The operator binary, running against the local cluster for one namespace. Killed on drop.
+pub struct Operator {
+    child: Child,
+    pub metrics_addr: String,
+    pub health_addr: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `model-operator run` watching `namespace`, with its leader Lease there too, so
+    /// tests running side by side never see each other's operators.
+    pub fn start(namespace: &str, identity: &str) -> Self {
+        Self::start_with(namespace, identity, &[])
+    }
+
+    pub fn start_with(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        let metrics_addr = free_loopback_addr();
+        let health_addr = free_loopback_addr();
+        let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
+        let log_file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_model-operator"))
+            .arg("run")
+            .args(["--watch-namespace", namespace])
+            .args(["--lease-namespace", namespace])
+            .args(["--holder-id", identity])
+            .args(["--lease-duration", "4s"])
+            .args(["--metrics-addr", &metrics_addr])
+            .args(["--health-addr", &health_addr])
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,model_operator=debug")
+            .env("POD_NAME", identity)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("the operator binary starts");
+        Self {
+            child,
+            metrics_addr,
+            health_addr,
+            log,
+        }
+    }
+
+    /// SIGKILL: the crash of a leader, with no chance to step down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for a graceful exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The text of one admin endpoint, or `None` while the operator is not answering.
+    pub async fn get(&self, addr: &str, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+        let code = response.status().as_u16();
+        Some((code, response.text().await.ok()?))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_loopback_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes; then fails naming `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn example(name: &str) -> String {
+    let path: &Path = &repo_root().join("examples").join(name);
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
