@@ -3,8 +3,11 @@
 //! container holding it (a time-sliced GPU has one per sharing container), or one with empty
 //! `namespace`, `pod` and `container` when no container holds it.
 //!
-//! Written by hand rather than through `prometheus::core::Collector`: a scrape renders the latest
-//! snapshot straight into the response text with no per-series allocation (see `make bench`).
+//! Written by hand rather than through the `prometheus` crate: a scrape renders the latest
+//! snapshot straight into the response text with no per-series allocation. At 8 GPUs and 50 pods
+//! (350 series), filling `GaugeVec`s from the snapshot and encoding them measured about 18 times
+//! the CPU of this, some 1.9 ms a scrape against a 1 ms budget; this takes about 0.1 ms
+//! (`make bench`). The agent's own few metrics do use a `prometheus::Registry`.
 //!
 //! MIG devices get their own `DCGM_FI_DEV_FB_USED` / `DCGM_FI_DEV_FB_FREE` series, labelled with
 //! the parent GPU plus `GPU_I_PROFILE` and `MIG_UUID` (dcgm-exporter's `GPU_I_ID` needs an NVML
