@@ -6,7 +6,7 @@ CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
 
 .PHONY: test lint fmt-check clippy unit crd-check crds build render-examples \
-	cluster-build cluster-up cluster-down cluster-smoke
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
 test: fmt-check clippy crd-check unit
@@ -17,6 +17,7 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The node agent's tests build their doubles (tests/fake-nvml, tests/fake-kubelet) themselves.
 unit:
 	$(CARGO) test --workspace
 
@@ -56,3 +57,10 @@ cluster-down:
 ## cluster-smoke: check a running cluster schedules GPU pods, completes Jobs and syncs HPAs.
 cluster-smoke:
 	tests/cluster/smoke.sh
+
+## bench: every benchmark; each prints its figures and fails when it misses its target.
+bench: bench-node-agent
+
+## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
+bench-node-agent:
+	$(CARGO) bench -p node-agent --bench scrape
