@@ -5,21 +5,34 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
 
-.PHONY: test lint fmt-check clippy unit crd-check crds build render-examples \
+.PHONY: test lint fmt-check clippy unit e2e crd-check crds build render-examples demo \
 	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
-test: fmt-check clippy crd-check unit
+test: fmt-check clippy crd-check unit e2e
+
+## demo: the local cluster, the operator and the examples, left running (`make cluster-down` stops them).
+demo:
+	tests/cluster/demo.sh
 
 fmt-check:
 	$(CARGO) fmt --all --check
 
+# The e2e target is left out of --all-targets (test = false), so it is linted by name.
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --test e2e -- -D warnings
 
 # The node agent's tests build their doubles (tests/fake-nvml, tests/fake-kubelet) themselves.
 unit:
 	$(CARGO) test --workspace
+
+## e2e: the cluster tier: the operator binary against the local control plane (started if needed,
+## left running for the next run; `make cluster-down` stops it). A short HPA sync keeps it quick.
+E2E_THREADS ?= 8
+e2e:
+	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
+	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS)
 
 ## crd-check: fails when crds/ differs from what the API types generate.
 crd-check:

@@ -146,7 +146,16 @@ pub fn check_capacity(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if room >= i64::from(unscheduled) {
+    if unscheduled == 0 {
+        CapacityReport {
+            fits: true,
+            reason: reasons::GPUS_AVAILABLE,
+            message: format!(
+                "every replica has its {demand}; room for {room} more: {free} free on {} matching node(s)",
+                matching.len()
+            ),
+        }
+    } else if room >= i64::from(unscheduled) {
         CapacityReport {
             fits: true,
             reason: reasons::GPUS_AVAILABLE,
@@ -272,6 +281,24 @@ mod tests {
         assert_eq!(report.reason, "GPUsAvailable");
         assert!(
             report.message.contains("12 free on 2 matching node(s)"),
+            "{}",
+            report.message
+        );
+    }
+
+    #[test]
+    fn placed_replicas_report_the_room_left() {
+        let nodes = [a100_node("gpu-a100-0", 8, 6), a100_node("gpu-a100-1", 8, 3)];
+        let report = check_capacity(
+            &placement("count: 2\nproducts: [NVIDIA-A100-SXM4-80GB]"),
+            0,
+            &gpu_constraints(),
+            &nodes,
+        );
+        assert!(report.fits, "{report:?}");
+        assert!(
+            report.message.starts_with("every replica has its 2 × nvidia.com/gpu")
+                && report.message.contains("room for 3 more: 7 free on 2 matching node(s)"),
             "{}",
             report.message
         );

@@ -3,7 +3,7 @@
 # bounded wait) and removes its state directory. Harmless when nothing runs.
 #
 # Usage: down.sh                 stop everything and delete $CLUSTER_DIR
-#        down.sh --only NAME     stop one component and keep the state (used to restart it)
+#        down.sh --only NAME     stop one component (control plane or demo process) and keep the state
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -22,7 +22,21 @@ is_our_process() {
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
   # A binary replaced on disk while running reads as "<path> (deleted)"; it is still ours.
   exe=${exe% (deleted)}
-  [[ $(basename "$exe") == "$name" ]]
+  # Several processes of one binary (a node agent per node) are named <binary>-<what>.
+  local binary
+  binary=$(basename "$exe")
+  [[ $name == "$binary" || $name == "$binary"-* ]]
+}
+
+# Processes that `make demo` started beside the control plane (the operator, node agents): they
+# talk to the API server, so they stop first.
+workload_components() {
+  local pid_file name
+  for pid_file in "$PIDS"/*.pid; do
+    [[ -e $pid_file ]] || continue
+    name=$(basename "$pid_file" .pid)
+    [[ " ${STOP_ORDER[*]} " == *" $name "* ]] || echo "$name"
+  done
 }
 
 stop_component() {
@@ -48,7 +62,7 @@ stop_component() {
 main() {
   if [[ ${1:-} == --only ]]; then
     [[ -n ${2:-} ]] || die "--only needs a component name (one of: ${STOP_ORDER[*]})"
-    [[ " ${STOP_ORDER[*]} " == *" $2 "* ]] || die "unknown component '$2' (one of: ${STOP_ORDER[*]})"
+    [[ $2 =~ ^[a-z0-9-]+$ ]] || die "'$2' is not a component name"
     stop_component "$2"
     return
   fi
@@ -61,7 +75,9 @@ main() {
   # Refuse to delete a directory that up.sh did not create (a mistyped CLUSTER_DIR).
   [[ -e $CLUSTER_DIR/.model-operator-cluster ]] ||
     die "$CLUSTER_DIR exists but was not created by tests/cluster/up.sh; not touching it"
-  for name in "${STOP_ORDER[@]}"; do stop_component "$name"; done
+  local workloads
+  mapfile -t workloads < <(workload_components)
+  for name in "${workloads[@]}" "${STOP_ORDER[@]}"; do stop_component "$name"; done
   rm -rf "$CLUSTER_DIR"
   log "cluster stopped; removed $CLUSTER_DIR"
 }

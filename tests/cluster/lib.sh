@@ -47,5 +47,20 @@ process_alive() {
   [[ ${stat%% *} != [ZX] ]]
 }
 
+# Starts "$@" detached in its own session so it outlives `make`; the child writes its own PID before
+# exec'ing the binary, so the PID file is right whether or not setsid had to fork.
+start_detached() {
+  local name=$1; shift
+  log "starting $name"
+  # shellcheck disable=SC2016 # $$ and "$@" belong to the inner shell
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' start_detached "$CLUSTER_DIR/pids/$name.pid" "$@" \
+    </dev/null >"$CLUSTER_DIR/logs/$name.log" 2>&1 &
+  local waited=0
+  until [[ -s "$CLUSTER_DIR/pids/$name.pid" ]]; do
+    ((waited++ < 50)) || die "$name did not start (no PID file); see $CLUSTER_DIR/logs/$name.log"
+    sleep 0.1
+  done
+}
+
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

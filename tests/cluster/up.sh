@@ -73,21 +73,6 @@ require_free_ports() {
   done
 }
 
-# Starts "$@" detached in its own session so it outlives `make`; the child writes its own PID before
-# exec'ing the binary, so the PID file is right whether or not setsid had to fork.
-start_detached() {
-  local name=$1; shift
-  log "starting $name"
-  # shellcheck disable=SC2016 # $$ and "$@" belong to the inner shell
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' start_detached "$PIDS/$name.pid" "$@" \
-    </dev/null >"$LOGS/$name.log" 2>&1 &
-  local waited=0
-  until [[ -s "$PIDS/$name.pid" ]]; do
-    ((waited++ < 50)) || die "$name did not start (no PID file); see $LOGS/$name.log"
-    sleep 0.1
-  done
-}
-
 # Polls "$@" once a second until it succeeds; fails early when $component has exited, showing its log.
 wait_for() {
   local component=$1 what=$2; shift 2
