@@ -6,6 +6,7 @@ pub mod cli;
 pub mod gpu;
 pub mod model_fetch;
 pub mod model_source;
+pub mod probe;
 pub mod reconcile;
 pub mod runtimes;
 pub mod settings;

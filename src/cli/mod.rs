@@ -2,6 +2,7 @@
 //! `run(self)` destructures every flag so that an unused flag does not compile.
 
 mod fetch;
+mod probe;
 mod render;
 
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Download a model into a directory (the model-fetch init container).
     Fetch(fetch::FetchArgs),
+    /// Ask a model server whether a model is loaded and answering (exit 0 ready, 1 not, 2 error).
+    Probe(probe::ProbeArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         }
         Command::Render(args) => args.run(),
         Command::Fetch(args) => args.run(),
+        Command::Probe(args) => args.run(),
     }
 }
 

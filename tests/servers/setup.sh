@@ -98,7 +98,8 @@ main() {
     cat > "$CACHE/test-servers.env.partial" <<ENV
 TRITONSERVER=$TRITON_DIR/tritonserver
 TRITON_BACKENDS=$TRITON_DIR/backends
-TRITON_PYTHON_LIB=/usr/lib/x86_64-linux-gnu
+# The stub, copied out of the wheel, finds the wheel's libraries and Debian's libpython3.11 here.
+TRITON_LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:$TRITON_DIR/wheel/nvidia_pytriton.libs
 PYTHON=$VENV_DIR/bin/python
 TORCHSERVE=$VENV_DIR/bin/torchserve
 TORCH_MODEL_ARCHIVER=$VENV_DIR/bin/torch-model-archiver

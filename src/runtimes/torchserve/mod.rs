@@ -1,5 +1,9 @@
 //! PyTorch TorchServe: inference API on 8080, management API on 8081, metrics on 8082.
 
+mod probe;
+
+pub use self::probe::TorchserveProbe;
+
 use std::collections::BTreeMap;
 
 use super::{

@@ -1,5 +1,9 @@
 //! The project's FastAPI + PyTorch server (`inference/`): `POST /predict`, `/healthz`, on 8000.
 
+mod probe;
+
+pub use self::probe::FastapiProbe;
+
 use super::{Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe};
 use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
 
