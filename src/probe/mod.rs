@@ -205,6 +205,52 @@ mod tests {
         assert_eq!(recheck_after(&ready, 7), Duration::from_secs(30));
     }
 
+    /// A server that accepts connections and never answers.
+    async fn silent_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                // Reads the request and waits for the client to give up.
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                });
+            }
+        });
+        endpoint
+    }
+
+    #[tokio::test]
+    async fn probes_time_out_and_never_exceed_the_concurrency_bound() {
+        let endpoint = silent_server().await;
+        let prober = Prober::new(ProbeSettings {
+            timeout: Duration::from_millis(300),
+            torchserve_token: None,
+            max_concurrent: 2,
+        })
+        .unwrap();
+        let targets: Vec<ProbeTarget> = (0..6)
+            .map(|n| ProbeTarget {
+                runtime: Runtime::FastapiPytorch,
+                endpoint: endpoint.clone(),
+                model_name: format!("model-{n}"),
+                version: None,
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let outcomes = prober.probe_all(&targets).await;
+        let elapsed = started.elapsed();
+        assert!(
+            outcomes.iter().all(|o| !o.ready && o.reason == reasons::PROBE_TIMEOUT),
+            "{outcomes:#?}"
+        );
+        // Six probes, two at a time, each cut off at 300 ms: three rounds, where unbounded
+        // probes would all end after one.
+        assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
     #[test]
     fn a_prober_needs_at_least_one_slot() {
         let settings = ProbeSettings {
