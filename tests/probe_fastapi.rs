@@ -7,7 +7,9 @@ mod support;
 use std::{path::Path, process::Command, time::Duration};
 
 use model_operator::api::conditions::reasons;
-use support::{CliProbe, ServerProcess, TestServers, free_port, probe_cli, run_python, wait_for, write_affine_model};
+use support::{
+    CliProbe, ServerProcess, TestServers, free_port, probe_cli, probe_cli_until, run_python, write_affine_model,
+};
 
 struct ModelServer {
     process: ServerProcess,
@@ -37,15 +39,8 @@ impl ModelServer {
     }
 
     async fn probe_until(&self, what: &str, accept: impl Fn(&CliProbe) -> bool) -> CliProbe {
-        wait_for(what, Duration::from_secs(60), || async {
-            let probe = self.probe("affine").await;
-            if accept(&probe) {
-                Ok(probe)
-            } else {
-                Err(format!("{:?}\n{}", probe.json, self.process.log_tail()))
-            }
-        })
-        .await
+        let target = ["fastapi-pytorch", &self.endpoint, "affine"];
+        probe_cli_until(what, Duration::from_secs(60), &self.process, target, &[], accept).await
     }
 }
 
@@ -103,12 +98,7 @@ async fn fastapi_model_loading_then_ready() {
     assert_eq!(body, serde_json::json!({"predictions": [[3.0], [5.0]]}));
 
     let other = app.probe("resnet").await;
-    assert_eq!(
-        (other.exit_code, other.reason()),
-        (1, reasons::MODEL_NOT_REGISTERED),
-        "{:?}",
-        other.json
-    );
+    other.assert_state(1, reasons::MODEL_NOT_REGISTERED);
     assert!(
         other.json["message"].as_str().unwrap().contains("'affine'"),
         "{:?}",
@@ -117,12 +107,7 @@ async fn fastapi_model_loading_then_ready() {
 
     app.process.stop();
     let down = app.probe("affine").await;
-    assert_eq!(
-        (down.exit_code, down.reason()),
-        (1, reasons::SERVER_UNAVAILABLE),
-        "{:?}",
-        down.json
-    );
+    down.assert_state(1, reasons::SERVER_UNAVAILABLE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ use std::{
 };
 
 use model_operator::api::conditions::reasons;
-use support::{CliProbe, ServerProcess, TestServers, free_port, probe_cli, wait_for, write_affine_model};
+use support::{
+    CliProbe, ServerProcess, TestServers, free_port, probe_cli, probe_cli_until, wait_for, write_affine_model,
+};
 
 /// A handler whose workers take LOAD_SECONDS to load (long enough for several probes to see
 /// it), then serve the TorchScript model on a JSON list of rows.
@@ -145,15 +147,8 @@ impl Torchserve {
 
     /// Probes until `accept` holds, failing with the last answer and the server's log.
     async fn probe_until(&self, what: &str, accept: impl Fn(&CliProbe) -> bool) -> CliProbe {
-        wait_for(what, Duration::from_secs(90), || async {
-            let probe = self.probe(&[]).await;
-            if accept(&probe) {
-                Ok(probe)
-            } else {
-                Err(format!("{:?}\n{}", probe.json, self.process.log_tail()))
-            }
-        })
-        .await
+        let target = ["torchserve", &self.management, "tiny"];
+        probe_cli_until(what, Duration::from_secs(90), &self.process, target, &[], accept).await
     }
 }
 
@@ -166,12 +161,7 @@ async fn torchserve_registration_workers_and_readiness() {
     torchserve.wait_for_management(&http, None).await;
 
     let unregistered = torchserve.probe(&[]).await;
-    assert_eq!(
-        (unregistered.exit_code, unregistered.reason()),
-        (1, reasons::MODEL_NOT_REGISTERED),
-        "{:?}",
-        unregistered.json
-    );
+    unregistered.assert_state(1, reasons::MODEL_NOT_REGISTERED);
 
     // Registered without waiting: the worker starts and spends LOAD_SECONDS in its handler.
     let register = http
@@ -246,12 +236,7 @@ async fn torchserve_registration_workers_and_readiness() {
 
     torchserve.process.stop();
     let down = torchserve.probe(&[]).await;
-    assert_eq!(
-        (down.exit_code, down.reason()),
-        (1, reasons::SERVER_UNAVAILABLE),
-        "{:?}",
-        down.json
-    );
+    down.assert_state(1, reasons::SERVER_UNAVAILABLE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,12 +258,7 @@ async fn torchserve_token_auth_needs_the_management_key() {
     torchserve.wait_for_management(&http, Some(&key)).await;
 
     let without = torchserve.probe(&[]).await;
-    assert_eq!(
-        (without.exit_code, without.reason()),
-        (1, reasons::PROBE_UNAUTHORIZED),
-        "{:?}",
-        without.json
-    );
+    without.assert_state(1, reasons::PROBE_UNAUTHORIZED);
     assert!(
         without.json["message"].as_str().unwrap().contains("--token"),
         "{:?}",
@@ -290,10 +270,5 @@ async fn torchserve_token_auth_needs_the_management_key() {
 
     // With TorchServe's own key file the probe gets through to the model question.
     let with_key = torchserve.probe(&["--token-file", key_file.to_str().unwrap()]).await;
-    assert_eq!(
-        (with_key.exit_code, with_key.reason()),
-        (1, reasons::MODEL_NOT_REGISTERED),
-        "{:?}",
-        with_key.json
-    );
+    with_key.assert_state(1, reasons::MODEL_NOT_REGISTERED);
 }

@@ -10,7 +10,7 @@ use model_operator::{
     api::{Runtime, conditions::reasons},
     probe::{ProbeSettings, ProbeTarget, Prober},
 };
-use support::{ServerProcess, TestServers, free_port, probe_cli, wait_for};
+use support::{ServerProcess, TestServers, free_port, probe_cli, probe_cli_until};
 
 /// Long enough to be seen loading by several probes, short enough for a quick test.
 const SLOW_LOAD_SECONDS: u32 = 6;
@@ -120,13 +120,15 @@ async fn triton_model_states() {
 
     // Ready with its metadata once the server is up (Triton loads start-up models before it
     // opens its ports, so until then the probe sees nothing listening).
-    let adder = wait_for("adder ready", Duration::from_secs(60), || async {
-        let probe = probe_cli("triton", &grpc, "adder", &[]).await;
-        match probe.exit_code {
-            0 => Ok(probe),
-            _ => Err(format!("{:?}\n{}", probe.json, triton.process.log_tail())),
-        }
-    })
+    let adder_target = ["triton", &grpc, "adder"];
+    let adder = probe_cli_until(
+        "adder ready",
+        Duration::from_secs(60),
+        &triton.process,
+        adder_target,
+        &[],
+        |p| p.exit_code == 0,
+    )
     .await;
     assert_eq!(adder.reason(), reasons::MODEL_LOADED, "{:?}", adder.json);
     let model = &adder.json["model"];
@@ -157,12 +159,7 @@ async fn triton_model_states() {
     assert_eq!(v1.exit_code, 0, "{:?}", v1.json);
 
     let unknown = probe_cli("triton", &grpc, "resnet", &[]).await;
-    assert_eq!(
-        (unknown.exit_code, unknown.reason()),
-        (1, reasons::MODEL_NOT_REGISTERED),
-        "{:?}",
-        unknown.json
-    );
+    unknown.assert_state(1, reasons::MODEL_NOT_REGISTERED);
 
     // Not ready while a slow model loads, then ready.
     let http = reqwest::Client::new();
@@ -171,16 +168,15 @@ async fn triton_model_states() {
         let url = format!("{}/v2/repository/models/slow/load", triton.http);
         tokio::spawn(async move { http.post(url).send().await.map(|r| r.status()) })
     };
-    let loading = wait_for(
+    let slow_target = ["triton", &grpc, "slow"];
+    let within_load = Duration::from_secs(SLOW_LOAD_SECONDS as u64);
+    let loading = probe_cli_until(
         "slow seen loading",
-        Duration::from_secs(SLOW_LOAD_SECONDS as u64),
-        || async {
-            let probe = probe_cli("triton", &grpc, "slow", &[]).await;
-            match probe.reason() {
-                reasons::MODEL_LOADING => Ok(probe),
-                _ => Err(format!("{:?}", probe.json)),
-            }
-        },
+        within_load,
+        &triton.process,
+        slow_target,
+        &[],
+        |p| p.reason() == reasons::MODEL_LOADING,
     )
     .await;
     assert_eq!(loading.exit_code, 1, "{:?}", loading.json);
@@ -196,12 +192,7 @@ async fn triton_model_states() {
         triton.process.log_tail()
     );
     let slow = probe_cli("triton", &grpc, "slow", &[]).await;
-    assert_eq!(
-        (slow.exit_code, slow.reason()),
-        (0, reasons::MODEL_LOADED),
-        "{:?}",
-        slow.json
-    );
+    slow.assert_state(0, reasons::MODEL_LOADED);
     assert_eq!(slow.json["model"]["name"], "slow");
 
     // The library's Prober agrees with the command, for several models at once.
@@ -230,14 +221,15 @@ async fn triton_model_states() {
     // stays true.
     let unload = repository(&http, &triton, "slow", "unload").await;
     assert!(unload.status().is_success(), "unload: {}", unload.status());
-    let unloaded = wait_for("slow unloaded", Duration::from_secs(30), || async {
-        let probe = probe_cli("triton", &grpc, "slow", &[]).await;
-        match probe.reason() {
-            // UNLOADING comes first, with the same reason; wait for the end of it.
-            reasons::MODEL_UNLOADED if probe.json["message"].as_str().unwrap().contains("has unloaded") => Ok(probe),
-            _ => Err(format!("{:?}", probe.json)),
-        }
-    })
+    // UNLOADING comes first, with the same reason; wait for the end of it.
+    let unloaded = probe_cli_until(
+        "slow unloaded",
+        Duration::from_secs(30),
+        &triton.process,
+        slow_target,
+        &[],
+        |p| p.reason() == reasons::MODEL_UNLOADED && p.json["message"].as_str().unwrap().contains("has unloaded"),
+    )
     .await;
     assert_eq!(unloaded.exit_code, 1, "{:?}", unloaded.json);
     let server_ready = http
@@ -269,12 +261,7 @@ async fn triton_model_states() {
         triton.process.log_tail()
     );
     let broken = probe_cli("triton", &grpc, "broken", &[]).await;
-    assert_eq!(
-        (broken.exit_code, broken.reason()),
-        (1, reasons::MODEL_LOAD_FAILED),
-        "{:?}",
-        broken.json
-    );
+    broken.assert_state(1, reasons::MODEL_LOAD_FAILED);
     assert!(
         broken.json["message"]
             .as_str()
@@ -287,10 +274,5 @@ async fn triton_model_states() {
     // Server down: nothing listens.
     triton.process.stop();
     let down = probe_cli("triton", &grpc, "adder", &[]).await;
-    assert_eq!(
-        (down.exit_code, down.reason()),
-        (1, reasons::SERVER_UNAVAILABLE),
-        "{:?}",
-        down.json
-    );
+    down.assert_state(1, reasons::SERVER_UNAVAILABLE);
 }

@@ -9,6 +9,7 @@
 //! nothing but a few seconds of backoff.
 
 mod endpoint;
+pub(crate) mod http;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -150,8 +150,16 @@ impl CliProbe {
         self.json["reason"].as_str().unwrap_or_default()
     }
 
-    pub fn ready(&self) -> bool {
-        self.json["ready"].as_bool().unwrap_or(false)
+    /// Asserts the exit status and reason, printing the whole answer when they differ.
+    #[track_caller]
+    pub fn assert_state(&self, exit_code: i32, reason: &str) {
+        assert_eq!((self.exit_code, self.reason()), (exit_code, reason), "{:?}", self.json);
+        assert_eq!(
+            self.json["ready"],
+            exit_code == 0,
+            "exit status and `ready` disagree: {:?}",
+            self.json
+        );
     }
 }
 
@@ -229,4 +237,26 @@ with torch.no_grad():
 torch.jit.save(torch.jit.script(layer), sys.argv[1])
 "#;
     run_python(python, SCRIPT, &[path.to_str().unwrap()]);
+}
+
+/// Runs `probe_cli` until `accept` holds; a timeout panics with the last answer and the end of
+/// the server's log. `target` is `[runtime, endpoint, model]`.
+pub async fn probe_cli_until(
+    what: &str,
+    timeout: Duration,
+    server: &ServerProcess,
+    target: [&str; 3],
+    extra: &[&str],
+    accept: impl Fn(&CliProbe) -> bool,
+) -> CliProbe {
+    let [runtime, endpoint, model] = target;
+    wait_for(what, timeout, || async {
+        let probe = probe_cli(runtime, endpoint, model, extra).await;
+        if accept(&probe) {
+            Ok(probe)
+        } else {
+            Err(format!("{:?}\n{}", probe.json, server.log_tail()))
+        }
+    })
+    .await
 }

@@ -4,12 +4,12 @@
 //! `{"state": "LOADING" | "READY" | "FAILED", "reason": ...}`; `GET /v2/models/{name}` then
 //! confirms that the app serves this model and gives its metadata (`inference/model_server/app.py`).
 
-use reqwest::{StatusCode, Url};
+use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::{
     api::{ModelInfo, conditions::reasons},
-    probe::{ModelProbe, ProbeOutcome, ProbeTarget},
+    probe::{ModelProbe, ProbeOutcome, ProbeTarget, http},
 };
 
 pub struct FastapiProbe {
@@ -29,29 +29,8 @@ impl FastapiProbe {
     }
 
     async fn get(&self, target: &ProbeTarget, path: &[&str]) -> Result<(StatusCode, String), ProbeOutcome> {
-        let mut url = Url::parse(&format!("http://{}/", target.endpoint)).map_err(|err| {
-            ProbeOutcome::not_ready(
-                reasons::PROBE_FAILED,
-                format!("{} is not an address: {err}", target.endpoint),
-            )
-        })?;
-        url.path_segments_mut()
-            .expect("an http URL has path segments")
-            .pop_if_empty()
-            .extend(path);
-        let response = self.http.get(url).send().await.map_err(|err| {
-            let reason = if err.is_timeout() {
-                reasons::PROBE_TIMEOUT
-            } else {
-                reasons::SERVER_UNAVAILABLE
-            };
-            ProbeOutcome::not_ready(
-                reason,
-                format!("the model server on {} does not answer: {err}", target.endpoint),
-            )
-        })?;
-        let status = response.status();
-        Ok((status, response.text().await.unwrap_or_default()))
+        let answer = http::get(&self.http, target, path, None, "the model server").await?;
+        Ok((answer.status, answer.body))
     }
 }
 

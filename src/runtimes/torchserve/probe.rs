@@ -7,12 +7,12 @@
 //! worker like any other. A 404 means the model is not registered. `/ping` on the inference port
 //! is no substitute: it stays Healthy when a model failed to register.
 
-use reqwest::{StatusCode, Url};
+use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::{
     api::{ModelInfo, conditions::reasons},
-    probe::{ModelProbe, ProbeOutcome, ProbeTarget},
+    probe::{ModelProbe, ProbeOutcome, ProbeTarget, http},
 };
 
 pub struct TorchserveProbe {
@@ -50,37 +50,15 @@ impl TorchserveProbe {
 
     /// GETs a management path and returns the parsed versions, or the outcome that ends the probe.
     async fn describe(&self, target: &ProbeTarget, path: &[&str]) -> Result<Vec<ModelDescription>, ProbeOutcome> {
-        let mut url = Url::parse(&format!("http://{}/", target.endpoint)).map_err(|err| {
-            ProbeOutcome::not_ready(
-                reasons::PROBE_FAILED,
-                format!("{} is not an address: {err}", target.endpoint),
-            )
-        })?;
-        url.path_segments_mut()
-            .expect("an http URL has path segments")
-            .pop_if_empty()
-            .extend(path);
-        let mut request = self.http.get(url.clone());
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|err| {
-            let reason = if err.is_timeout() {
-                reasons::PROBE_TIMEOUT
-            } else {
-                reasons::SERVER_UNAVAILABLE
-            };
-            ProbeOutcome::not_ready(
-                reason,
-                format!(
-                    "TorchServe's management API on {} does not answer: {err}",
-                    target.endpoint
-                ),
-            )
-        })?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        let shown_path = url.path();
+        let answer = http::get(
+            &self.http,
+            target,
+            path,
+            self.token.as_deref(),
+            "TorchServe's management API",
+        )
+        .await?;
+        let (status, body, shown_path) = (answer.status, answer.body, answer.path);
         match status {
             StatusCode::NOT_FOUND => Err(ProbeOutcome::not_ready(
                 reasons::MODEL_NOT_REGISTERED,
