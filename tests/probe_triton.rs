@@ -146,7 +146,7 @@ async fn triton_model_states() {
         "{:?}",
         adder.json
     );
-    assert!(model["platform"].is_string(), "{:?}", adder.json);
+    assert_eq!(model["platform"], "python", "{:?}", adder.json);
 
     // A numeric ModelDeployment version is Triton's version; one that does not exist is not ready.
     let version_1 = probe_cli("triton", &grpc, "adder", &["--model-version", "1"]).await;

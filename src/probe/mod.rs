@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 pub use self::endpoint::{InvalidEndpoint, parse_endpoint};
 use crate::{
     api::{ModelInfo, Runtime, conditions::reasons},
-    runtimes::{FastapiProbe, TorchserveProbe, TritonProbe},
+    runtimes::{self, FastapiProbe, TorchserveProbe, TritonProbe},
 };
 
 /// One model on one server.
@@ -33,6 +33,25 @@ pub struct ProbeTarget {
     pub model_name: String,
     /// The ModelDeployment's `version`; each runtime decides how it maps (see its probe).
     pub version: Option<String>,
+}
+
+impl ProbeTarget {
+    /// The target on a pod (or any host): its address and the runtime's probe port. An IPv6
+    /// address, as pods in dual-stack clusters have, gets its brackets.
+    pub fn on_host(runtime: Runtime, host: &str, model_name: impl Into<String>, version: Option<String>) -> Self {
+        let port = runtimes::profile(runtime).probe_port().port;
+        let endpoint = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Self {
+            runtime,
+            endpoint,
+            model_name: model_name.into(),
+            version,
+        }
+    }
 }
 
 /// What a runtime said about a model.
@@ -250,6 +269,23 @@ mod tests {
         // probes would all end after one.
         assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[test]
+    fn targets_on_a_host_use_the_runtimes_probe_port() {
+        let on = |runtime, host| ProbeTarget::on_host(runtime, host, "m", None).endpoint;
+        assert_eq!(on(Runtime::Triton, "10.244.0.7"), "10.244.0.7:8001");
+        assert_eq!(on(Runtime::Torchserve, "10.244.0.7"), "10.244.0.7:8081");
+        assert_eq!(on(Runtime::FastapiPytorch, "10.244.0.7"), "10.244.0.7:8000");
+        assert_eq!(on(Runtime::Triton, "fd00::7"), "[fd00::7]:8001");
+        for runtime in Runtime::ALL {
+            let profile = runtimes::profile(runtime);
+            assert!(
+                profile.ports().contains(&profile.probe_port()),
+                "{runtime} probes a port it exposes"
+            );
+            assert!(parse_endpoint(&ProbeTarget::on_host(runtime, "fd00::7", "m", None).endpoint).is_ok());
+        }
     }
 
     #[test]

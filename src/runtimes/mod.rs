@@ -58,6 +58,8 @@ pub trait RuntimeProfile: Sync {
     fn ports(&self) -> &'static [ServerPort];
     /// The port clients send inference requests to (`status.endpoint`).
     fn inference_port(&self) -> ServerPort;
+    /// The port the operator's model probe (`crate::probe`) speaks to.
+    fn probe_port(&self) -> ServerPort;
     /// Where the artifact goes, given its shape once fetched.
     fn layout(&self, model_name: &str, shape: &ArtifactShape) -> ModelLayout {
         default_layout(model_name, shape)

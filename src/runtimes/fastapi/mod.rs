@@ -32,6 +32,10 @@ impl RuntimeProfile for FastapiPytorch {
         HTTP
     }
 
+    fn probe_port(&self) -> ServerPort {
+        HTTP
+    }
+
     /// The image's entrypoint starts the server; it finds the model through `MODEL_PATH`.
     fn command(&self, _model: &Validated) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())

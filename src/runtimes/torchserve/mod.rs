@@ -53,6 +53,11 @@ impl RuntimeProfile for Torchserve {
         INFERENCE
     }
 
+    /// The management API describes the model's workers.
+    fn probe_port(&self) -> ServerPort {
+        MANAGEMENT
+    }
+
     fn command(&self, model: &Validated) -> (Vec<String>, Vec<String>) {
         // The model is registered at start-up from the store; a path relative to the store
         // names either the .mar file or an unpacked model directory.

@@ -45,6 +45,11 @@ impl RuntimeProfile for Triton {
         GRPC
     }
 
+    /// KServe-v2 gRPC: `ModelReady`, `RepositoryIndex`, `ModelMetadata`.
+    fn probe_port(&self) -> ServerPort {
+        GRPC
+    }
+
     /// Triton reads a model repository: `/models/<model>/config.pbtxt` and numbered versions.
     /// A single file (say `resnet.onnx`) becomes version 1 as `model.onnx`, and Triton
     /// completes the configuration itself for the backends that allow it.
