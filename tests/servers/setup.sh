@@ -5,6 +5,7 @@
 #
 #   tritonserver   the Triton 2.51.0 binary bundled in the nvidia-pytriton 0.7.0 wheel (CPU only),
 #                  with a python-backend directory whose stub matches Debian's python3.11
+#                  (so python-backend models import Debian's python3-numpy)
 #   python venv    Debian's python3.11 + Debian's CPU python3-torch (PyPI's Linux torch is a
 #                  multi-GB CUDA build), with TorchServe 0.12.0, torch-model-archiver and the
 #                  inference/ app's requirements (FastAPI, uvicorn, prometheus_client, pytest)
@@ -33,7 +34,7 @@ apt_packages_missing() {
 }
 
 install_apt_packages() {
-    mapfile -t missing < <(apt_packages_missing python3.11 python3.11-venv python3-torch openjdk-17-jre-headless | sed '/^$/d')
+    mapfile -t missing < <(apt_packages_missing python3.11 python3.11-venv python3-torch python3-numpy openjdk-17-jre-headless | sed '/^$/d')
     if ((${#missing[@]} == 0)); then
         return
     fi
@@ -54,9 +55,10 @@ install_tritonserver() {
     local staging="$TRITON_DIR.partial"
     rm -rf "$staging"
     mkdir -p "$staging/wheel"
-    # Only the wheel's files are needed (the server binary and its libraries), not its Python deps.
-    "$DEBIAN_PYTHON" -m pip download --quiet --no-deps --dest "$staging" "nvidia-pytriton==$PYTRITON_VERSION"
-    "$DEBIAN_PYTHON" -m zipfile -e "$staging"/nvidia_pytriton-*.whl "$staging/wheel"
+    # Only the wheel's files are needed (the server binary and its libraries), not its Python
+    # deps; the venv's pip fetches it, since Debian's python3.11 may come without pip.
+    "$VENV_DIR/bin/pip" download --quiet --no-deps --dest "$staging" "nvidia-pytriton==$PYTRITON_VERSION"
+    "$VENV_DIR/bin/python" -m zipfile -e "$staging"/nvidia_pytriton-*.whl "$staging/wheel"
     rm "$staging"/nvidia_pytriton-*.whl
     local server="$staging/wheel/pytriton/tritonserver"
     chmod +x "$server/bin/tritonserver" "$server"/python_backend_stubs/*/triton_python_backend_stub
@@ -91,8 +93,8 @@ install_python_venv() {
 
 main() {
     install_apt_packages
-    install_tritonserver
     install_python_venv
+    install_tritonserver
     # Tests find the installs through this file, so they never guess at versions themselves.
     mkdir -p "$CACHE"
     cat > "$CACHE/test-servers.env.partial" <<ENV
