@@ -8,7 +8,8 @@ use std::{path::Path, process::Command, time::Duration};
 
 use model_operator::api::conditions::reasons;
 use support::{
-    CliProbe, ServerProcess, TestServers, free_port, probe_cli, probe_cli_until, run_python, write_affine_model,
+    CliProbe, ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, run_python,
+    write_affine_model,
 };
 
 struct ModelServer {
@@ -28,7 +29,7 @@ fn start_app(servers: &TestServers, dir: &Path, model_path: &Path) -> ModelServe
         .env("MODEL_VERSION", "v1")
         .env("MODEL_WAIT_SECONDS", "60");
     ModelServer {
-        process: ServerProcess::spawn("uvicorn", command, dir.join("uvicorn.log")),
+        process: ServerProcess::spawn("uvicorn", command, dir.join("uvicorn.log"), Shutdown::MainProcess),
         endpoint: format!("127.0.0.1:{port}"),
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use model_operator::api::conditions::reasons;
 use support::{
-    CliProbe, ServerProcess, TestServers, free_port, probe_cli, probe_cli_until, wait_for, write_affine_model,
+    CliProbe, ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, wait_for, write_affine_model,
 };
 
 /// A handler whose workers take LOAD_SECONDS to load (long enough for several probes to see
@@ -46,6 +46,21 @@ struct Torchserve {
     management: String,
     inference: String,
     dir: PathBuf,
+    worker_port: u16,
+}
+
+/// Most workers a test starts; each has a socket /tmp/.ts.sock.<worker_port + n>.
+const MAX_WORKERS: u16 = 2;
+
+impl Drop for Torchserve {
+    /// Workers killed with their frontend leave their Unix sockets in /tmp (TorchServe puts them
+    /// there whatever TMPDIR says).
+    fn drop(&mut self) {
+        self.process.stop();
+        for n in 0..MAX_WORKERS {
+            let _ = std::fs::remove_file(format!("/tmp/.ts.sock.{}", self.worker_port + n));
+        }
+    }
 }
 
 /// Archives the affine TorchScript model with the slow handler as `tiny.mar` in `store`.
@@ -74,7 +89,7 @@ fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torc
     let store = dir.join("store");
     std::fs::create_dir_all(&store).unwrap();
     archive_model(servers, dir, &store);
-    let (management_port, inference_port) = (free_port(), free_port());
+    let (management_port, inference_port, worker_port) = (free_port(), free_port(), free_port());
     // Distinct ports for everything TorchServe opens, so that servers of parallel tests never
     // meet (workers talk to the frontend on /tmp/.ts.sock.<initial_worker_port + n>).
     let config = format!(
@@ -93,7 +108,7 @@ fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torc
         metrics = free_port(),
         grpc_inference = free_port(),
         grpc_management = free_port(),
-        worker = free_port(),
+        worker = worker_port,
         disabled = !token_auth,
         store = store.display(),
     );
@@ -111,12 +126,13 @@ fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torc
         .env("TMPDIR", dir)
         .env("LOG_LOCATION", dir.join("logs"))
         .env("METRICS_LOCATION", dir.join("logs"));
-    let process = ServerProcess::spawn("torchserve", command, dir.join("torchserve.log"));
+    let process = ServerProcess::spawn("torchserve", command, dir.join("torchserve.log"), Shutdown::WholeGroup);
     Torchserve {
         process,
         management: format!("127.0.0.1:{management_port}"),
         inference: format!("127.0.0.1:{inference_port}"),
         dir: dir.to_owned(),
+        worker_port,
     }
 }
 

@@ -10,7 +10,7 @@ use model_operator::{
     api::{Runtime, conditions::reasons},
     probe::{ProbeSettings, ProbeTarget, Prober},
 };
-use support::{ServerProcess, TestServers, free_port, probe_cli, probe_cli_until};
+use support::{ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until};
 
 /// Long enough to be seen loading by several probes, short enough for a quick test.
 const SLOW_LOAD_SECONDS: u32 = 6;
@@ -64,6 +64,21 @@ struct Triton {
     process: ServerProcess,
     grpc: String,
     http: String,
+    /// Names this server's python-backend regions in /dev/shm, so that they can be removed.
+    shm_prefix: String,
+}
+
+impl Drop for Triton {
+    /// A stub that dies while loading (the broken model) can leave its region behind; /dev/shm
+    /// is memory, so nothing of a test run may stay there.
+    fn drop(&mut self) {
+        self.process.stop();
+        for entry in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&self.shm_prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
@@ -76,6 +91,7 @@ fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
     );
     write_model(&repo, "broken", BROKEN_PY);
     let (http_port, grpc_port, metrics_port) = (free_port(), free_port(), free_port());
+    let shm_prefix = format!("model-operator-test-{grpc_port}-");
     let mut command = std::process::Command::new(servers.path("TRITONSERVER"));
     command
         .arg(format!("--model-repository={}", repo.display()))
@@ -93,13 +109,20 @@ fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
         .arg("--http-address=127.0.0.1")
         .arg("--grpc-address=127.0.0.1")
         .arg("--allow-metrics=false")
+        .arg(format!("--backend-config=python,shm-region-prefix-name={shm_prefix}"))
         // The python backend stub links Debian's libpython3.11 and the wheel's bundled libraries.
         .env("LD_LIBRARY_PATH", servers.value("TRITON_LD_LIBRARY_PATH"));
-    let process = ServerProcess::spawn("tritonserver", command, dir.join("tritonserver.log"));
+    let process = ServerProcess::spawn(
+        "tritonserver",
+        command,
+        dir.join("tritonserver.log"),
+        Shutdown::MainProcess,
+    );
     Triton {
         process,
         grpc: format!("127.0.0.1:{grpc_port}"),
         http: format!("http://127.0.0.1:{http_port}"),
+        shm_prefix,
     }
 }
 

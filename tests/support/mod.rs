@@ -77,10 +77,21 @@ pub struct ServerProcess {
     name: &'static str,
     child: Option<Child>,
     log: PathBuf,
+    shutdown: Shutdown,
+}
+
+/// Who gets the polite SIGTERM before the group's SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// The server stops its own children (Triton and its python stubs, which must not be
+    /// killed under it or their shared-memory regions stay in /dev/shm).
+    MainProcess,
+    /// Every process: the `torchserve` launcher does not pass SIGTERM on to its Java frontend.
+    WholeGroup,
 }
 
 impl ServerProcess {
-    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Self {
+    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf, shutdown: Shutdown) -> Self {
         use std::os::unix::process::CommandExt;
         let log_file = std::fs::File::create(&log).unwrap();
         command
@@ -95,6 +106,7 @@ impl ServerProcess {
             name,
             child: Some(child),
             log,
+            shutdown,
         }
     }
 
@@ -111,13 +123,16 @@ impl ServerProcess {
         )
     }
 
-    /// Stops the whole process group: SIGTERM, then SIGKILL after a grace period.
+    /// Stops the server: SIGTERM, then SIGKILL to the whole group after a grace period.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         let group = Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, Signal::SIGTERM);
+        let _ = match self.shutdown {
+            Shutdown::MainProcess => nix::sys::signal::kill(group, Signal::SIGTERM),
+            Shutdown::WholeGroup => nix::sys::signal::killpg(group, Signal::SIGTERM),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
