@@ -76,6 +76,8 @@ fn archive_model(servers: &TestServers, dir: &Path, store: &Path) {
         .arg(&handler)
         .arg("--export-path")
         .arg(store)
+        // The archiver stages files in $TMPDIR/<model name>, which parallel tests would share.
+        .env("TMPDIR", dir)
         .output()
         .unwrap();
     assert!(
