@@ -14,7 +14,6 @@ once while readiness waits for the model, as the operator's model probe expects:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -138,10 +137,12 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     model = ModelState()
 
+    stopping = threading.Event()
+
     def load() -> None:
         started = time.monotonic()
         try:
-            wait_for_path(settings.model_path, settings.wait_seconds, on_wait=model.waiting)
+            wait_for_path(settings.model_path, settings.wait_seconds, on_wait=model.waiting, stop=stopping)
             module = load_torchscript(settings.model_path, model.device)
         except ModelLoadError as err:
             log.error("model %s failed to load: %s", settings.model_name, err)
@@ -154,11 +155,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        # Loading runs beside the server so that liveness answers while a large model loads.
-        loader = asyncio.create_task(asyncio.to_thread(load))
+        # Loading runs beside the server so that liveness answers while a large model loads. A
+        # daemon thread, told to stop waiting, never holds up a shutdown.
+        threading.Thread(target=load, name="model-loader", daemon=True).start()
         yield
-        if not loader.done():
-            loader.cancel()
+        stopping.set()
 
     app = FastAPI(title="fastapi-pytorch model server", lifespan=lifespan)
 

@@ -7,6 +7,7 @@ holding one. In a directory, ``model.pt`` wins; otherwise it must hold exactly o
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,12 +39,14 @@ def find_model_file(path: Path) -> Path:
     raise ModelLoadError(f"MODEL_PATH {path} holds several model files ({names}); name one, or call it {PREFERRED_NAME}")
 
 
-def wait_for_path(path: Path, wait_seconds: float, on_wait: Callable[[str], None]) -> None:
-    """Waits up to ``wait_seconds`` for ``path`` to appear; returns at once when it exists."""
+def wait_for_path(path: Path, wait_seconds: float, on_wait: Callable[[str], None], stop: threading.Event) -> None:
+    """Waits up to ``wait_seconds`` for ``path`` to appear, or until ``stop`` is set; returns at
+    once when it exists."""
     deadline = time.monotonic() + wait_seconds
     while not path.exists() and time.monotonic() < deadline:
         on_wait(f"waiting for MODEL_PATH {path} to appear")
-        time.sleep(0.2)
+        if stop.wait(0.2):
+            raise ModelLoadError("the server stopped before MODEL_PATH appeared")
 
 
 def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:

@@ -1,5 +1,6 @@
 """The fastapi-pytorch runtime against real TorchScript models written by the tests."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,10 @@ def test_settings_name_the_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("MODEL_VERSION", raising=False)
     settings = Settings.from_env()
     assert (settings.model_name, settings.model_version) == ("model", "1")
+
+
+def test_shutdown_does_not_wait_for_a_model_that_never_came(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with TestClient(create_app(settings_for(tmp_path / "never.pt", wait_seconds=60))) as client:
+        assert client.get("/v2/health/ready").json()["state"] == "LOADING"
+    assert time.monotonic() - started < 5
