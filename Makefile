@@ -4,12 +4,14 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
+# Slow installs (model servers, Python environments) live here, outside the repo, once per machine.
+export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
 .PHONY: test lint fmt-check clippy unit e2e crd-check crds build render-examples demo \
-	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent test-servers test-inference
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
-test: fmt-check clippy crd-check unit e2e
+test: fmt-check clippy crd-check unit test-inference e2e
 
 ## demo: the local cluster, the operator and the examples, left running (`make cluster-down` stops them).
 demo:
@@ -24,7 +26,7 @@ clippy:
 	$(CARGO) clippy --test e2e -- -D warnings
 
 # The node agent's tests build their doubles (tests/fake-nvml, tests/fake-kubelet) themselves.
-unit:
+unit: test-servers
 	$(CARGO) test --workspace
 
 ## e2e: the cluster tier: the operator binary against the local control plane (started if needed,
@@ -77,3 +79,12 @@ bench: bench-node-agent
 ## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
 bench-node-agent:
 	$(CARGO) bench -p node-agent --bench scrape
+
+## test-servers: install tritonserver, TorchServe and the inference app's Python environment
+## (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe tests need them.
+test-servers:
+	bash tests/servers/setup.sh
+
+## test-inference: pytest for inference/, the fastapi-pytorch runtime, on Debian's CPU PyTorch.
+test-inference: test-servers
+	source "$(MODEL_OPERATOR_CACHE)/test-servers.env" && cd inference && "$$PYTHON" -m pytest -q tests

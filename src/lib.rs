@@ -7,6 +7,7 @@ pub mod controller;
 pub mod gpu;
 pub mod model_fetch;
 pub mod model_source;
+pub mod probe;
 pub mod reconcile;
 pub mod runtimes;
 pub mod settings;

@@ -37,6 +37,20 @@ pub mod reasons {
     /// ModelReady from the kubelet's readiness probes alone, before any model probe answered.
     pub const PODS_READY: &str = "PodsReady";
     pub const PODS_NOT_READY: &str = "PodsNotReady";
+    /// The runtime knows the model but reports it not ready, without saying why.
+    pub const MODEL_NOT_READY: &str = "ModelNotReady";
+    /// The model was unloaded (Triton's repository API, or a failed reload).
+    pub const MODEL_UNLOADED: &str = "ModelUnloaded";
+    /// The runtime tried to load the model and gave up; the message carries its error.
+    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
+    /// TorchServe has fewer READY workers than the model's minimum.
+    pub const WORKERS_NOT_READY: &str = "WorkersNotReady";
+    /// The runtime refused the probe's credentials (TorchServe token auth).
+    pub const PROBE_UNAUTHORIZED: &str = "ProbeUnauthorized";
+    /// The runtime did not answer the probe within its timeout.
+    pub const PROBE_TIMEOUT: &str = "ProbeTimeout";
+    /// The runtime answered something the probe does not understand.
+    pub const PROBE_FAILED: &str = "ProbeFailed";
     pub const SERVING: &str = "Serving";
     pub const NOT_SERVING: &str = "NotServing";
 }

@@ -2,6 +2,7 @@
 //! `run(self)` destructures every flag so that an unused flag does not compile.
 
 mod fetch;
+mod probe;
 mod render;
 mod run;
 
@@ -47,6 +48,8 @@ pub enum Command {
     /// Run the operator: reconcile ModelDeployments in the cluster of the in-cluster
     /// configuration or KUBECONFIG.
     Run(run::RunArgs),
+    /// Ask a model server whether a model is loaded and answering (exit 0 ready, 1 not, 2 error).
+    Probe(probe::ProbeArgs),
 }
 
 /// The images the operator supplies itself, shared by `render` and `run` so both build the
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Render(args) => args.run(),
         Command::Fetch(args) => args.run(),
         Command::Run(args) => args.run(),
+        Command::Probe(args) => args.run(),
     }
 }
 

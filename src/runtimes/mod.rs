@@ -1,5 +1,6 @@
-//! One module per inference runtime: its pinned image, command line, ports, kubelet probes and
-//! where it expects the model. Adding a runtime is adding a file and a `Runtime` variant.
+//! One module per inference runtime: its pinned image, command line, ports, kubelet probes,
+//! where it expects the model, and its `ModelProbe` (`<runtime>/probe.rs`). Adding a runtime is
+//! adding a module and a `Runtime` variant.
 
 mod fastapi;
 mod torchserve;
@@ -12,7 +13,11 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-pub use self::{fastapi::FastapiPytorch, torchserve::Torchserve, triton::Triton};
+pub use self::{
+    fastapi::{FastapiProbe, FastapiPytorch},
+    torchserve::{Torchserve, TorchserveProbe},
+    triton::{Triton, TritonProbe, kserve, triton_version},
+};
 use crate::{api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated, settings::OperatorImages};
 
 /// Where fetched models live inside every model pod.
@@ -53,6 +58,8 @@ pub trait RuntimeProfile: Sync {
     fn ports(&self) -> &'static [ServerPort];
     /// The port clients send inference requests to (`status.endpoint`).
     fn inference_port(&self) -> ServerPort;
+    /// The port the operator's model probe (`crate::probe`) speaks to.
+    fn probe_port(&self) -> ServerPort;
     /// Where the artifact goes, given its shape once fetched.
     fn layout(&self, model_name: &str, shape: &ArtifactShape) -> ModelLayout {
         default_layout(model_name, shape)

@@ -1,4 +1,9 @@
-//! The project's FastAPI + PyTorch server (`inference/`): `POST /predict`, `/healthz`, on 8000.
+//! The project's FastAPI + PyTorch server (`inference/`): `POST /predict`, `/healthz`,
+//! `/v2/health/ready`, `/v2/models/{name}` and `/metrics`, on 8000.
+
+mod probe;
+
+pub use self::probe::FastapiProbe;
 
 use super::{Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe};
 use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
@@ -27,14 +32,21 @@ impl RuntimeProfile for FastapiPytorch {
         HTTP
     }
 
+    fn probe_port(&self) -> ServerPort {
+        HTTP
+    }
+
     /// The image's entrypoint starts the server; it finds the model through `MODEL_PATH`.
     fn command(&self, _model: &Validated) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())
     }
 
+    /// Readiness waits for the model (the app loads it in the background and answers 503 until
+    /// then), so the Service never routes `/predict` to a pod that would refuse it; liveness and
+    /// startup only ask whether the process answers, so a slow load is not a crash.
     fn probes(&self) -> Probes {
         Probes {
-            readiness: http_probe("/healthz", HTTP.port, 5, 3),
+            readiness: http_probe("/v2/health/ready", HTTP.port, 5, 3),
             liveness: http_probe("/healthz", HTTP.port, 10, 3),
             startup: http_probe("/healthz", HTTP.port, STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         }

@@ -1,5 +1,9 @@
 //! NVIDIA Triton Inference Server: KServe v2 over HTTP (8000) and gRPC (8001), metrics on 8002.
 
+mod probe;
+
+pub use self::probe::{TritonProbe, kserve, triton_version};
+
 use super::{
     MODEL_ROOT, ModelLayout, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
     grpc_health_probe, http_probe,
@@ -38,6 +42,11 @@ impl RuntimeProfile for Triton {
     }
 
     fn inference_port(&self) -> ServerPort {
+        GRPC
+    }
+
+    /// KServe-v2 gRPC: `ModelReady`, `RepositoryIndex`, `ModelMetadata`.
+    fn probe_port(&self) -> ServerPort {
         GRPC
     }
 

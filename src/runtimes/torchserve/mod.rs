@@ -1,5 +1,9 @@
 //! PyTorch TorchServe: inference API on 8080, management API on 8081, metrics on 8082.
 
+mod probe;
+
+pub use self::probe::TorchserveProbe;
+
 use std::collections::BTreeMap;
 
 use super::{
@@ -47,6 +51,11 @@ impl RuntimeProfile for Torchserve {
 
     fn inference_port(&self) -> ServerPort {
         INFERENCE
+    }
+
+    /// The management API describes the model's workers.
+    fn probe_port(&self) -> ServerPort {
+        MANAGEMENT
     }
 
     fn command(&self, model: &Validated) -> (Vec<String>, Vec<String>) {

@@ -1,0 +1,1 @@
+"""The fastapi-pytorch runtime: serves one TorchScript model over HTTP."""

@@ -1,0 +1,292 @@
+//! `model-operator probe --runtime torchserve` against a real TorchServe 0.12 (Java frontend,
+//! Python workers on Debian's CPU PyTorch) on loopback: not registered, registered with workers
+//! still loading, READY, the minWorkers rule, and token auth.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use model_operator::api::conditions::reasons;
+use support::{
+    CliProbe, ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, wait_for, write_affine_model,
+};
+
+/// A handler whose workers take LOAD_SECONDS to load (long enough for several probes to see
+/// it), then serve the TorchScript model on a JSON list of rows.
+const HANDLER: &str = r#"
+import json
+import time
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+class SlowLoadingHandler(BaseHandler):
+    LOAD_SECONDS = 4
+
+    def initialize(self, context):
+        time.sleep(self.LOAD_SECONDS)
+        super().initialize(context)
+
+    def preprocess(self, data):
+        body = data[0].get("data") or data[0].get("body")
+        if isinstance(body, (bytes, bytearray)):
+            body = json.loads(body)
+        return torch.tensor(body, dtype=torch.float32)
+
+    def postprocess(self, output):
+        return [output.tolist()]
+"#;
+
+struct Torchserve {
+    process: ServerProcess,
+    management: String,
+    inference: String,
+    dir: PathBuf,
+    worker_port: u16,
+}
+
+/// Most workers a test starts; each has a socket /tmp/.ts.sock.<worker_port + n>.
+const MAX_WORKERS: u16 = 2;
+
+impl Drop for Torchserve {
+    /// Workers killed with their frontend leave their Unix sockets in /tmp (TorchServe puts them
+    /// there whatever TMPDIR says).
+    fn drop(&mut self) {
+        self.process.stop();
+        for n in 0..MAX_WORKERS {
+            let _ = std::fs::remove_file(format!("/tmp/.ts.sock.{}", self.worker_port + n));
+        }
+    }
+}
+
+/// Archives the affine TorchScript model with the slow handler as `tiny.mar` in `store`.
+fn archive_model(servers: &TestServers, dir: &Path, store: &Path) {
+    let model = dir.join("affine.pt");
+    write_affine_model(&servers.path("PYTHON"), &model);
+    let handler = dir.join("slow_handler.py");
+    std::fs::write(&handler, HANDLER).unwrap();
+    let output = Command::new(servers.path("TORCH_MODEL_ARCHIVER"))
+        .args(["--model-name", "tiny", "--version", "1.0", "--serialized-file"])
+        .arg(&model)
+        .arg("--handler")
+        .arg(&handler)
+        .arg("--export-path")
+        .arg(store)
+        // The archiver stages files in $TMPDIR/<model name>, which parallel tests would share.
+        .env("TMPDIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "torch-model-archiver failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torchserve {
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    archive_model(servers, dir, &store);
+    let (management_port, inference_port, worker_port) = (free_port(), free_port(), free_port());
+    // Distinct ports for everything TorchServe opens, so that servers of parallel tests never
+    // meet (workers talk to the frontend on /tmp/.ts.sock.<initial_worker_port + n>).
+    let config = format!(
+        "inference_address=http://127.0.0.1:{inference}\n\
+         management_address=http://127.0.0.1:{management_port}\n\
+         metrics_address=http://127.0.0.1:{metrics}\n\
+         grpc_inference_port={grpc_inference}\n\
+         grpc_management_port={grpc_management}\n\
+         initial_worker_port={worker}\n\
+         enable_model_api=true\n\
+         disable_token_authorization={disabled}\n\
+         default_workers_per_model=1\n\
+         disable_system_metrics=true\n\
+         model_store={store}\n",
+        inference = inference_port,
+        metrics = free_port(),
+        grpc_inference = free_port(),
+        grpc_management = free_port(),
+        worker = worker_port,
+        disabled = !token_auth,
+        store = store.display(),
+    );
+    let config_path = dir.join("config.properties");
+    std::fs::write(&config_path, config).unwrap();
+    let mut command = Command::new(servers.path("TORCHSERVE"));
+    command
+        .args(["--start", "--foreground", "--ncs", "--ts-config"])
+        .arg(&config_path)
+        .arg("--model-store")
+        .arg(&store)
+        // TorchServe writes logs/ and key_file.json into its working directory.
+        .current_dir(dir)
+        // TorchServe refuses to start while another instance's pid file sits in the temp dir.
+        .env("TMPDIR", dir)
+        .env("LOG_LOCATION", dir.join("logs"))
+        .env("METRICS_LOCATION", dir.join("logs"));
+    let process = ServerProcess::spawn("torchserve", command, dir.join("torchserve.log"), Shutdown::WholeGroup);
+    Torchserve {
+        process,
+        management: format!("127.0.0.1:{management_port}"),
+        inference: format!("127.0.0.1:{inference_port}"),
+        dir: dir.to_owned(),
+        worker_port,
+    }
+}
+
+impl Torchserve {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.management)
+    }
+
+    /// Waits for the management API, which opens after the JVM starts (seconds).
+    async fn wait_for_management(&self, http: &reqwest::Client, token: Option<&str>) {
+        wait_for("TorchServe management API", Duration::from_secs(90), || async {
+            let mut request = http.get(self.url("/models"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("{}\n{}", response.status(), self.process.log_tail())),
+                Err(err) => Err(format!("{err}\n{}", self.process.log_tail())),
+            }
+        })
+        .await
+    }
+
+    async fn probe(&self, extra: &[&str]) -> CliProbe {
+        probe_cli("torchserve", &self.management, "tiny", extra).await
+    }
+
+    /// Probes until `accept` holds, failing with the last answer and the server's log.
+    async fn probe_until(&self, what: &str, accept: impl Fn(&CliProbe) -> bool) -> CliProbe {
+        let target = ["torchserve", &self.management, "tiny"];
+        probe_cli_until(what, Duration::from_secs(90), &self.process, target, &[], accept).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torchserve_registration_workers_and_readiness() {
+    let servers = TestServers::installed();
+    let dir = tempfile::tempdir().unwrap();
+    let mut torchserve = start_torchserve(&servers, dir.path(), false);
+    let http = reqwest::Client::new();
+    torchserve.wait_for_management(&http, None).await;
+
+    let unregistered = torchserve.probe(&[]).await;
+    unregistered.assert_state(1, reasons::MODEL_NOT_REGISTERED);
+
+    // Registered without waiting: the worker starts and spends LOAD_SECONDS in its handler.
+    let register = http
+        .post(torchserve.url("/models?url=tiny.mar&initial_workers=1&synchronous=false"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        register.status().is_success(),
+        "register: {}",
+        register.text().await.unwrap()
+    );
+    let loading = torchserve
+        .probe_until("a worker seen loading", |p| p.reason() == reasons::WORKERS_NOT_READY)
+        .await;
+    assert_eq!(loading.exit_code, 1, "{:?}", loading.json);
+    assert!(
+        loading.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("0 of 1 workers READY"),
+        "{:?}",
+        loading.json
+    );
+
+    let ready = torchserve.probe_until("the model READY", |p| p.exit_code == 0).await;
+    assert_eq!(ready.reason(), reasons::MODEL_LOADED, "{:?}", ready.json);
+    assert_eq!(ready.json["model"]["name"], "tiny");
+    assert_eq!(ready.json["model"]["versions"], serde_json::json!(["1.0"]));
+    let predicted = http
+        .post(format!("http://{}/predictions/tiny", torchserve.inference))
+        .body("[[1.0]]")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        predicted.status().is_success(),
+        "a READY model answers: {}",
+        predicted.status()
+    );
+    let prediction: serde_json::Value = serde_json::from_str(&predicted.text().await.unwrap()).unwrap();
+    assert_eq!(prediction, serde_json::json!([[3.0]]), "y = 2x + 1");
+
+    // The worker rule: with minWorkers 2, one READY worker is not enough until the second loads.
+    let scale = http
+        .put(torchserve.url("/models/tiny?min_worker=2&max_worker=2&synchronous=false"))
+        .send()
+        .await
+        .unwrap();
+    assert!(scale.status().is_success(), "scale: {}", scale.text().await.unwrap());
+    let one_of_two = torchserve
+        .probe_until("one of two workers READY", |p| p.reason() == reasons::WORKERS_NOT_READY)
+        .await;
+    assert!(
+        one_of_two.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 workers READY, at least 2 needed (minWorkers 2)"),
+        "{:?}",
+        one_of_two.json
+    );
+    let both = torchserve.probe_until("both workers READY", |p| p.exit_code == 0).await;
+    assert!(
+        both.json["message"].as_str().unwrap().contains("2 of 2 workers READY"),
+        "{:?}",
+        both.json
+    );
+
+    // The ModelDeployment version picks the registered version of that name.
+    let versioned = torchserve.probe(&["--model-version", "1.0"]).await;
+    assert_eq!(versioned.exit_code, 0, "{:?}", versioned.json);
+
+    torchserve.process.stop();
+    let down = torchserve.probe(&[]).await;
+    down.assert_state(1, reasons::SERVER_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torchserve_token_auth_needs_the_management_key() {
+    let servers = TestServers::installed();
+    let dir = tempfile::tempdir().unwrap();
+    let torchserve = start_torchserve(&servers, dir.path(), true);
+    let key_file = torchserve.dir.join("key_file.json");
+    let http = reqwest::Client::new();
+    let key = wait_for("key_file.json", Duration::from_secs(90), || async {
+        let text = std::fs::read_to_string(&key_file).map_err(|err| err.to_string())?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|err| err.to_string())?;
+        json["management"]["key"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| text.clone())
+    })
+    .await;
+    torchserve.wait_for_management(&http, Some(&key)).await;
+
+    let without = torchserve.probe(&[]).await;
+    without.assert_state(1, reasons::PROBE_UNAUTHORIZED);
+    assert!(
+        without.json["message"].as_str().unwrap().contains("--token"),
+        "{:?}",
+        without.json
+    );
+
+    let wrong = torchserve.probe(&["--token", "not-the-key"]).await;
+    assert_eq!(wrong.reason(), reasons::PROBE_UNAUTHORIZED, "{:?}", wrong.json);
+
+    // With TorchServe's own key file the probe gets through to the model question.
+    let with_key = torchserve.probe(&["--token-file", key_file.to_str().unwrap()]).await;
+    with_key.assert_state(1, reasons::MODEL_NOT_REGISTERED);
+}

@@ -1,0 +1,277 @@
+//! Harness for the protocol tests: finds the servers `make test-servers` installed, starts them
+//! on free loopback ports in their own process groups (killed on drop), and runs the real
+//! `model-operator probe` binary.
+
+// Each test target uses a different part of this module.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::Value;
+
+/// Paths of the installed servers, from `~/.cache/model-operator/test-servers.env`.
+pub struct TestServers {
+    vars: HashMap<String, String>,
+}
+
+impl TestServers {
+    /// Fails the test, never skips it, when the servers are not installed.
+    pub fn installed() -> Self {
+        let cache = std::env::var_os("MODEL_OPERATOR_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/model-operator")
+            });
+        let env_file = cache.join("test-servers.env");
+        let text = std::fs::read_to_string(&env_file).unwrap_or_else(|err| {
+            panic!(
+                "the test servers are not installed ({}: {err}): run `make test-servers`",
+                env_file.display()
+            )
+        });
+        let vars: HashMap<String, String> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Self { vars }
+    }
+
+    /// A setting; fails with the fix when it is missing.
+    pub fn value(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("test-servers.env has no {key}: run `make test-servers` (it rewrites the file)"))
+    }
+
+    /// An installed path; fails with the fix when it is missing.
+    pub fn path(&self, key: &str) -> PathBuf {
+        let path = PathBuf::from(self.value(key));
+        assert!(
+            path.exists(),
+            "{key}={} does not exist: run `make test-servers` to install it",
+            path.display()
+        );
+        path
+    }
+}
+
+/// A free loopback port. The listener is dropped before the server binds, so another process
+/// could take it in between; the tests run few servers, so this has not mattered.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A server process in its own process group: dropping it kills the group (TorchServe's Java
+/// frontend starts Python workers; Triton starts backend stubs), so nothing outlives the test.
+pub struct ServerProcess {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    shutdown: Shutdown,
+}
+
+/// Who gets the polite SIGTERM before the group's SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// The server stops its own children (Triton and its python stubs, which must not be
+    /// killed under it or their shared-memory regions stay in /dev/shm).
+    MainProcess,
+    /// Every process: the `torchserve` launcher does not pass SIGTERM on to its Java frontend.
+    WholeGroup,
+}
+
+impl ServerProcess {
+    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf, shutdown: Shutdown) -> Self {
+        use std::os::unix::process::CommandExt;
+        let log_file = std::fs::File::create(&log).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("{name} does not start ({command:?}): {err}"));
+        Self {
+            name,
+            child: Some(child),
+            log,
+            shutdown,
+        }
+    }
+
+    /// The end of the server's output, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(40);
+        format!(
+            "--- last lines of {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            lines[start..].join("\n")
+        )
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL to the whole group after a grace period.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = Pid::from_raw(child.id() as i32);
+        let _ = match self.shutdown {
+            Shutdown::MainProcess => nix::sys::signal::kill(group, Signal::SIGTERM),
+            Shutdown::WholeGroup => nix::sys::signal::killpg(group, Signal::SIGTERM),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Workers may outlive their parent; the group takes them too.
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What `model-operator probe -o json` said.
+#[derive(Debug)]
+pub struct CliProbe {
+    pub exit_code: i32,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl CliProbe {
+    pub fn reason(&self) -> &str {
+        self.json["reason"].as_str().unwrap_or_default()
+    }
+
+    /// Asserts the exit status and reason, printing the whole answer when they differ.
+    #[track_caller]
+    pub fn assert_state(&self, exit_code: i32, reason: &str) {
+        assert_eq!((self.exit_code, self.reason()), (exit_code, reason), "{:?}", self.json);
+        assert_eq!(
+            self.json["ready"],
+            exit_code == 0,
+            "exit status and `ready` disagree: {:?}",
+            self.json
+        );
+    }
+}
+
+/// Runs the real binary: `model-operator probe --runtime R --endpoint E --model M -o json ...`.
+pub async fn probe_cli(runtime: &str, endpoint: &str, model: &str, extra: &[&str]) -> CliProbe {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_model-operator"))
+        .args([
+            "probe",
+            "--runtime",
+            runtime,
+            "--endpoint",
+            endpoint,
+            "--model",
+            model,
+            "-o",
+            "json",
+        ])
+        .args(extra)
+        .output()
+        .await
+        .expect("model-operator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|err| panic!("probe printed no JSON ({err}): stdout {stdout:?}, stderr {stderr:?}"));
+    CliProbe {
+        exit_code: output.status.code().expect("probe exits normally"),
+        json,
+        stderr,
+    }
+}
+
+/// Polls `check` until it yields a value or `timeout` passes; the last observation goes into
+/// the panic message, so a failure says what the server was doing.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Runs the test servers' Python, failing with its output.
+pub fn run_python(python: &Path, script: &str, args: &[&str]) {
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Writes a TorchScript model computing y = 2x + 1 on one feature, the fixture both the
+/// TorchServe and the FastAPI tests serve.
+pub fn write_affine_model(python: &Path, path: &Path) {
+    const SCRIPT: &str = r#"
+import sys, torch
+layer = torch.nn.Linear(1, 1)
+with torch.no_grad():
+    layer.weight.fill_(2.0)
+    layer.bias.fill_(1.0)
+torch.jit.save(torch.jit.script(layer), sys.argv[1])
+"#;
+    run_python(python, SCRIPT, &[path.to_str().unwrap()]);
+}
+
+/// Runs `probe_cli` until `accept` holds; a timeout panics with the last answer and the end of
+/// the server's log. `target` is `[runtime, endpoint, model]`.
+pub async fn probe_cli_until(
+    what: &str,
+    timeout: Duration,
+    server: &ServerProcess,
+    target: [&str; 3],
+    extra: &[&str],
+    accept: impl Fn(&CliProbe) -> bool,
+) -> CliProbe {
+    let [runtime, endpoint, model] = target;
+    wait_for(what, timeout, || async {
+        let probe = probe_cli(runtime, endpoint, model, extra).await;
+        if accept(&probe) {
+            Ok(probe)
+        } else {
+            Err(format!("{:?}\n{}", probe.json, server.log_tail()))
+        }
+    })
+    .await
+}
