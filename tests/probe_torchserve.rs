@@ -49,8 +49,9 @@ struct Torchserve {
     worker_port: u16,
 }
 
-/// Most workers a test starts; each has a socket /tmp/.ts.sock.<worker_port + n>.
-const MAX_WORKERS: u16 = 2;
+/// Most workers a test starts (two of version 1.0, one of 2.0); each has a socket
+/// /tmp/.ts.sock.<worker_port + n>, numbered in the order they start.
+const MAX_WORKERS: u16 = 3;
 
 impl Drop for Torchserve {
     /// Workers killed with their frontend leave their Unix sockets in /tmp (TorchServe puts them
