@@ -49,8 +49,9 @@ struct Torchserve {
     worker_port: u16,
 }
 
-/// Most workers a test starts; each has a socket /tmp/.ts.sock.<worker_port + n>.
-const MAX_WORKERS: u16 = 2;
+/// Most workers a test starts (two of version 1.0, one of 2.0); each has a socket
+/// /tmp/.ts.sock.<worker_port + n>, numbered in the order they start.
+const MAX_WORKERS: u16 = 3;
 
 impl Drop for Torchserve {
     /// Workers killed with their frontend leave their Unix sockets in /tmp (TorchServe puts them
@@ -63,19 +64,25 @@ impl Drop for Torchserve {
     }
 }
 
-/// Archives the affine TorchScript model with the slow handler as `tiny.mar` in `store`.
-fn archive_model(servers: &TestServers, dir: &Path, store: &Path) {
+/// Archives the affine TorchScript model with the slow handler as version `version` of model
+/// `tiny`, stored as `store/<file_name>`.
+fn archive_model(servers: &TestServers, dir: &Path, store: &Path, version: &str, file_name: &str) {
     let model = dir.join("affine.pt");
-    write_affine_model(&servers.path("PYTHON"), &model);
+    if !model.exists() {
+        write_affine_model(&servers.path("PYTHON"), &model);
+    }
     let handler = dir.join("slow_handler.py");
     std::fs::write(&handler, HANDLER).unwrap();
+    // The archiver always writes <model name>.mar; each archive gets its own export directory.
+    let export = dir.join(format!("export-{version}"));
+    std::fs::create_dir_all(&export).unwrap();
     let output = Command::new(servers.path("TORCH_MODEL_ARCHIVER"))
-        .args(["--model-name", "tiny", "--version", "1.0", "--serialized-file"])
+        .args(["--model-name", "tiny", "--version", version, "--serialized-file"])
         .arg(&model)
         .arg("--handler")
         .arg(&handler)
         .arg("--export-path")
-        .arg(store)
+        .arg(&export)
         // The archiver stages files in $TMPDIR/<model name>, which parallel tests would share.
         .env("TMPDIR", dir)
         .output()
@@ -85,12 +92,13 @@ fn archive_model(servers: &TestServers, dir: &Path, store: &Path) {
         "torch-model-archiver failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    std::fs::rename(export.join("tiny.mar"), store.join(file_name)).unwrap();
 }
 
 fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torchserve {
     let store = dir.join("store");
     std::fs::create_dir_all(&store).unwrap();
-    archive_model(servers, dir, &store);
+    archive_model(servers, dir, &store, "1.0", "tiny.mar");
     let (management_port, inference_port, worker_port) = (free_port(), free_port(), free_port());
     // Distinct ports for everything TorchServe opens, so that servers of parallel tests never
     // meet (workers talk to the frontend on /tmp/.ts.sock.<initial_worker_port + n>).
@@ -248,9 +256,42 @@ async fn torchserve_registration_workers_and_readiness() {
         both.json
     );
 
-    // The ModelDeployment version picks the registered version of that name.
-    let versioned = torchserve.probe(&["--model-version", "1.0"]).await;
-    assert_eq!(versioned.exit_code, 0, "{:?}", versioned.json);
+    // With two versions registered, the ModelDeployment version picks the one of that name;
+    // any other version means TorchServe's default, the first registered.
+    archive_model(&servers, dir.path(), &dir.path().join("store"), "2.0", "tiny-2.0.mar");
+    let register_v2 = http
+        .post(torchserve.url("/models?url=tiny-2.0.mar&initial_workers=1&synchronous=true"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        register_v2.status().is_success(),
+        "register 2.0: {}",
+        register_v2.text().await.unwrap()
+    );
+    let message = |probe: &CliProbe| probe.json["message"].as_str().unwrap().to_owned();
+    let v2 = torchserve.probe(&["--model-version", "2.0"]).await;
+    v2.assert_state(0, reasons::MODEL_LOADED);
+    assert!(
+        message(&v2).contains("version 2.0: 1 of 1 workers READY"),
+        "{:?}",
+        v2.json
+    );
+    assert_eq!(
+        v2.json["model"]["versions"],
+        serde_json::json!(["1.0", "2.0"]),
+        "{:?}",
+        v2.json
+    );
+    for default in [&[][..], &["--model-version", "v1"][..]] {
+        let probe = torchserve.probe(default).await;
+        probe.assert_state(0, reasons::MODEL_LOADED);
+        assert!(
+            message(&probe).contains("version 1.0: 2 of 2 workers READY"),
+            "{:?}",
+            probe.json
+        );
+    }
 
     torchserve.process.stop();
     let down = torchserve.probe(&[]).await;
