@@ -32,7 +32,7 @@ unit: test-servers
 ## e2e: the cluster tier: the operator binary against the local control plane (started if needed,
 ## left running for the next run; `make cluster-down` stops it). A short HPA sync keeps it quick.
 E2E_THREADS ?= 8
-e2e:
+e2e: test-servers
 	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
 	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS)
 

@@ -7,7 +7,11 @@ use clap::Args;
 use tracing::error;
 
 use super::ImageArgs;
-use crate::controller::{self, LeaseSettings, Settings};
+use crate::{
+    controller::{self, LeaseSettings, Settings},
+    probe::ProbeSettings,
+    reconcile::readiness::EndpointResolver,
+};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -40,6 +44,21 @@ pub struct RunArgs {
     /// Address of `/healthz` and `/readyz`.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     pub health_addr: SocketAddr,
+    /// The longest one model probe may take, connection included.
+    #[arg(long, env = "PROBE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Duration,
+    /// Model probes in flight at once, across every ModelDeployment.
+    #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 32)]
+    pub probe_concurrency: usize,
+    /// Probe every pod of one ModelDeployment at another address, `NAMESPACE/NAME=HOST:PORT`
+    /// (repeatable): for clusters whose pod IPs the operator cannot reach.
+    #[arg(long = "probe-endpoint", env = "PROBE_ENDPOINTS", value_delimiter = ',')]
+    pub probe_endpoints: Vec<String>,
+    /// Probe each serving pod at its IP. Turn off (`--probe-pod-ips=false`) where the operator
+    /// cannot reach pod IPs, e.g. when it runs outside the cluster: models without a
+    /// `--probe-endpoint` then take ModelReady from the kubelet's readiness probe.
+    #[arg(long, env = "PROBE_POD_IPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub probe_pod_ips: bool,
 }
 
 impl RunArgs {
@@ -55,7 +74,18 @@ impl RunArgs {
             concurrency,
             metrics_addr,
             health_addr,
+            probe_timeout,
+            probe_concurrency,
+            probe_endpoints,
+            probe_pod_ips,
         } = self;
+        let endpoints = match EndpointResolver::new(&probe_endpoints, probe_pod_ips) {
+            Ok(endpoints) => endpoints,
+            Err(problem) => {
+                error!("{problem}");
+                return ExitCode::from(2);
+            }
+        };
         let lease = (!disable_leader_election).then(|| LeaseSettings {
             namespace: lease_namespace,
             lease_name,
@@ -69,6 +99,13 @@ impl RunArgs {
             concurrency,
             metrics_addr,
             health_addr,
+            probes: ProbeSettings {
+                timeout: probe_timeout,
+                // The operator deploys TorchServe with token auth off (its runtime config).
+                torchserve_token: None,
+                max_concurrent: probe_concurrency,
+            },
+            endpoints,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -5,7 +5,12 @@ pub mod admin;
 pub mod leader;
 pub mod metrics;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{StreamExt, future};
 use k8s_openapi::{
@@ -34,10 +39,12 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 pub use self::{admin::Readiness, leader::LeaseSettings, metrics::Metrics};
 use crate::{
     api::{ModelDeployment, ModelDeploymentStatus, conditions},
+    probe::{ProbeSettings, Prober, recheck_after},
     reconcile::{
         apply::{self, ApplyError},
         build::{self, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY},
         fetch::Caches,
+        readiness::{self, EndpointResolver},
         status::{self, ModelReadiness, StatusInputs, ValidationState},
         validate,
     },
@@ -65,6 +72,10 @@ pub struct Settings {
     pub concurrency: u16,
     pub metrics_addr: SocketAddr,
     pub health_addr: SocketAddr,
+    /// How the model probes are made (timeout, concurrency).
+    pub probes: ProbeSettings,
+    /// Where each pod's runtime is reached for the model probe.
+    pub endpoints: EndpointResolver,
 }
 
 /// Shared by every reconcile.
@@ -74,8 +85,38 @@ pub struct Context {
     pub images: OperatorImages,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    pub prober: Prober,
+    pub endpoints: EndpointResolver,
+    /// Consecutive reconciles whose model probe found a replica silent, per ModelDeployment:
+    /// the probe backs off on it, and forgets it once every replica answers.
+    probe_streaks: Mutex<HashMap<ObjectRef<ModelDeployment>, u32>>,
+    /// Deployments and validation verdicts already counted in the metrics, by UID or Job: two
+    /// reconciles in a row may both read the cache from before the first one's writes.
+    counted: Mutex<HashSet<String>>,
     leader: watch::Receiver<bool>,
     caches_synced: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// True the first time `key` is seen by this process.
+    fn first_time(&self, key: String) -> bool {
+        self.counted.lock().expect("counted lock").insert(key)
+    }
+
+    /// Counts a silent probe towards the backoff, or resets it, and says when to probe again.
+    fn next_probe(&self, model: &ModelDeployment, outcome: &crate::probe::ProbeOutcome) -> Duration {
+        let mut streaks = self.probe_streaks.lock().expect("probe streaks lock");
+        let key = ObjectRef::from_obj(model);
+        if outcome.ready {
+            streaks.remove(&key);
+            recheck_after(outcome, 0)
+        } else {
+            let streak = streaks.entry(key).or_insert(0);
+            let delay = recheck_after(outcome, *streak);
+            *streak = streak.saturating_add(1);
+            delay
+        }
+    }
 }
 
 /// What a reconcile can fail with; `reason` labels metrics.
@@ -102,13 +143,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         concurrency,
         metrics_addr,
         health_addr,
+        probes,
+        endpoints,
     } = settings;
+    let prober = Prober::new(probes)?;
     let client = Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     let listeners = admin::bind(metrics_addr, health_addr).await?;
+    // The bound addresses, which differ from the flags' when those ask for port 0.
+    info!(
+        metrics_addr = %listeners.0.local_addr()?,
+        health_addr = %listeners.1.local_addr()?,
+        "admin server listening"
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -207,6 +257,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         caches,
         images,
         metrics: metrics.clone(),
+        prober,
+        endpoints,
+        probe_streaks: Mutex::default(),
+        counted: Mutex::default(),
         leader,
         caches_synced,
     });
@@ -392,6 +446,8 @@ async fn reconcile(model: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Act
 async fn reconcile_model(model: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileError> {
     let previous = model.status.as_ref();
     let now = Timestamp::now();
+    // When to ask the runtimes again; `None` when no model was probed.
+    let mut recheck = None;
     let validated = validate::validate(model, &ctx.images);
     let next = match &validated {
         Err(errors) => status::compute(StatusInputs {
@@ -417,13 +473,26 @@ async fn reconcile_model(model: &ModelDeployment, ctx: &Context) -> Result<Actio
             };
             let capacity = ctx.caches.gpu_capacity(spec, &observed);
             let applied = apply::apply(&ctx.client, &desired, &observed, validation.allows_rollout()).await?;
-            if applied.created_deployment {
+            let created = applied.deployment.as_ref().filter(|_| applied.created_deployment);
+            if let Some(uid) = created.and_then(|d| d.metadata.uid.clone())
+                && ctx.first_time(format!("deployment/{uid}"))
+            {
                 ctx.metrics.deployments_created.inc();
             }
-            if applied.started_validation {
+            if let Some(plan) = spec.validation.as_ref().filter(|_| applied.started_validation)
+                && ctx.first_time(format!("started/{}/{}", spec.namespace, plan.job_name))
+            {
                 ctx.metrics.validations.with_label_values(&["started"]).inc();
             }
             let deployment = applied.deployment.as_ref().or(observed.deployment.as_deref());
+            let readiness = if deployment.is_some() && ctx.endpoints.reaches(spec) {
+                let (readiness, decisive) =
+                    readiness::probe_models(&ctx.prober, &ctx.endpoints, spec, &observed.pods).await;
+                recheck = decisive.map(|outcome| ctx.next_probe(model, &outcome));
+                readiness
+            } else {
+                ModelReadiness::from_pod_readiness(deployment)
+            };
             let next = status::compute(StatusInputs {
                 generation: model.metadata.generation,
                 previous,
@@ -431,7 +500,7 @@ async fn reconcile_model(model: &ModelDeployment, ctx: &Context) -> Result<Actio
                 validation,
                 deployment,
                 capacity,
-                model: ModelReadiness::from_pod_readiness(deployment),
+                model: readiness,
                 now,
             });
             let labels = [spec.namespace.as_str(), spec.name.as_str(), spec.runtime.as_str()];
@@ -448,19 +517,28 @@ async fn reconcile_model(model: &ModelDeployment, ctx: &Context) -> Result<Actio
         }
     };
 
-    count_validation_outcome(previous, &next, &ctx.metrics);
+    if let Ok(spec) = &validated {
+        count_validation_outcome(previous, &next, spec, ctx);
+    }
     if previous != Some(&next) {
         apply::write_status(&ctx.client, model, &next).await?;
         publish_transitions(model, previous, &next, &ctx.recorder).await;
     }
-    // Whatever the phase, what ends it is a change a watch reports (a Job finishing, pods
-    // becoming ready, GPUs freed); only the safety resync is timed.
-    Ok(Action::requeue(RESYNC_INTERVAL))
+    // Model probes are polled on the Prober's schedule (soon while loading, every 30 s once
+    // served, so that a model that stops answering is noticed). Everything else ends with a
+    // change a watch reports (a Job finishing, pods becoming ready, GPUs freed), so only the
+    // safety resync is timed.
+    Ok(Action::requeue(recheck.unwrap_or(RESYNC_INTERVAL).min(RESYNC_INTERVAL)))
 }
 
 /// `model_validations_total{status=success|failure}` counts the Validated condition leaving
 /// ValidationRunning, once per Job verdict.
-fn count_validation_outcome(previous: Option<&ModelDeploymentStatus>, next: &ModelDeploymentStatus, metrics: &Metrics) {
+fn count_validation_outcome(
+    previous: Option<&ModelDeploymentStatus>,
+    next: &ModelDeploymentStatus,
+    spec: &validate::Validated,
+    ctx: &Context,
+) {
     let reason_of = |status: Option<&ModelDeploymentStatus>| {
         status.and_then(|s| {
             s.conditions
@@ -474,10 +552,14 @@ fn count_validation_outcome(previous: Option<&ModelDeploymentStatus>, next: &Mod
     if before.as_deref() != Some(conditions::reasons::VALIDATION_RUNNING) || before == after {
         return;
     }
-    match after.as_deref() {
-        Some(conditions::reasons::VALIDATION_SUCCEEDED) => metrics.validations.with_label_values(&["success"]).inc(),
-        Some(conditions::reasons::VALIDATION_FAILED) => metrics.validations.with_label_values(&["failure"]).inc(),
-        _ => {}
+    let outcome = match after.as_deref() {
+        Some(conditions::reasons::VALIDATION_SUCCEEDED) => "success",
+        Some(conditions::reasons::VALIDATION_FAILED) => "failure",
+        _ => return,
+    };
+    let Some(plan) = &spec.validation else { return };
+    if ctx.first_time(format!("verdict/{}/{}", spec.namespace, plan.job_name)) {
+        ctx.metrics.validations.with_label_values(&[outcome]).inc();
     }
 }
 

@@ -191,15 +191,21 @@ impl Prober {
     }
 }
 
-/// When to probe a model again: soon while it loads, backing off exponentially (1 s, 2 s, 4 s …
-/// up to 60 s) as failures repeat, and every 30 s once ready so that a model that stops answering
-/// is noticed. `consecutive_not_ready` counts the not-ready outcomes before this one.
+/// When to probe a model again: every 30 s once ready, so that a model that stops answering is
+/// noticed; every 2 s while the runtime answers that the model is still loading, so that "Ready"
+/// follows the end of a load within seconds; otherwise (server down, load failed, no answer)
+/// backing off exponentially, 1 s, 2 s, 4 s … up to 60 s, as failures repeat.
+/// `consecutive_not_ready` counts the not-ready outcomes before this one.
 pub fn recheck_after(outcome: &ProbeOutcome, consecutive_not_ready: u32) -> Duration {
     const READY_RECHECK: Duration = Duration::from_secs(30);
+    const LOADING_RECHECK: Duration = Duration::from_secs(2);
     const FIRST_RETRY: Duration = Duration::from_secs(1);
     const MAX_RETRY: Duration = Duration::from_secs(60);
     if outcome.ready {
         return READY_RECHECK;
+    }
+    if [reasons::MODEL_LOADING, reasons::WORKERS_NOT_READY].contains(&outcome.reason) {
+        return LOADING_RECHECK;
     }
     FIRST_RETRY
         .saturating_mul(2u32.saturating_pow(consecutive_not_ready.min(16)))
@@ -211,11 +217,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_ready_models_back_off_exponentially_up_to_a_minute() {
-        let loading = ProbeOutcome::not_ready(reasons::MODEL_LOADING, "loading");
-        let delays: Vec<u64> = (0..9).map(|n| recheck_after(&loading, n).as_secs()).collect();
+    fn failing_probes_back_off_exponentially_up_to_a_minute() {
+        let down = ProbeOutcome::not_ready(reasons::SERVER_UNAVAILABLE, "connection refused");
+        let delays: Vec<u64> = (0..9).map(|n| recheck_after(&down, n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(recheck_after(&loading, u32::MAX), Duration::from_secs(60));
+        assert_eq!(recheck_after(&down, u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn loading_models_are_rechecked_every_two_seconds() {
+        for reason in [reasons::MODEL_LOADING, reasons::WORKERS_NOT_READY] {
+            let loading = ProbeOutcome::not_ready(reason, "loading");
+            for streak in [0, 5, 100] {
+                assert_eq!(recheck_after(&loading, streak), Duration::from_secs(2), "{reason}");
+            }
+        }
     }
 
     #[test]

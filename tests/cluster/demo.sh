@@ -22,7 +22,12 @@ start_operator() {
   local target_dir
   target_dir=$(cd "$REPO_ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
   "$CLUSTER_SCRIPTS/down.sh" --only model-operator
+  # It watches `default`, where the examples go, and leaves the random namespaces of `make test`
+  # to the operators the tests start themselves. Outside the cluster it cannot reach pod IPs (the
+  # fake nodes' pods have made-up ones), so ModelReady comes from the kubelet's readiness probe.
   start_detached model-operator "$target_dir/debug/model-operator" run \
+    --watch-namespace default \
+    --probe-pod-ips=false \
     --lease-namespace "$OPERATOR_NAMESPACE" \
     --metrics-addr 127.0.0.1:18080 \
     --health-addr 127.0.0.1:18081

@@ -4,7 +4,6 @@
 
 use std::{
     future::Future,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -87,6 +86,7 @@ async fn install_crd(client: &Client) {
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    deleted: bool,
 }
 
 impl TestNamespace {
@@ -103,6 +103,7 @@ impl TestNamespace {
         Self {
             name,
             client: client.clone(),
+            deleted: false,
         }
     }
 
@@ -126,10 +127,28 @@ impl TestNamespace {
             .await
     }
 
-    pub async fn delete(self) {
+    pub async fn delete(mut self) {
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::default())
             .await;
+        self.deleted = true;
+    }
+}
+
+impl Drop for TestNamespace {
+    /// A test that panicked still gives its namespace back, so that its pods do not keep the
+    /// fake nodes' GPUs from the tests after it. (No async in Drop: kubectl does it.)
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let kubectl = kubeconfig_path().with_file_name("bin").join("kubectl");
+        let _ = Command::new(kubectl)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -161,18 +180,22 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
-        let metrics_addr = free_loopback_addr();
-        let health_addr = free_loopback_addr();
         let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_model-operator"))
+        // Port 0 and the addresses from the log: ports picked here could be taken by another
+        // test's operator before this one binds them.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_model-operator"))
+            .args(["--log-format", "json"])
             .arg("run")
             .args(["--watch-namespace", namespace])
             .args(["--lease-namespace", namespace])
             .args(["--holder-id", identity])
             .args(["--lease-duration", "4s"])
-            .args(["--metrics-addr", &metrics_addr])
-            .args(["--health-addr", &health_addr])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--health-addr", "127.0.0.1:0"])
+            // The test cluster's pod IPs are fake: the operator must never dial them. Tests
+            // that probe a model point it at a loopback server with --probe-endpoint.
+            .arg("--probe-pod-ips=false")
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,model_operator=debug")
@@ -182,6 +205,26 @@ impl Operator {
             .stderr(log_file)
             .spawn()
             .expect("the operator binary starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (metrics_addr, health_addr) = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let listening = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["fields"]["message"] == "admin server listening");
+            if let Some(line) = listening {
+                let field = |name: &str| line["fields"][name].as_str().unwrap_or_default().to_owned();
+                break (field("metrics_addr"), field("health_addr"));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the operator exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator did not start listening in 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         Self {
             child,
             metrics_addr,
@@ -228,11 +271,6 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_loopback_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    listener.local_addr().unwrap().to_string()
 }
 
 /// Polls `probe` until it yields a value or `timeout` passes; then fails naming `what`.
