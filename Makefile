@@ -8,7 +8,7 @@ CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
 export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
 .PHONY: test lint fmt-check clippy unit e2e crd-check crds build render-examples demo \
-	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent test-servers test-inference
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness test-servers test-inference
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
 test: fmt-check clippy crd-check unit test-inference e2e
@@ -74,11 +74,17 @@ cluster-smoke:
 	tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
-bench: bench-node-agent
+bench: bench-node-agent bench-readiness
 
 ## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
 bench-node-agent:
 	$(CARGO) bench -p node-agent --bench scrape
+
+## bench-readiness: seconds from a model finishing its load in the real FastAPI runtime to the
+## operator reporting ModelReady, on the local cluster.
+bench-readiness: test-servers
+	tests/cluster/up.sh
+	$(CARGO) bench --bench model_ready_latency
 
 ## test-servers: install tritonserver, TorchServe and the inference app's Python environment
 ## (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe tests need them.

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -56,6 +56,8 @@ pub const CONTROLLER_NAME: &str = "model-operator";
 /// Without any event, every ModelDeployment is looked at again this often: a safety net for
 /// a missed watch event, not how the operator normally reacts.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// How long in-flight reconciles may run on after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A reconcile that arrives before the caches have listed comes back after this.
 const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
 /// After a failed reconcile; conflicts clear with the next watch event, other errors retry.
@@ -213,21 +215,44 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 pods,
                 nodes,
             } = caches;
-            let synced = future::join_all([
-                Box::pin(models.wait_until_ready()) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>,
-                Box::pin(deployments.wait_until_ready()),
-                Box::pin(services.wait_until_ready()),
-                Box::pin(hpas.wait_until_ready()),
-                Box::pin(jobs.wait_until_ready()),
-                Box::pin(config_maps.wait_until_ready()),
-                Box::pin(pods.wait_until_ready()),
-                Box::pin(nodes.wait_until_ready()),
-            ])
-            .await;
-            if synced.iter().all(Result::is_ok) {
-                info!("watch caches synced");
-                readiness.set_ready();
-                synced_tx.send_replace(true);
+            let waits = [
+                ("modeldeployments", models.wait_until_ready().boxed()),
+                ("deployments", deployments.wait_until_ready().boxed()),
+                ("services", services.wait_until_ready().boxed()),
+                ("horizontalpodautoscalers", hpas.wait_until_ready().boxed()),
+                ("jobs", jobs.wait_until_ready().boxed()),
+                ("configmaps", config_maps.wait_until_ready().boxed()),
+                ("pods", pods.wait_until_ready().boxed()),
+                ("nodes", nodes.wait_until_ready().boxed()),
+            ];
+            let waiting: Arc<Mutex<Vec<&str>>> = Arc::new(Mutex::new(waits.iter().map(|(name, _)| *name).collect()));
+            let all = future::join_all(waits.into_iter().map(|(name, wait)| {
+                let waiting = waiting.clone();
+                async move {
+                    let listed = wait.await.is_ok();
+                    waiting.lock().expect("waiting lock").retain(|w| *w != name);
+                    if !listed {
+                        error!(cache = name, "the watch ended before its first list");
+                    }
+                    listed
+                }
+            }));
+            tokio::pin!(all);
+            loop {
+                tokio::select! {
+                    listed = &mut all => {
+                        if listed.iter().all(|ok| *ok) {
+                            info!("watch caches synced");
+                            readiness.set_ready();
+                            synced_tx.send_replace(true);
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {
+                        let waiting = waiting.lock().expect("waiting lock").clone();
+                        warn!(?waiting, "watch caches not synced after 10 s more");
+                    }
+                }
             }
         });
     }
@@ -286,8 +311,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             future::ready(())
         });
 
+    // A Controller stopped before its first list never finishes (its runner waits for the store
+    // to be ready), so in-flight reconciles get a bounded grace period, not an unbounded one.
+    let stop_after_grace = {
+        let signal = shutdown();
+        async move {
+            signal.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!("reconciles still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+    };
+    let controller = async {
+        tokio::select! {
+            () = controller => {}
+            () = stop_after_grace => {}
+        }
+    };
     let admin = admin::serve(listeners, metrics, readiness, shutdown);
-    let (_, admin_result) = tokio::join!(controller, admin);
+    let ((), admin_result) = tokio::join!(controller, admin);
     if let Some(task) = election {
         let _ = task.await;
     }

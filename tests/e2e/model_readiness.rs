@@ -2,32 +2,18 @@
 //! started with uvicorn on loopback, since the test cluster's pods have fake IPs) and the
 //! ModelDeployment's status follows the model through down, loading, loaded and gone.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::ListParams;
 use model_operator::api::{ModelDeployment, Phase, conditions, conditions::reasons};
 
 use crate::{
-    servers::{ServerProcess, Shutdown, TestServers, free_port, write_affine_model},
-    support::{Operator, TestNamespace, cluster, eventually, example},
+    servers::{TestServers, free_port, write_affine_model},
+    support::{Operator, TestNamespace, cluster, eventually, example, start_inference_app},
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
-
-/// The inference app serving `dummy-model` from `model_path`, waiting for the file to appear.
-pub fn start_inference_app(servers: &TestServers, log_dir: &Path, model_path: &Path, port: u16) -> ServerProcess {
-    let mut command = Command::new(servers.path("PYTHON"));
-    command
-        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("inference"))
-        .env("MODEL_PATH", model_path)
-        .env("MODEL_NAME", "dummy-model")
-        .env("MODEL_VERSION", "v1")
-        .env("MODEL_WAIT_SECONDS", "120");
-    ServerProcess::spawn("uvicorn", command, log_dir.join("uvicorn.log"), Shutdown::MainProcess)
-}
 
 /// `ModelReady`'s status and reason, once they are as wanted.
 async fn model_ready_becomes(ns: &TestNamespace, status: &str, reason: &str) -> ModelDeployment {
@@ -75,7 +61,7 @@ async fn the_status_follows_the_model_in_the_real_runtime() {
 
     // The runtime is up and loading: still not Ready, and the reason says so.
     let model_path = dir.path().join("model.pt");
-    let mut app = start_inference_app(&servers, dir.path(), &model_path, port);
+    let mut app = start_inference_app(&servers, dir.path(), "dummy-model", &model_path, port);
     model_ready_becomes(&ns, "False", reasons::MODEL_LOADING).await;
 
     // The model loads: Ready, with the runtime's own description of the model.
