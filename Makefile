@@ -6,7 +6,7 @@ CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
 
 .PHONY: test lint fmt-check clippy unit e2e crd-check crds build render-examples demo \
-	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-autoscaling
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
 test: fmt-check clippy crd-check unit e2e
@@ -72,8 +72,16 @@ cluster-smoke:
 	tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
-bench: bench-node-agent
+bench: bench-node-agent bench-autoscaling
 
 ## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
 bench-node-agent:
 	$(CARGO) bench -p node-agent --bench scrape
+
+## bench-autoscaling: seconds from a utilisation step on the fake GPUs to the HPA's new desired
+## replica count, with the controller manager's default HPA sync period (15s). Restarts the
+## controller manager for it and afterwards puts back the 2s sync that `make e2e` uses.
+bench-autoscaling:
+	HPA_SYNC_PERIOD=15s tests/cluster/up.sh
+	status=0; $(CARGO) test --test e2e bench_autoscaling_reaction -- --ignored --nocapture || status=$$?; \
+	HPA_SYNC_PERIOD=2s tests/cluster/up.sh; exit $$status

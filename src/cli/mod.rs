@@ -46,7 +46,8 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Run the operator: reconcile ModelDeployments in the cluster of the in-cluster
     /// configuration or KUBECONFIG.
-    Run(run::RunArgs),
+    // Boxed: its many flags would make every other variant as large.
+    Run(Box<run::RunArgs>),
 }
 
 /// The images the operator supplies itself, shared by `render` and `run` so both build the

@@ -34,6 +34,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 pub use self::{admin::Readiness, leader::LeaseSettings, metrics::Metrics};
 use crate::{
     api::{ModelDeployment, ModelDeploymentStatus, conditions},
+    custom_metrics::{self, CustomMetricsServer},
     reconcile::{
         apply::{self, ApplyError},
         build::{self, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY},
@@ -65,6 +66,7 @@ pub struct Settings {
     pub concurrency: u16,
     pub metrics_addr: SocketAddr,
     pub health_addr: SocketAddr,
+    pub custom_metrics: custom_metrics::Settings,
 }
 
 /// Shared by every reconcile.
@@ -102,6 +104,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         concurrency,
         metrics_addr,
         health_addr,
+        custom_metrics,
     } = settings;
     let client = Client::try_default()
         .await
@@ -137,6 +140,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Every pod and node counts toward GPU capacity, whoever owns them.
     let (pods, pod_stream) = cache::<Pod>(&client, None, watcher::Config::default());
     let (nodes, node_stream) = cache_cluster::<Node>(&client);
+    // The custom-metrics API reads the same pod cache; it serves before the caches sync, when
+    // an empty answer makes the HPA keep the current scale.
+    let custom_metrics = CustomMetricsServer::bind(custom_metrics, &client, pods.clone()).await?;
     let caches = Caches {
         models: models.clone(),
         deployments,
@@ -232,8 +238,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             future::ready(())
         });
 
+    let custom_metrics = custom_metrics.serve(shutdown());
     let admin = admin::serve(listeners, metrics, readiness, shutdown);
-    let (_, admin_result) = tokio::join!(controller, admin);
+    let (_, admin_result, ()) = tokio::join!(controller, admin, custom_metrics);
     if let Some(task) = election {
         let _ = task.await;
     }

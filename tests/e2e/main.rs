@@ -2,5 +2,6 @@
 //! loopback. Run by `make e2e` (part of `make test`), which starts the cluster first; each test
 //! works in its own random namespace with its own operator process.
 
+mod autoscaling;
 mod reconciler;
 mod support;

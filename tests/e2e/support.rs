@@ -28,12 +28,16 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The kubeconfig `make cluster-up` writes; `CLUSTER_DIR` moves it, as it moves the cluster.
-pub fn kubeconfig_path() -> PathBuf {
+/// The state directory of the local cluster: `CLUSTER_DIR`, else `.cluster` in the checkout.
+pub fn cluster_dir() -> PathBuf {
     std::env::var_os("CLUSTER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".cluster"))
-        .join("kubeconfig")
+}
+
+/// The kubeconfig `make cluster-up` writes; `CLUSTER_DIR` moves it, as it moves the cluster.
+pub fn kubeconfig_path() -> PathBuf {
+    cluster_dir().join("kubeconfig")
 }
 
 /// A client for the local cluster, with the CRD installed. Fails (never skips) when the cluster
@@ -150,6 +154,8 @@ pub struct Operator {
     child: Child,
     pub metrics_addr: String,
     pub health_addr: String,
+    /// The custom metrics API (HTTPS); a free port per operator, so tests side by side never clash.
+    pub custom_metrics_addr: String,
     pub log: PathBuf,
 }
 
@@ -163,6 +169,7 @@ impl Operator {
     pub fn start_with(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
         let metrics_addr = free_loopback_addr();
         let health_addr = free_loopback_addr();
+        let custom_metrics_addr = free_loopback_addr();
         let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_model-operator"))
@@ -173,6 +180,7 @@ impl Operator {
             .args(["--lease-duration", "4s"])
             .args(["--metrics-addr", &metrics_addr])
             .args(["--health-addr", &health_addr])
+            .args(["--custom-metrics-addr", &custom_metrics_addr])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,model_operator=debug")
@@ -186,6 +194,7 @@ impl Operator {
             child,
             metrics_addr,
             health_addr,
+            custom_metrics_addr,
             log,
         }
     }
@@ -230,7 +239,7 @@ impl Drop for Operator {
     }
 }
 
-fn free_loopback_addr() -> String {
+pub fn free_loopback_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().unwrap().to_string()
 }
