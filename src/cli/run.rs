@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Samples older than this are not served (the agent is stuck or its clock is off).
     #[arg(long, env = "SAMPLE_MAX_AGE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sample_max_age: Duration,
+    /// Check every custom metrics caller with a SubjectAccessReview (needs system:auth-delegator);
+    /// `false` leaves it to kube-apiserver, which authorizes requests before proxying them.
+    #[arg(long, env = "DELEGATED_AUTHORIZATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub delegated_authorization: bool,
 }
 
 impl RunArgs {
@@ -106,6 +110,7 @@ impl RunArgs {
             agent_namespace,
             agent_timeout,
             sample_max_age,
+            delegated_authorization,
         } = self;
         let lease = (!disable_leader_election).then(|| LeaseSettings {
             namespace: lease_namespace,
@@ -131,6 +136,7 @@ impl RunArgs {
                 agent_namespace,
                 agent_timeout,
                 sample_max_age,
+                delegated_authorization,
             },
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use super::{
     agents::{FreshSamples, SampleSource, SamplesError},
+    authorization::{Access, DelegatedAuthorizer, Requester},
     selector::LabelSelector,
     tls::FrontProxyTrust,
 };
@@ -35,6 +36,8 @@ const VERSIONS: [&str; 2] = ["v1beta2", "v1beta1"];
 /// The header that carries the user the front proxy authenticated.
 const REMOTE_USER: &str = "x-remote-user";
 const REMOTE_GROUP: &str = "x-remote-group";
+/// Every authenticated user's group.
+const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// What the TLS handshake established about the client; set per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,8 @@ pub struct ApiState {
     pub pods: Store<Pod>,
     pub samples: SampleSource,
     pub trust: FrontProxyTrust,
+    /// `None` leaves authorization to kube-apiserver alone (`--delegated-authorization=false`).
+    pub authorizer: Option<DelegatedAuthorizer>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -72,36 +77,65 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// Serves only requests the API server's front proxy forwards: its client certificate (checked
-/// against the requestheader CA in the handshake) with an allowed name, and a user header.
+/// against the requestheader CA in the handshake) with an allowed name, and a user header; then,
+/// unless disabled, only what a SubjectAccessReview allows that user.
 async fn front_proxy_only(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    let certificate = request.extensions().get::<ClientCertificate>().cloned();
-    let refusal = match certificate {
-        None | Some(ClientCertificate::Absent) => {
-            Some("no client certificate: only the API server's front proxy may call this server".to_owned())
+    let requester = match authenticate(&state.trust, &request) {
+        Ok(requester) => requester,
+        Err(message) => return status(StatusCode::UNAUTHORIZED, "Unauthorized", &message),
+    };
+    let path = request.uri().path().to_owned();
+    debug!(user = %requester.user, groups = ?requester.groups, %path, "custom metrics request");
+    if let Some(authorizer) = &state.authorizer {
+        let access = Access::of_path(&path);
+        match authorizer.allows(&requester, &access).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!("user {:?} may not get {path}", requester.user),
+                );
+            }
+            Err(error) => {
+                warn!(%error, "authorization check failed");
+                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &error.to_string());
+            }
         }
-        Some(ClientCertificate::Verified { common_name }) if !state.trust.name_allowed(common_name.as_deref()) => {
-            Some(format!(
+    }
+    next.run(request).await
+}
+
+/// The user the front proxy vouches for, or why the request is not from the front proxy.
+fn authenticate(trust: &FrontProxyTrust, request: &Request) -> Result<Requester, String> {
+    match request.extensions().get::<ClientCertificate>() {
+        None | Some(ClientCertificate::Absent) => {
+            Err("no client certificate: only the API server's front proxy may call this server".to_owned())
+        }
+        Some(ClientCertificate::Verified { common_name }) if !trust.name_allowed(common_name.as_deref()) => {
+            Err(format!(
                 "client certificate CN {:?} is not among the requestheader allowed names {:?}",
-                common_name.unwrap_or_default(),
-                state.trust.allowed_names
+                common_name.clone().unwrap_or_default(),
+                trust.allowed_names
             ))
         }
-        Some(ClientCertificate::Verified { .. }) => match header_text(request.headers(), REMOTE_USER) {
-            None => Some("the front proxy sent no X-Remote-User".to_owned()),
-            Some(user) => {
-                debug!(
-                    %user,
-                    groups = header_text(request.headers(), REMOTE_GROUP).unwrap_or_default(),
-                    path = %request.uri().path(),
-                    "custom metrics request"
-                );
-                None
+        Some(ClientCertificate::Verified { .. }) => {
+            let user = header_text(request.headers(), REMOTE_USER).ok_or("the front proxy sent no X-Remote-User")?;
+            // One header per group, as kube-apiserver sends them.
+            let mut groups: Vec<String> = request
+                .headers()
+                .get_all(REMOTE_GROUP)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect();
+            // As k8s.io/apiserver's authenticators do: the aggregator's own discovery requests
+            // name a user without groups, and `system:discovery` is granted to this group.
+            if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+                groups.push(AUTHENTICATED_GROUP.to_owned());
             }
-        },
-    };
-    match refusal {
-        Some(message) => status(StatusCode::UNAUTHORIZED, "Unauthorized", &message),
-        None => next.run(request).await,
+            Ok(Requester { user, groups })
+        }
     }
 }
 
@@ -434,6 +468,7 @@ mod tests {
                 allowed_names,
                 source: "test".into(),
             },
+            authorizer: None,
         }))
     }
 

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod authorization;
 pub mod selector;
 pub mod tls;
 
@@ -30,6 +31,7 @@ pub use self::agents::AgentEndpoint;
 use self::{
     agents::{AgentDirectory, SampleSource},
     api::{ApiState, ClientCertificate},
+    authorization::DelegatedAuthorizer,
     tls::FrontProxyTrust,
 };
 
@@ -54,6 +56,8 @@ pub struct Settings {
     pub agent_namespace: String,
     pub agent_timeout: Duration,
     pub sample_max_age: Duration,
+    /// Check each caller with a SubjectAccessReview, as aggregated API servers do.
+    pub delegated_authorization: bool,
 }
 
 /// Bound and configured; `serve` runs it.
@@ -78,6 +82,7 @@ impl CustomMetricsServer {
             agent_namespace,
             agent_timeout,
             sample_max_age,
+            delegated_authorization,
         } = settings;
         let trust = match requestheader_client_ca_file {
             Some(path) => FrontProxyTrust::from_file(&path, requestheader_allowed_names)?,
@@ -95,12 +100,14 @@ impl CustomMetricsServer {
             requestheader_ca = %trust.source,
             allowed_names = ?trust.allowed_names,
             agents = ?directory,
+            delegated_authorization,
             "custom metrics API configured"
         );
         let state = Arc::new(ApiState {
             pods,
             samples: SampleSource::new(directory, agent_timeout, sample_max_age),
             trust,
+            authorizer: delegated_authorization.then(|| DelegatedAuthorizer::new(client.clone())),
         });
         let listener = TcpListener::bind(addr)
             .await

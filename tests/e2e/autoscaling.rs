@@ -544,7 +544,7 @@ async fn hpa_scales_on_gpu_utilization_served_through_the_aggregation_layer() {
 
 /// Only the API server's front proxy is served: no certificate, a forged user header or a
 /// certificate from another CA (the cluster admin's) are refused; the front proxy's own
-/// certificate with a user header is what works.
+/// certificate with a user header works for users RBAC allows.
 async fn direct_requests_are_refused(rig: &Rig) {
     let url = format!(
         "https://{}{}",
@@ -594,7 +594,22 @@ async fn direct_requests_are_refused(rig: &Rig) {
         401,
         "the proxy's certificate without a user header"
     );
-    let as_proxy = proxy.get(&url).header("X-Remote-User", "e2e").send().await.unwrap();
+    // Authenticated by the proxy, then authorized by a SubjectAccessReview: a user without
+    // RBAC is forbidden, a member of system:masters may read.
+    let unprivileged = proxy
+        .get(&url)
+        .header("X-Remote-User", "e2e-nobody")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unprivileged.status(), 403);
+    let as_proxy = proxy
+        .get(&url)
+        .header("X-Remote-User", "e2e-admin")
+        .header("X-Remote-Group", "system:masters")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(as_proxy.status(), 200);
     let list: Value = serde_json::from_str(&as_proxy.text().await.unwrap()).unwrap();
     assert_eq!(list["kind"], "MetricValueList", "{list}");
