@@ -8,7 +8,8 @@ CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
 export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
 .PHONY: test lint fmt-check clippy unit e2e crd-check crds build render-examples demo \
-	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness test-servers test-inference
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling \
+	test-servers test-inference
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
 test: fmt-check clippy crd-check unit test-inference e2e
@@ -34,7 +35,7 @@ unit: test-servers
 E2E_THREADS ?= 8
 e2e: test-servers
 	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
-	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS)
+	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_
 
 ## crd-check: fails when crds/ differs from what the API types generate.
 crd-check:
@@ -74,7 +75,7 @@ cluster-smoke:
 	tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
-bench: bench-node-agent bench-readiness
+bench: bench-node-agent bench-readiness bench-autoscaling
 
 ## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
 bench-node-agent:
@@ -94,3 +95,11 @@ test-servers:
 ## test-inference: pytest for inference/, the fastapi-pytorch runtime, on Debian's CPU PyTorch.
 test-inference: test-servers
 	source "$(MODEL_OPERATOR_CACHE)/test-servers.env" && cd inference && "$$PYTHON" -m pytest -q tests
+
+## bench-autoscaling: seconds from a utilisation step on the fake GPUs to the HPA's new desired
+## replica count, with the controller manager's default HPA sync period (15s). Restarts the
+## controller manager for it and afterwards puts back the 2s sync that `make e2e` uses.
+bench-autoscaling:
+	HPA_SYNC_PERIOD=15s tests/cluster/up.sh
+	status=0; $(CARGO) test --test e2e bench_autoscaling_reaction -- --ignored --nocapture || status=$$?; \
+	HPA_SYNC_PERIOD=2s tests/cluster/up.sh; exit $$status

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod custom_metrics;
 pub mod gpu;
 pub mod model_fetch;
 pub mod model_source;

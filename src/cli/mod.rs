@@ -47,7 +47,8 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Run the operator: reconcile ModelDeployments in the cluster of the in-cluster
     /// configuration or KUBECONFIG.
-    Run(run::RunArgs),
+    // Boxed: its many flags would make every other variant as large.
+    Run(Box<run::RunArgs>),
     /// Ask a model server whether a model is loaded and answering (exit 0 ready, 1 not, 2 error).
     Probe(probe::ProbeArgs),
 }

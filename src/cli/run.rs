@@ -1,7 +1,7 @@
 //! `model-operator run`: the operator itself, in the cluster of the in-cluster configuration or
 //! of `KUBECONFIG`.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 use tracing::error;
@@ -9,6 +9,7 @@ use tracing::error;
 use super::ImageArgs;
 use crate::{
     controller::{self, LeaseSettings, Settings},
+    custom_metrics::{self, AgentEndpoint},
     probe::ProbeSettings,
     reconcile::readiness::EndpointResolver,
 };
@@ -59,6 +60,48 @@ pub struct RunArgs {
     /// `--probe-endpoint` then take ModelReady from the kubelet's readiness probe.
     #[arg(long, env = "PROBE_POD_IPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub probe_pod_ips: bool,
+    /// Address of the custom.metrics.k8s.io API (HTTPS) that the APIService points at.
+    #[arg(long, env = "CUSTOM_METRICS_ADDR", default_value = "0.0.0.0:6443")]
+    pub custom_metrics_addr: SocketAddr,
+    /// Serving certificate (PEM) of the custom metrics API; self-generated when unset.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA of the API server's front proxy (kube-apiserver's --requestheader-client-ca-file); when
+    /// unset, read with the allowed names from kube-system/extension-apiserver-authentication.
+    #[arg(long, env = "REQUESTHEADER_CLIENT_CA_FILE")]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// With --requestheader-client-ca-file: common names the front proxy's certificate may have
+    /// (comma-separated; empty allows any name the CA signed).
+    #[arg(
+        long,
+        env = "REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ',',
+        requires = "requestheader_client_ca_file"
+    )]
+    pub requestheader_allowed_names: Vec<String>,
+    /// Node agents as NODE=HOST:PORT,... for running outside the cluster; when unset, the
+    /// endpoints of --agent-service.
+    #[arg(long, env = "AGENT_ENDPOINTS", value_delimiter = ',')]
+    pub agent_endpoints: Vec<AgentEndpoint>,
+    /// The node agents' headless Service, whose EndpointSlices name each node's agent.
+    #[arg(long, env = "AGENT_SERVICE", default_value = "node-agent")]
+    pub agent_service: String,
+    /// Namespace of --agent-service.
+    #[arg(long, env = "AGENT_NAMESPACE", default_value = "model-operator-system")]
+    pub agent_namespace: String,
+    /// How long to wait for a node agent's samples before leaving its pods without a value.
+    #[arg(long, env = "AGENT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub agent_timeout: Duration,
+    /// Samples older than this are not served (the agent is stuck or its clock is off).
+    #[arg(long, env = "SAMPLE_MAX_AGE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sample_max_age: Duration,
+    /// Check every custom metrics caller with a SubjectAccessReview (needs system:auth-delegator);
+    /// `false` leaves it to kube-apiserver, which authorizes requests before proxying them.
+    #[arg(long, env = "DELEGATED_AUTHORIZATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub delegated_authorization: bool,
 }
 
 impl RunArgs {
@@ -78,6 +121,17 @@ impl RunArgs {
             probe_concurrency,
             probe_endpoints,
             probe_pod_ips,
+            custom_metrics_addr,
+            tls_cert_file,
+            tls_key_file,
+            requestheader_client_ca_file,
+            requestheader_allowed_names,
+            agent_endpoints,
+            agent_service,
+            agent_namespace,
+            agent_timeout,
+            sample_max_age,
+            delegated_authorization,
         } = self;
         let endpoints = match EndpointResolver::new(&probe_endpoints, probe_pod_ips) {
             Ok(endpoints) => endpoints,
@@ -106,6 +160,19 @@ impl RunArgs {
                 max_concurrent: probe_concurrency,
             },
             endpoints,
+            custom_metrics: custom_metrics::Settings {
+                addr: custom_metrics_addr,
+                tls_cert_file,
+                tls_key_file,
+                requestheader_client_ca_file,
+                requestheader_allowed_names,
+                agent_endpoints,
+                agent_service,
+                agent_namespace,
+                agent_timeout,
+                sample_max_age,
+                delegated_authorization,
+            },
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

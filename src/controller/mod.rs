@@ -39,6 +39,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 pub use self::{admin::Readiness, leader::LeaseSettings, metrics::Metrics};
 use crate::{
     api::{ModelDeployment, ModelDeploymentStatus, conditions},
+    custom_metrics::{self, CustomMetricsServer},
     probe::{ProbeSettings, Prober, recheck_after},
     reconcile::{
         apply::{self, ApplyError},
@@ -78,6 +79,7 @@ pub struct Settings {
     pub probes: ProbeSettings,
     /// Where each pod's runtime is reached for the model probe.
     pub endpoints: EndpointResolver,
+    pub custom_metrics: custom_metrics::Settings,
 }
 
 /// Shared by every reconcile.
@@ -147,6 +149,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         health_addr,
         probes,
         endpoints,
+        custom_metrics,
     } = settings;
     let prober = Prober::new(probes)?;
     let client = Client::try_default()
@@ -155,12 +158,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     let listeners = admin::bind(metrics_addr, health_addr).await?;
-    // The bound addresses, which differ from the flags' when those ask for port 0.
-    info!(
-        metrics_addr = %listeners.0.local_addr()?,
-        health_addr = %listeners.1.local_addr()?,
-        "admin server listening"
-    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -189,6 +186,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Every pod and node counts toward GPU capacity, whoever owns them.
     let (pods, pod_stream) = cache::<Pod>(&client, None, watcher::Config::default());
     let (nodes, node_stream) = cache_cluster::<Node>(&client);
+    // The custom-metrics API reads the same pod cache; it serves before the caches sync, when
+    // an empty answer makes the HPA keep the current scale.
+    let custom_metrics = CustomMetricsServer::bind(custom_metrics, &client, pods.clone()).await?;
+    // The bound addresses, which differ from the flags' when those ask for port 0.
+    info!(
+        metrics_addr = %listeners.0.local_addr()?,
+        health_addr = %listeners.1.local_addr()?,
+        custom_metrics_addr = %custom_metrics.local_addr()?,
+        "listening"
+    );
     let caches = Caches {
         models: models.clone(),
         deployments,
@@ -327,8 +334,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             () = stop_after_grace => {}
         }
     };
+    let custom_metrics = custom_metrics.serve(shutdown());
     let admin = admin::serve(listeners, metrics, readiness, shutdown);
-    let ((), admin_result) = tokio::join!(controller, admin);
+    let ((), admin_result, ()) = tokio::join!(controller, admin, custom_metrics);
     if let Some(task) = election {
         let _ = task.await;
     }

@@ -2,6 +2,7 @@
 //! loopback. Run by `make e2e` (part of `make test`), which starts the cluster first; each test
 //! works in its own random namespace with its own operator process.
 
+mod autoscaling;
 mod model_readiness;
 mod reconciler;
 /// The protocol tier's harness: the real model servers `make test-servers` installs.

@@ -27,12 +27,16 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The kubeconfig `make cluster-up` writes; `CLUSTER_DIR` moves it, as it moves the cluster.
-pub fn kubeconfig_path() -> PathBuf {
+/// The state directory of the local cluster: `CLUSTER_DIR`, else `.cluster` in the checkout.
+pub fn cluster_dir() -> PathBuf {
     std::env::var_os("CLUSTER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".cluster"))
-        .join("kubeconfig")
+}
+
+/// The kubeconfig `make cluster-up` writes; `CLUSTER_DIR` moves it, as it moves the cluster.
+pub fn kubeconfig_path() -> PathBuf {
+    cluster_dir().join("kubeconfig")
 }
 
 /// A client for the local cluster, with the CRD installed. Fails (never skips) when the cluster
@@ -169,6 +173,8 @@ pub struct Operator {
     child: Child,
     pub metrics_addr: String,
     pub health_addr: String,
+    /// The custom metrics API (HTTPS); a free port per operator, so tests side by side never clash.
+    pub custom_metrics_addr: String,
     pub log: PathBuf,
 }
 
@@ -196,6 +202,7 @@ impl Operator {
             // The test cluster's pod IPs are fake: the operator must never dial them. Tests
             // that probe a model point it at a loopback server with --probe-endpoint.
             .arg("--probe-pod-ips=false")
+            .args(["--custom-metrics-addr", "127.0.0.1:0"])
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,model_operator=debug")
@@ -206,15 +213,19 @@ impl Operator {
             .spawn()
             .expect("the operator binary starts");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (metrics_addr, health_addr) = loop {
+        let (metrics_addr, health_addr, custom_metrics_addr) = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let listening = text
                 .lines()
                 .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|line| line["fields"]["message"] == "admin server listening");
+                .find(|line| line["fields"]["message"] == "listening");
             if let Some(line) = listening {
                 let field = |name: &str| line["fields"][name].as_str().unwrap_or_default().to_owned();
-                break (field("metrics_addr"), field("health_addr"));
+                break (
+                    field("metrics_addr"),
+                    field("health_addr"),
+                    field("custom_metrics_addr"),
+                );
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("the operator exited ({status}) before listening:\n{text}");
@@ -229,6 +240,7 @@ impl Operator {
             child,
             metrics_addr,
             health_addr,
+            custom_metrics_addr,
             log,
         }
     }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 pub use self::{
     deployment::{build as build_deployment, pod_tolerations},
-    hpa::build as build_hpa,
+    hpa::{GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC, build as build_hpa},
     runtime_config::build as build_runtime_config,
     service::build as build_service,
     validation_job::build as build_validation_job,

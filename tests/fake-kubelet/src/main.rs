@@ -16,13 +16,19 @@
 //! ```
 //!
 //! `fake-kubelet-podresources --socket /tmp/kubelet.sock --config pods.json`
+//!
+//! With `--follow-node NODE --devices GPU-a,GPU-b,...` it plays the device plugin instead of
+//! reading a file: it lists the pods the scheduler bound to NODE (through `KUBECONFIG`) every
+//! `--follow-interval`, hands each container that requests `--resource` devices from the list
+//! (keeping what a container already holds, freeing what finished or deleted pods held), and
+//! answers with that. Each change of the assignment is logged.
 
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context;
@@ -37,6 +43,8 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status, transport::Server};
 
+mod follow;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fake-kubelet-podresources",
@@ -47,11 +55,28 @@ struct Args {
     #[arg(long, env = "FAKE_KUBELET_SOCKET")]
     socket: PathBuf,
     /// The JSON file of pods and allocatable devices.
-    #[arg(long, env = "FAKE_KUBELET_CONFIG")]
-    config: PathBuf,
+    #[arg(long, env = "FAKE_KUBELET_CONFIG", required_unless_present = "follow_node")]
+    config: Option<PathBuf>,
+    /// Follow the pods bound to this node instead of reading --config.
+    #[arg(
+        long,
+        env = "FAKE_KUBELET_FOLLOW_NODE",
+        conflicts_with = "config",
+        requires = "devices"
+    )]
+    follow_node: Option<String>,
+    /// With --follow-node: the node's device IDs, handed out to containers in this order.
+    #[arg(long, env = "FAKE_KUBELET_DEVICES", value_delimiter = ',')]
+    devices: Vec<String>,
+    /// With --follow-node: the extended resource whose requests get devices.
+    #[arg(long, env = "FAKE_KUBELET_RESOURCE", default_value = "nvidia.com/gpu")]
+    resource: String,
+    /// With --follow-node: how often to list the node's pods.
+    #[arg(long, env = "FAKE_KUBELET_FOLLOW_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    follow_interval: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Config {
     #[serde(default)]
@@ -60,7 +85,7 @@ struct Config {
     allocatable: Vec<Devices>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Pod {
     namespace: String,
@@ -69,7 +94,7 @@ struct Pod {
     containers: Vec<Container>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Container {
     name: String,
@@ -77,7 +102,7 @@ struct Container {
     devices: Vec<Devices>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Devices {
     resource_name: String,
@@ -116,37 +141,47 @@ impl From<&Pod> for PodResources {
 /// inode, and the modification time alone can repeat within the kernel's timestamp granularity.
 type Cached = Option<((SystemTime, u64, u64), Arc<Config>)>;
 
-struct Lister {
-    config: PathBuf,
-    cached: Mutex<Cached>,
+/// Where the answers come from.
+enum Lister {
+    /// A JSON file, read again when it changes.
+    File { path: PathBuf, cached: Mutex<Cached> },
+    /// The assignment the follow loop keeps current.
+    Followed(Arc<Mutex<Arc<Config>>>),
 }
 
 impl Lister {
-    /// The configuration as the file now reads; the previous one while it does not parse.
     fn config(&self) -> Arc<Config> {
-        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Ok(metadata) = std::fs::metadata(&self.config) else {
-            return Arc::new(Config::default());
-        };
-        let stamp = (
-            metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            metadata.len(),
-            metadata.ino(),
-        );
-        match &*cached {
-            Some((seen, config)) if *seen == stamp => return config.clone(),
-            _ => {}
+        match self {
+            Lister::File { path, cached } => file_config(path, cached),
+            Lister::Followed(current) => current.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
-        match read_config(&self.config) {
-            Ok(config) => {
-                let config = Arc::new(config);
-                *cached = Some((stamp, config.clone()));
-                config
-            }
-            Err(error) => {
-                eprintln!("fake-kubelet: keeping the previous answer: {error:#}");
-                cached.as_ref().map(|(_, c)| c.clone()).unwrap_or_default()
-            }
+    }
+}
+
+/// The configuration as the file now reads; the previous one while it does not parse.
+fn file_config(path: &Path, cached: &Mutex<Cached>) -> Arc<Config> {
+    let mut cached = cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Arc::new(Config::default());
+    };
+    let stamp = (
+        metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        metadata.len(),
+        metadata.ino(),
+    );
+    match &*cached {
+        Some((seen, config)) if *seen == stamp => return config.clone(),
+        _ => {}
+    }
+    match read_config(path) {
+        Ok(config) => {
+            let config = Arc::new(config);
+            *cached = Some((stamp, config.clone()));
+            config
+        }
+        Err(error) => {
+            eprintln!("fake-kubelet: keeping the previous answer: {error:#}");
+            cached.as_ref().map(|(_, c)| c.clone()).unwrap_or_default()
         }
     }
 }
@@ -199,7 +234,15 @@ impl PodResourcesLister for Lister {
     }
 }
 
-async fn serve(Args { socket, config }: Args) -> anyhow::Result<()> {
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let Args {
+        socket,
+        config,
+        follow_node,
+        devices,
+        resource,
+        follow_interval,
+    } = args;
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -209,14 +252,41 @@ async fn serve(Args { socket, config }: Args) -> anyhow::Result<()> {
         Err(error) => return Err(error).with_context(|| format!("removing the old {}", socket.display())),
     }
     let listener = UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-    eprintln!(
-        "fake-kubelet: serving PodResources v1 on {} from {}",
-        socket.display(),
-        config.display()
-    );
-    let lister = Lister {
-        config,
-        cached: Mutex::new(None),
+    let lister = match (config, follow_node) {
+        (Some(path), _) => {
+            eprintln!(
+                "fake-kubelet: serving PodResources v1 on {} from {}",
+                socket.display(),
+                path.display()
+            );
+            Lister::File {
+                path,
+                cached: Mutex::new(None),
+            }
+        }
+        (None, Some(node)) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("--follow-node needs a cluster (KUBECONFIG or in-cluster)")?;
+            eprintln!(
+                "fake-kubelet: serving PodResources v1 on {} for the pods of node {node}, devices {}",
+                socket.display(),
+                devices.join(",")
+            );
+            let current = Arc::new(Mutex::new(Arc::new(Config::default())));
+            tokio::spawn(follow::run(
+                follow::Follow {
+                    client,
+                    node,
+                    devices,
+                    resource,
+                    interval: follow_interval,
+                },
+                current.clone(),
+            ));
+            Lister::Followed(current)
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --follow-node NODE"),
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

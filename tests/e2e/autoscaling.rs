@@ -1,0 +1,702 @@
+//! GPU autoscaling through the real aggregation layer: kube-apiserver proxies
+//! `custom.metrics.k8s.io` to the operator (an APIService whose Service is an ExternalName of
+//! 127.0.0.1, since nothing routes cluster IPs here), the operator reads the node agents' samples,
+//! and the real HPA controller scales the Deployment. Each fake GPU node gets the real node-agent
+//! binary with the fake NVML (utilisation set by the test) and a fake kubelet that hands the
+//! node's GPUs to the pods the real scheduler bound there.
+//!
+//! The APIService `v1beta2.custom.metrics.k8s.io` is cluster-wide, so everything that needs it is
+//! one test; `bench_autoscaling_reaction` (ignored, `make bench-autoscaling`) reuses the rig.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod},
+    kube_aggregator::pkg::apis::apiregistration::v1::APIService,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use crate::support::{Operator, TEST_MANAGER, TestNamespace, cluster, cluster_dir, eventually, kubeconfig_path};
+
+const API_SERVICE: &str = "v1beta2.custom.metrics.k8s.io";
+const METRICS_SERVICE: &str = "custom-metrics";
+const A100_NODES: [&str; 2] = ["gpu-a100-0", "gpu-a100-1"];
+const GPUS_PER_NODE: usize = 8;
+const MODEL: &str = "llm";
+const TARGET_PERCENT: u32 = 50;
+const MAX_REPLICAS: i32 = 3;
+const SCALE_WAIT: Duration = Duration::from_secs(120);
+
+/// One replica per A100; scales between 1 and 3 on GPU utilisation around 50 %, with no
+/// scale-down stabilisation so the test sees the scale-in at once.
+fn model_yaml() -> String {
+    format!(
+        "apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata:
+  name: {MODEL}
+spec:
+  modelURI: s3://example-models/triton/llm/
+  runtime: triton
+  gpu:
+    count: 1
+    products: [NVIDIA-A100-SXM4-80GB]
+  autoscale: true
+  autoscaling:
+    minReplicas: 1
+    maxReplicas: {MAX_REPLICAS}
+    metric: gpu-utilization
+    target: {TARGET_PERCENT}
+    scaleDownStabilizationSeconds: 0
+"
+    )
+}
+
+/// The node agent, the fake NVML library and the fake kubelet, built once per test binary by
+/// the cargo that built it, into its own target directory.
+struct Binaries {
+    node_agent: PathBuf,
+    nvml_lib: PathBuf,
+    fake_kubelet: PathBuf,
+}
+
+fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let operator = Path::new(env!("CARGO_BIN_EXE_model-operator"));
+        let profile_dir = operator
+            .parent()
+            .expect("the operator binary is in a profile directory");
+        let target_dir = profile_dir
+            .parent()
+            .expect("the profile directory is in a target directory");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "node-agent",
+                "-p",
+                "fake-nvml",
+                "-p",
+                "fake-kubelet",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo
+            .status()
+            .expect("running cargo to build the node agent and its doubles");
+        assert!(
+            status.success(),
+            "building node-agent, fake-nvml and fake-kubelet failed: {status}"
+        );
+        let binaries = Binaries {
+            node_agent: profile_dir.join("node-agent"),
+            nvml_lib: profile_dir.join("libnvidia_ml.so"),
+            fake_kubelet: profile_dir.join("fake-kubelet-podresources"),
+        };
+        for path in [&binaries.node_agent, &binaries.nvml_lib, &binaries.fake_kubelet] {
+            assert!(path.exists(), "{} was not built", path.display());
+        }
+        binaries
+    })
+}
+
+/// A child process with its output in a file; killed when dropped.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(command: &mut Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self, what: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{what} exited with {status}:\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fake GPU node's agent side: eight A100s whose utilisation the test sets.
+struct GpuNode {
+    name: &'static str,
+    nvml_config: PathBuf,
+    agent_address: String,
+    _kubelet: Process,
+    _agent: Process,
+}
+
+fn device_ids(node_index: usize) -> Vec<String> {
+    (0..GPUS_PER_NODE)
+        .map(|gpu| format!("GPU-{node_index:08x}-a100-4000-8000-{gpu:012x}"))
+        .collect()
+}
+
+fn nvml_json(node_index: usize, utilization: u32) -> Value {
+    let devices: Vec<Value> = device_ids(node_index)
+        .into_iter()
+        .map(|uuid| {
+            json!({"uuid": uuid, "name": "NVIDIA A100-SXM4-80GB", "utilizationGpu": utilization,
+                   "utilizationMemory": utilization / 2, "memoryTotalMiB": 81920, "memoryUsedMiB": 20480})
+        })
+        .collect();
+    json!({"driverVersion": "550.54.15", "devices": devices})
+}
+
+/// Through a temporary file renamed over the target, as the fake NVML expects.
+fn write_json(path: &Path, value: &Value) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+impl GpuNode {
+    fn start(dir: &Path, node_index: usize, utilization: u32) -> Self {
+        let name = A100_NODES[node_index];
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let binaries = binaries();
+        let nvml_lib = dir.join("libnvidia-ml.so.1");
+        std::fs::copy(&binaries.nvml_lib, &nvml_lib).unwrap();
+        let nvml_config = dir.join("nvml.json");
+        write_json(&nvml_config, &nvml_json(node_index, utilization));
+
+        let socket = dir.join("kubelet.sock");
+        let mut kubelet = Process::spawn(
+            Command::new(&binaries.fake_kubelet)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--follow-node", name, "--follow-interval", "300ms", "--devices"])
+                .arg(device_ids(node_index).join(","))
+                .env("KUBECONFIG", kubeconfig_path()),
+            dir.join("kubelet.log"),
+        );
+        let started = Instant::now();
+        while !socket.exists() {
+            kubelet.assert_running("the fake kubelet");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no kubelet socket:\n{}",
+                kubelet.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let mut agent = Process::spawn(
+            Command::new(&binaries.node_agent)
+                .env("FAKE_NVML_CONFIG", &nvml_config)
+                .env("RUST_LOG", "info")
+                .arg("--nvml-lib")
+                .arg(&nvml_lib)
+                .arg("--pod-resources-socket")
+                .arg(&socket)
+                .args(["--listen", "127.0.0.1:0", "--node-name", name, "--log-format", "json"])
+                .args(["--interval", "500ms", "--pod-resources-interval", "500ms"]),
+            dir.join("agent.log"),
+        );
+        let agent_address = loop {
+            agent.assert_running("the node agent");
+            let address = agent.log().lines().find_map(|line| {
+                let line: Value = serde_json::from_str(line).ok()?;
+                let message = line["fields"]["message"].as_str()?;
+                message
+                    .starts_with("serving")
+                    .then(|| line["fields"]["address"].as_str().map(str::to_owned))?
+            });
+            if let Some(address) = address {
+                break address;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the agent does not listen:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            name,
+            nvml_config,
+            agent_address,
+            _kubelet: kubelet,
+            _agent: agent,
+        }
+    }
+
+    fn set_utilization(&self, node_index: usize, percent: u32) {
+        write_json(&self.nvml_config, &nvml_json(node_index, percent));
+    }
+}
+
+/// Registers the APIService for the test's operator and deletes it on drop (also when the test
+/// panics): an APIService left pointing at a stopped server makes discovery partial and blocks
+/// every namespace deletion in the cluster. A registration found at the start (`make demo`'s) is
+/// taken over and not put back, for the same reason: its server may be gone by then.
+struct ApiServiceRegistration;
+
+impl ApiServiceRegistration {
+    async fn register(client: &Client, namespace: &str, port: u16) -> Self {
+        let api: Api<APIService> = Api::all(client.clone());
+        if let Some(found) = api.get_opt(API_SERVICE).await.expect("reading the APIService") {
+            eprintln!(
+                "taking over {API_SERVICE} (was {:?}); run `make demo` again afterwards",
+                found.spec.and_then(|s| s.service)
+            );
+        }
+        let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"name": METRICS_SERVICE, "namespace": namespace},
+            "spec": {"type": "ExternalName", "externalName": "127.0.0.1"},
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace)
+            .patch(
+                METRICS_SERVICE,
+                &PatchParams::apply(TEST_MANAGER).force(),
+                &Patch::Apply(&service),
+            )
+            .await
+            .expect("creating the ExternalName Service");
+        let api_service = json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": API_SERVICE},
+            "spec": {"group": "custom.metrics.k8s.io", "version": "v1beta2",
+                     "service": {"name": METRICS_SERVICE, "namespace": namespace, "port": port},
+                     "insecureSkipTLSVerify": true, "groupPriorityMinimum": 100, "versionPriority": 200},
+        });
+        api.patch(
+            API_SERVICE,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&api_service),
+        )
+        .await
+        .expect("registering the APIService");
+        Self
+    }
+}
+
+impl Drop for ApiServiceRegistration {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl does the same synchronously.
+        let _ = Command::new(cluster_dir().join("bin/kubectl"))
+            .env("KUBECONFIG", kubeconfig_path())
+            .args([
+                "delete",
+                "apiservice",
+                API_SERVICE,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Everything the scaling scenario needs, in one namespace.
+struct Rig {
+    client: Client,
+    ns: TestNamespace,
+    nodes: Vec<GpuNode>,
+    operator: Operator,
+    registration: Option<ApiServiceRegistration>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(prefix: &str, utilization: u32) -> Self {
+        let client = cluster().await;
+        let ns = TestNamespace::create(&client, prefix).await;
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<GpuNode> = (0..A100_NODES.len())
+            .map(|index| GpuNode::start(dir.path(), index, utilization))
+            .collect();
+        let endpoints = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.name, n.agent_address))
+            .collect::<Vec<_>>()
+            .join(",");
+        // No CA flag: the operator reads the front proxy's CA from the cluster, as in production.
+        let operator = Operator::start_with(
+            &ns.name,
+            "autoscaling",
+            &[
+                "--agent-endpoints",
+                &endpoints,
+                "--agent-timeout",
+                "1s",
+                "--sample-max-age",
+                "5s",
+            ],
+        );
+        let port: u16 = operator
+            .custom_metrics_addr
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let registration = ApiServiceRegistration::register(&client, &ns.name, port).await;
+        let rig = Self {
+            client,
+            ns,
+            nodes,
+            operator,
+            registration: Some(registration),
+            _dir: dir,
+        };
+        let api: Api<APIService> = Api::all(rig.client.clone());
+        eventually(Duration::from_secs(60), "the APIService is Available", || async {
+            let found = api.get(API_SERVICE).await.ok()?;
+            let conditions = found.status?.conditions?;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+        rig
+    }
+
+    fn set_utilization(&self, percent: u32) {
+        for (index, node) in self.nodes.iter().enumerate() {
+            node.set_utilization(index, percent);
+        }
+    }
+
+    /// `kubectl get --raw PATH` through the API server (and so through the aggregator).
+    async fn get_raw(&self, path: &str) -> Result<Value, kube::Error> {
+        let request = http::Request::get(path).body(Vec::new()).unwrap();
+        let text = self.client.request_text(request).await?;
+        Ok(serde_json::from_str(&text).expect("the API answers JSON"))
+    }
+
+    fn pods_metric_path(&self, pod: &str) -> String {
+        format!(
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/{pod}/gpu_utilization?labelSelector=app.kubernetes.io%2Fname%3D{MODEL}",
+            self.ns.name
+        )
+    }
+
+    /// The pod names and values the API serves for the model's pods.
+    async fn served_values(&self) -> Vec<(String, String)> {
+        let Ok(list) = self.get_raw(&self.pods_metric_path("%2A")).await else {
+            return Vec::new();
+        };
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                (
+                    item["describedObject"]["name"].as_str().unwrap().to_owned(),
+                    item["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn running_pods(&self) -> Vec<Pod> {
+        self.ns
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={MODEL}")))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect()
+    }
+
+    async fn hpa(&self) -> Option<HorizontalPodAutoscaler> {
+        self.ns
+            .api::<HorizontalPodAutoscaler>()
+            .get_opt(MODEL)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn deployment_replicas(&self) -> Option<i32> {
+        let deployment = self.ns.api::<Deployment>().get_opt(MODEL).await.ok().flatten()?;
+        deployment.spec?.replicas
+    }
+
+    /// The HPA's current average, as it last read it from the custom metrics API.
+    async fn hpa_current_average(&self) -> Option<String> {
+        let status = self.hpa().await?.status?;
+        let metric = status.current_metrics?.into_iter().next()?;
+        Some(metric.pods?.current.average_value?.0)
+    }
+
+    /// The model deployed with `replicas` pods running and served a value each.
+    async fn wait_for_served_pods(&self, replicas: usize, value: &str) {
+        eventually(
+            SCALE_WAIT,
+            &format!("{replicas} running pods of {MODEL} are served {MODEL}'s gpu_utilization {value}"),
+            || async {
+                let running = self.running_pods().await.len();
+                let served = self.served_values().await;
+                (running == replicas && served.len() == replicas && served.iter().all(|(_, v)| v == value))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn teardown(mut self) {
+        // The APIService goes before the namespace (see ApiServiceRegistration).
+        drop(self.registration.take());
+        self.operator.terminate();
+        self.ns.delete().await;
+    }
+}
+
+#[tokio::test]
+async fn hpa_scales_on_gpu_utilization_served_through_the_aggregation_layer() {
+    let rig = Rig::start("e2e-autoscaling", 20).await;
+    rig.ns
+        .apply_model(&model_yaml())
+        .await
+        .expect("the ModelDeployment is accepted");
+
+    // The API server's discovery lists the operator's resource.
+    let discovery = rig.get_raw("/apis/custom.metrics.k8s.io/v1beta2").await.unwrap();
+    assert_eq!(discovery["resources"][0]["name"], "pods/gpu_utilization", "{discovery}");
+
+    // One replica at 20 %: the list and the single-pod form serve it, with time and window.
+    rig.wait_for_served_pods(1, "20").await;
+    let pod = rig.running_pods().await.remove(0).name_any();
+    let single = rig.get_raw(&rig.pods_metric_path(&pod)).await.unwrap();
+    let item = &single["items"][0];
+    assert_eq!(item["describedObject"]["name"], pod.as_str(), "{single}");
+    assert_eq!(item["metric"]["name"], "gpu_utilization", "{single}");
+    assert_eq!(item["value"], "20", "{single}");
+    assert_eq!(item["windowSeconds"], 1, "{single}");
+    assert!(item["timestamp"].as_str().unwrap().ends_with('Z'), "{single}");
+    let unknown = rig
+        .get_raw(&rig.pods_metric_path(&pod).replace("gpu_utilization", "gpu_temperature"))
+        .await;
+    assert!(
+        matches!(unknown, Err(kube::Error::Api(ref s)) if s.code == 404),
+        "{unknown:?}"
+    );
+
+    // The real HPA controller reads the same value.
+    eventually(SCALE_WAIT, "the HPA reads gpu_utilization 20", || async {
+        (rig.hpa_current_average().await.as_deref() == Some("20")).then_some(())
+    })
+    .await;
+    assert_eq!(rig.deployment_replicas().await, Some(1));
+
+    // Load above the 50 % target: 90 % → ceil(1 × 90/50) = 2, then 3 (the maximum).
+    rig.set_utilization(90);
+    eventually(SCALE_WAIT, "the HPA scales the Deployment out to 3", || async {
+        (rig.deployment_replicas().await == Some(MAX_REPLICAS)).then_some(())
+    })
+    .await;
+    rig.wait_for_served_pods(3, "90").await;
+
+    // Load well under: 10 % → ceil(3 × 10/50) = 1, at once with no stabilisation window.
+    rig.set_utilization(10);
+    eventually(SCALE_WAIT, "the HPA scales the Deployment back in to 1", || async {
+        (rig.deployment_replicas().await == Some(1)).then_some(())
+    })
+    .await;
+    rig.wait_for_served_pods(1, "10").await;
+
+    direct_requests_are_refused(&rig).await;
+    rig.teardown().await;
+}
+
+/// Only the API server's front proxy is served: no certificate, a forged user header or a
+/// certificate from another CA (the cluster admin's) are refused; the front proxy's own
+/// certificate with a user header works for users RBAC allows.
+async fn direct_requests_are_refused(rig: &Rig) {
+    let url = format!(
+        "https://{}{}",
+        rig.operator.custom_metrics_addr,
+        rig.pods_metric_path("%2A")
+    );
+    let pki = cluster_dir().join("pki");
+    let client_with = |identity: Option<(&str, &str)>| {
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10));
+        if let Some((cert, key)) = identity {
+            let mut pem = std::fs::read(pki.join(cert)).unwrap();
+            pem.extend(std::fs::read(pki.join(key)).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    };
+
+    let anonymous = client_with(None).get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let status: Value = serde_json::from_str(&anonymous.text().await.unwrap()).unwrap();
+    assert_eq!(
+        (status["kind"].as_str(), status["reason"].as_str()),
+        (Some("Status"), Some("Unauthorized"))
+    );
+
+    let forged = client_with(None)
+        .get(&url)
+        .header("X-Remote-User", "system:admin")
+        .header("X-Remote-Group", "system:masters")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "a user header without the proxy's certificate");
+
+    let other_ca = client_with(Some(("admin.crt", "admin.key"))).get(&url).send().await;
+    assert!(
+        other_ca.is_err(),
+        "a certificate the requestheader CA did not sign fails the handshake: {other_ca:?}"
+    );
+
+    let proxy = client_with(Some(("front-proxy-client.crt", "front-proxy-client.key")));
+    let without_user = proxy.get(&url).send().await.unwrap();
+    assert_eq!(
+        without_user.status(),
+        401,
+        "the proxy's certificate without a user header"
+    );
+    // Authenticated by the proxy, then authorized by a SubjectAccessReview: a user without
+    // RBAC is forbidden, a member of system:masters may read.
+    let unprivileged = proxy
+        .get(&url)
+        .header("X-Remote-User", "e2e-nobody")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unprivileged.status(), 403);
+    let as_proxy = proxy
+        .get(&url)
+        .header("X-Remote-User", "e2e-admin")
+        .header("X-Remote-Group", "system:masters")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_proxy.status(), 200);
+    let list: Value = serde_json::from_str(&as_proxy.text().await.unwrap()).unwrap();
+    assert_eq!(list["kind"], "MetricValueList", "{list}");
+}
+
+/// `make bench-autoscaling`: seconds from a utilisation step on the fake GPUs to (a) the custom
+/// metrics API serving the new value through kube-apiserver and (b) the HPA's new desired
+/// replica count, with whatever HPA sync period the cluster runs (the Makefile target sets the
+/// controller manager's default, 15 s). Steps start at phases spread over one sync period
+/// (`BENCH_HPA_SYNC_S`), since a step right after a sync waits the whole period.
+#[tokio::test]
+#[ignore = "benchmark: make bench-autoscaling"]
+async fn bench_autoscaling_reaction() {
+    let steps: u32 = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let sync_period = Duration::from_secs_f64(
+        std::env::var("BENCH_HPA_SYNC_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15.0),
+    );
+    let rig = Rig::start("bench-autoscaling", 20).await;
+    rig.ns
+        .apply_model(&model_yaml())
+        .await
+        .expect("the ModelDeployment is accepted");
+    rig.wait_for_served_pods(1, "20").await;
+    eventually(SCALE_WAIT, "the HPA reads the metric", || async {
+        rig.hpa_current_average().await.is_some().then_some(())
+    })
+    .await;
+
+    let desired = || async { rig.hpa().await.and_then(|h| h.status).map(|s| s.desired_replicas) };
+    let (mut served, mut decided) = (Vec::new(), Vec::new());
+    for step in 0..steps {
+        // Alternate 1 → more replicas (90 %) and back to 1 (10 %), each from a settled HPA, whose
+        // last sync was just now: the offset sets the step's phase in the sync period.
+        let (percent, want) = if step % 2 == 0 { (90, MAX_REPLICAS) } else { (10, 1) };
+        let offset = sync_period * step / steps;
+        tokio::time::sleep(offset).await;
+        let before = desired().await;
+        let started = Instant::now();
+        rig.set_utilization(percent);
+        let value = percent.to_string();
+        eventually(SCALE_WAIT, &format!("step {step}: the API serves {value}"), || async {
+            let values = rig.served_values().await;
+            (!values.is_empty() && values.iter().all(|(_, v)| *v == value)).then_some(())
+        })
+        .await;
+        served.push(started.elapsed().as_secs_f64());
+        eventually(
+            SCALE_WAIT,
+            &format!("step {step}: desired replicas change from {before:?}"),
+            || async {
+                let now = desired().await;
+                (now.is_some() && now != before).then_some(())
+            },
+        )
+        .await;
+        decided.push(started.elapsed().as_secs_f64());
+        println!(
+            "step {step} (phase +{:.1} s): utilisation → {percent} %: served after {:.2} s, HPA desired {before:?} → {:?} after {:.2} s",
+            offset.as_secs_f64(),
+            served[served.len() - 1],
+            desired().await,
+            decided[decided.len() - 1]
+        );
+        rig.wait_for_served_pods(want as usize, &value).await;
+        eventually(SCALE_WAIT, "the HPA settles", || async {
+            (desired().await == Some(want)).then_some(())
+        })
+        .await;
+    }
+    for (what, seconds) in [
+        ("custom metrics API serves it", &mut served),
+        ("HPA desired replicas", &mut decided),
+    ] {
+        seconds.sort_by(f64::total_cmp);
+        let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+        println!(
+            "utilisation step → {what}, {steps} steps: min {:.2} s, median {:.2} s, mean {mean:.2} s, max {:.2} s",
+            seconds[0],
+            seconds[seconds.len() / 2],
+            seconds[seconds.len() - 1]
+        );
+    }
+    rig.teardown().await;
+}
