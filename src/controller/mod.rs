@@ -390,12 +390,22 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
+    let reflector = watcher(api, config)
         .default_backoff()
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
         .touched_objects();
-    (store, stream)
+    // The cache is kept by its own task, so that it fills whatever the Controller does: the
+    // Controller polls its triggers only as its scheduler asks, and a cache that waits on it
+    // can wait on a reconcile that waits on the cache. Events reach the Controller through an
+    // unbounded channel; it drains it continuously, so the channel holds only a burst.
+    let (events, triggers) = futures::channel::mpsc::unbounded();
+    tokio::spawn(reflector.for_each(move |event| {
+        // A closed channel means the Controller has stopped; the cache keeps serving reads.
+        let _ = events.unbounded_send(event);
+        future::ready(())
+    }));
+    (store, triggers)
 }
 
 /// A serving pod changes its ModelDeployment's status; a GPU pod that finishes or goes away
