@@ -154,7 +154,7 @@ pub struct Operator {
     child: Child,
     pub metrics_addr: String,
     pub health_addr: String,
-    /// The custom metrics API (HTTPS); a free port per operator, so tests side by side never clash.
+    /// The custom metrics API (HTTPS); port 0 unless started to serve custom metrics.
     pub custom_metrics_addr: String,
     pub log: PathBuf,
 }
@@ -166,10 +166,19 @@ impl Operator {
         Self::start_with(namespace, identity, &[])
     }
 
+    /// With the custom metrics API on a port the kernel picks: most tests never call it.
     pub fn start_with(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        Self::spawn(namespace, identity, "127.0.0.1:0".to_owned(), extra_args)
+    }
+
+    /// With the custom metrics API on a known free port, for an APIService to point at.
+    pub fn start_serving_custom_metrics(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        Self::spawn(namespace, identity, free_loopback_addr(), extra_args)
+    }
+
+    fn spawn(namespace: &str, identity: &str, custom_metrics_addr: String, extra_args: &[&str]) -> Self {
         let metrics_addr = free_loopback_addr();
         let health_addr = free_loopback_addr();
-        let custom_metrics_addr = free_loopback_addr();
         let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_model-operator"))
@@ -239,7 +248,7 @@ impl Drop for Operator {
     }
 }
 
-pub fn free_loopback_addr() -> String {
+fn free_loopback_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().unwrap().to_string()
 }
