@@ -84,6 +84,11 @@ impl CustomMetricsServer {
             sample_max_age,
             delegated_authorization,
         } = settings;
+        // Bound first: a taken port fails at once, and a port chosen by the caller is held
+        // while the API calls below run.
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the custom metrics address {addr}: {e}"))?;
         let trust = match requestheader_client_ca_file {
             Some(path) => FrontProxyTrust::from_file(&path, requestheader_allowed_names)?,
             None => FrontProxyTrust::from_cluster(client).await?,
@@ -109,9 +114,6 @@ impl CustomMetricsServer {
             trust,
             authorizer: delegated_authorization.then(|| DelegatedAuthorizer::new(client.clone())),
         });
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding the custom metrics address {addr}: {e}"))?;
         Ok(Self {
             listener,
             acceptor,

@@ -173,7 +173,7 @@ pub struct Operator {
     child: Child,
     pub metrics_addr: String,
     pub health_addr: String,
-    /// The custom metrics API (HTTPS); a free port per operator, so tests side by side never clash.
+    /// The custom metrics API (HTTPS); port 0 unless started to serve custom metrics.
     pub custom_metrics_addr: String,
     pub log: PathBuf,
 }
@@ -185,6 +185,7 @@ impl Operator {
         Self::start_with(namespace, identity, &[])
     }
 
+    /// Every port is picked by the kernel and read back from the operator's log.
     pub fn start_with(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
