@@ -48,11 +48,15 @@ pub struct Observed {
     pub runtime_config: Option<Arc<ConfigMap>>,
     /// The serving pods, for the capacity check and the model probes.
     pub pods: Vec<Arc<Pod>>,
+    /// Every pod in the cache when this was observed: the capacity check sums GPU requests
+    /// from it, so that one reconcile copies the pod cache once.
+    pub cluster_pods: Vec<Arc<Pod>>,
 }
 
 impl Caches {
     pub fn observe(&self, model: &Validated, runtime_config_name: Option<&str>) -> Observed {
         let namespace = model.namespace.as_str();
+        let cluster_pods = self.pods.state();
         Observed {
             deployment: owned_child(&self.deployments, namespace, &model.name, model),
             validation_job: model
@@ -61,17 +65,17 @@ impl Caches {
                 .and_then(|plan| owned_child(&self.jobs, namespace, &plan.job_name, model)),
             hpa: owned_child(&self.hpas, namespace, &model.name, model),
             runtime_config: runtime_config_name.and_then(|name| owned_child(&self.config_maps, namespace, name, model)),
-            pods: self
-                .pods
-                .state()
-                .into_iter()
+            pods: cluster_pods
+                .iter()
                 .filter(|pod| pod.namespace().as_deref() == Some(namespace))
                 .filter(|pod| {
                     let labels = pod.labels();
                     labels.get(LABEL_NAME) == Some(&model.name)
                         && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER)
                 })
+                .cloned()
                 .collect(),
+            cluster_pods,
         }
     }
 
@@ -98,8 +102,7 @@ impl Caches {
         let pending = live.len() - bound;
         let unscheduled = (usize::try_from(wanted).unwrap_or(0).saturating_sub(bound)).max(pending);
 
-        let pods = self.pods.state();
-        let requested = requested_per_node(pods.iter().map(Arc::as_ref), &placement.resource);
+        let requested = requested_per_node(observed.cluster_pods.iter().map(Arc::as_ref), &placement.resource);
         let nodes: Vec<NodeGpus> = self
             .nodes
             .state()
