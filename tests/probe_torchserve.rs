@@ -12,7 +12,8 @@ use std::{
 
 use model_operator::api::conditions::reasons;
 use support::{
-    CliProbe, ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, wait_for, write_affine_model,
+    CliProbe, ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, queue_time_around,
+    series_total, wait_for, write_affine_model,
 };
 
 /// A handler whose workers take LOAD_SECONDS to load (long enough for several probes to see
@@ -45,6 +46,7 @@ struct Torchserve {
     process: ServerProcess,
     management: String,
     inference: String,
+    metrics: String,
     dir: PathBuf,
     worker_port: u16,
 }
@@ -99,7 +101,8 @@ fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torc
     let store = dir.join("store");
     std::fs::create_dir_all(&store).unwrap();
     archive_model(servers, dir, &store, "1.0", "tiny.mar");
-    let (management_port, inference_port, worker_port) = (free_port(), free_port(), free_port());
+    let (management_port, inference_port, metrics_port, worker_port) =
+        (free_port(), free_port(), free_port(), free_port());
     // Distinct ports for everything TorchServe opens, so that servers of parallel tests never
     // meet (workers talk to the frontend on /tmp/.ts.sock.<initial_worker_port + n>).
     let config = format!(
@@ -113,9 +116,10 @@ fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torc
          disable_token_authorization={disabled}\n\
          default_workers_per_model=1\n\
          disable_system_metrics=true\n\
+         metrics_mode=prometheus\n\
          model_store={store}\n",
         inference = inference_port,
-        metrics = free_port(),
+        metrics = metrics_port,
         grpc_inference = free_port(),
         grpc_management = free_port(),
         worker = worker_port,
@@ -141,6 +145,7 @@ fn start_torchserve(servers: &TestServers, dir: &Path, token_auth: bool) -> Torc
         process,
         management: format!("127.0.0.1:{management_port}"),
         inference: format!("127.0.0.1:{inference_port}"),
+        metrics: format!("127.0.0.1:{metrics_port}"),
         dir: dir.to_owned(),
         worker_port,
     }
@@ -176,6 +181,35 @@ impl Torchserve {
         let target = ["torchserve", &self.management, "tiny"];
         probe_cli_until(what, Duration::from_secs(90), &self.process, target, &[], accept).await
     }
+}
+
+/// The operator's `inference-queue` reading of TorchServe: six predictions at once on one worker
+/// queue behind each other, and the mean the operator serves is TorchServe's own
+/// `ts_queue_latency_microseconds` per request over the same interval.
+async fn queue_time_is_read_from_the_metrics_endpoint(torchserve: &Torchserve, http: &reqwest::Client) {
+    let metrics_text = || async {
+        let url = format!("http://{}/metrics", torchserve.metrics);
+        http.get(url).send().await.unwrap().text().await.unwrap()
+    };
+    let mut before = String::new();
+    let load = async {
+        before = metrics_text().await;
+        let predict = format!("http://{}/predictions/tiny", torchserve.inference);
+        let requests = (0..6).map(|_| http.post(&predict).body("[[1.0]]").send());
+        for response in futures::future::join_all(requests).await {
+            assert!(response.unwrap().status().is_success());
+        }
+    };
+    let (values, after) = queue_time_around("torchserve", &torchserve.metrics, load).await;
+    let growth = |metric| series_total(&after, metric) - series_total(&before, metric);
+    assert_eq!(growth("ts_inference_requests_total"), 6.0, "{before}\n{after}");
+    let expected = (growth("ts_queue_latency_microseconds") / 6.0).round();
+    assert_eq!(values.len(), 1, "{values:?}");
+    assert_eq!(values[0].value, expected, "{before}\n{after}");
+    assert!(
+        values[0].value > 0.0,
+        "six predictions at once on one worker wait: {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +264,7 @@ async fn torchserve_registration_workers_and_readiness() {
     );
     let prediction: serde_json::Value = serde_json::from_str(&predicted.text().await.unwrap()).unwrap();
     assert_eq!(prediction, serde_json::json!([[3.0]]), "y = 2x + 1");
+    queue_time_is_read_from_the_metrics_endpoint(&torchserve, &http).await;
 
     // The worker rule: with minWorkers 2, one READY worker is not enough until the second loads.
     let scale = http

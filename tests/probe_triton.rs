@@ -10,7 +10,9 @@ use model_operator::{
     api::{Runtime, conditions::reasons},
     probe::{ProbeSettings, ProbeTarget, Prober},
 };
-use support::{ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until};
+use support::{
+    ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, queue_time_around, series_total,
+};
 
 /// Long enough to be seen loading by several probes, short enough for a quick test.
 const SLOW_LOAD_SECONDS: u32 = 6;
@@ -64,6 +66,7 @@ struct Triton {
     process: ServerProcess,
     grpc: String,
     http: String,
+    metrics: String,
     /// Names this server's python-backend regions in /dev/shm, so that they can be removed.
     shm_prefix: String,
 }
@@ -108,7 +111,10 @@ fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
         .arg(format!("--metrics-port={metrics_port}"))
         .arg("--http-address=127.0.0.1")
         .arg("--grpc-address=127.0.0.1")
-        .arg("--allow-metrics=false")
+        // Inference metrics only: the GPU and CPU collectors have nothing to read here.
+        .arg("--allow-metrics=true")
+        .arg("--allow-gpu-metrics=false")
+        .arg("--allow-cpu-metrics=false")
         .arg(format!("--backend-config=python,shm-region-prefix-name={shm_prefix}"))
         // The python backend stub links Debian's libpython3.11 and the wheel's bundled libraries.
         .env("LD_LIBRARY_PATH", servers.value("TRITON_LD_LIBRARY_PATH"));
@@ -122,8 +128,41 @@ fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
         process,
         grpc: format!("127.0.0.1:{grpc_port}"),
         http: format!("http://127.0.0.1:{http_port}"),
+        metrics: format!("127.0.0.1:{metrics_port}"),
         shm_prefix,
     }
+}
+
+/// The operator's `inference-queue` reading of Triton: eight requests at once to a model with one
+/// instance queue behind each other, and the mean the operator serves is Triton's own
+/// `nv_inference_queue_duration_us` per successful request.
+async fn queue_time_is_read_from_the_metrics_endpoint(triton: &Triton) {
+    let http = reqwest::Client::new();
+    let infer = format!("{}/v2/models/adder/infer", triton.http);
+    let body =
+        serde_json::json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]});
+    let load = async {
+        let requests = (0..8).map(|_| {
+            http.post(&infer)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+        });
+        for response in futures::future::join_all(requests).await {
+            let response = response.unwrap();
+            assert!(response.status().is_success(), "infer: {}", response.status());
+        }
+    };
+    let (values, text) = queue_time_around("triton", &triton.metrics, load).await;
+    let requests = series_total(&text, "nv_inference_request_success");
+    assert_eq!(requests, 8.0, "nothing else ran inferences before: {text}");
+    let expected = (series_total(&text, "nv_inference_queue_duration_us") / requests).round();
+    assert_eq!(values.len(), 1, "{values:?}");
+    assert_eq!(values[0].value, expected, "{text}");
+    assert!(
+        values[0].value > 0.0,
+        "eight requests at once on one instance wait: {text}"
+    );
 }
 
 /// Triton's HTTP repository API; `load` answers only once loading has finished.
@@ -180,6 +219,8 @@ async fn triton_model_states() {
     // "v1" is not a Triton version number: the version policy's version answers.
     let v1 = probe_cli("triton", &grpc, "adder", &["--model-version", "v1"]).await;
     assert_eq!(v1.exit_code, 0, "{:?}", v1.json);
+
+    queue_time_is_read_from_the_metrics_endpoint(&triton).await;
 
     let unknown = probe_cli("triton", &grpc, "resnet", &[]).await;
     unknown.assert_state(1, reasons::MODEL_NOT_REGISTERED);

@@ -9,7 +9,7 @@ once while readiness waits for the model, as the operator's model probe expects:
 - ``GET /v2/models/{name}`` and ``/v2/models/{name}/ready``: KServe-v2-style metadata and
   per-model readiness; 404 for a name this server does not serve.
 - ``POST /predict``: ``{"features": [[1.0], [2.0]]}`` -> ``{"predictions": [...]}``, always a list.
-- ``GET /metrics``: Prometheus request counts, latency and whether the model is loaded.
+- ``GET /metrics``: Prometheus request counts, latency, queue time and whether the model is loaded.
 """
 
 from __future__ import annotations
@@ -101,6 +101,13 @@ class Metrics:
         self.latency = Histogram(
             "inference_request_duration_seconds",
             "Time spent answering a prediction request, validation included.",
+            registry=self.registry,
+        )
+        # The operator's `inference-queue` autoscaling divides this histogram's _sum by its _count.
+        self.queue_time = Histogram(
+            "inference_queue_duration_seconds",
+            "Time a prediction waited, from its arrival to a worker thread starting on it.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
         self.model_loaded = Gauge("model_loaded", "1 once the model is loaded and serving.", registry=self.registry)
@@ -207,7 +214,12 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @app.post("/predict")
-    def predict(request: PredictRequest) -> PredictResponse:
+    def predict(request: PredictRequest, http: Request) -> PredictResponse:
+        # A sync handler runs on the server's thread pool: the wait since the middleware saw
+        # the request is time spent queued for a thread (body parsing, microseconds, included).
+        arrived = getattr(http.state, "arrived", None)
+        if arrived is not None:
+            metrics.queue_time.observe(time.perf_counter() - arrived)
         module = model.module
         if module is None:
             raise HTTPException(503, f"the model is not ready: {model.reason}")
@@ -237,6 +249,7 @@ def create_app(settings: Settings) -> FastAPI:
         if request.url.path != "/predict":
             return await call_next(request)
         started = time.perf_counter()
+        request.state.arrived = started
         response = await call_next(request)
         metrics.latency.observe(time.perf_counter() - started)
         metrics.requests.labels(code=str(response.status_code)).inc()

@@ -120,6 +120,10 @@ def test_metrics_count_requests_latency_and_the_loaded_model(affine_model: Path)
         assert 'inference_requests_total{code="200"} 2.0' in text, text
         assert 'inference_requests_total{code="422"} 1.0' in text, text
         assert "inference_request_duration_seconds_count 3.0" in text, text
+        # Only the two predictions that reached a worker thread waited in the queue.
+        assert "inference_queue_duration_seconds_count 2.0" in text, text
+        queued = next(line for line in text.splitlines() if line.startswith("inference_queue_duration_seconds_sum"))
+        assert float(queued.split()[1]) > 0, text
         assert "model_loaded 1.0" in text, text
 
 

@@ -10,7 +10,7 @@ use super::ImageArgs;
 use crate::{
     controller::{self, LeaseSettings, Settings},
     custom_metrics::{self, AgentEndpoint},
-    probe::ProbeSettings,
+    probe::{ProbeSettings, parse_model_endpoints},
     reconcile::readiness::EndpointResolver,
 };
 
@@ -55,11 +55,21 @@ pub struct RunArgs {
     /// (repeatable): for clusters whose pod IPs the operator cannot reach.
     #[arg(long = "probe-endpoint", env = "PROBE_ENDPOINTS", value_delimiter = ',')]
     pub probe_endpoints: Vec<String>,
-    /// Probe each serving pod at its IP. Turn off (`--probe-pod-ips=false`) where the operator
-    /// cannot reach pod IPs, e.g. when it runs outside the cluster: models without a
-    /// `--probe-endpoint` then take ModelReady from the kubelet's readiness probe.
+    /// Probe each serving pod at its IP, and read its runtime's queue time there. Turn off
+    /// (`--probe-pod-ips=false`) where the operator cannot reach pod IPs, e.g. when it runs
+    /// outside the cluster: models without a `--probe-endpoint` then take ModelReady from the
+    /// kubelet's readiness probe, and have no queue time without a `--runtime-metrics-endpoint`.
     #[arg(long, env = "PROBE_POD_IPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub probe_pod_ips: bool,
+    /// Read the queue time of every pod of one ModelDeployment at another address,
+    /// `NAMESPACE/NAME=HOST:PORT` (repeatable): the runtime's metrics endpoint, for clusters
+    /// whose pod IPs the operator cannot reach.
+    #[arg(
+        long = "runtime-metrics-endpoint",
+        env = "RUNTIME_METRICS_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub runtime_metrics_endpoints: Vec<String>,
     /// Address of the custom.metrics.k8s.io API (HTTPS) that the APIService points at.
     #[arg(long, env = "CUSTOM_METRICS_ADDR", default_value = "0.0.0.0:6443")]
     pub custom_metrics_addr: SocketAddr,
@@ -92,7 +102,8 @@ pub struct RunArgs {
     /// Namespace of --agent-service.
     #[arg(long, env = "AGENT_NAMESPACE", default_value = "model-operator-system")]
     pub agent_namespace: String,
-    /// How long to wait for a node agent's samples before leaving its pods without a value.
+    /// How long to wait for a node agent's samples, or a runtime's metrics, before leaving the
+    /// pods without a value.
     #[arg(long, env = "AGENT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub agent_timeout: Duration,
     /// Samples older than this are not served (the agent is stuck or its clock is off).
@@ -121,6 +132,7 @@ impl RunArgs {
             probe_concurrency,
             probe_endpoints,
             probe_pod_ips,
+            runtime_metrics_endpoints,
             custom_metrics_addr,
             tls_cert_file,
             tls_key_file,
@@ -140,6 +152,11 @@ impl RunArgs {
                 return ExitCode::from(2);
             }
         };
+        // Checked here too, so a typo stops the operator before it connects to anything.
+        if let Err(problem) = parse_model_endpoints("runtime-metrics-endpoint", &runtime_metrics_endpoints) {
+            error!("{problem}");
+            return ExitCode::from(2);
+        }
         let lease = (!disable_leader_election).then(|| LeaseSettings {
             namespace: lease_namespace,
             lease_name,
@@ -172,6 +189,11 @@ impl RunArgs {
                 agent_timeout,
                 sample_max_age,
                 delegated_authorization,
+                queue_time: custom_metrics::queue_time::Settings {
+                    endpoints: runtime_metrics_endpoints,
+                    pod_ips: probe_pod_ips,
+                    timeout: agent_timeout,
+                },
             },
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,7 @@
 //! The HTTP side of `custom.metrics.k8s.io`: discovery as the aggregator and the HPA controller's
-//! discovery client read it, `pods/{name|*}/gpu_utilization` in v1beta2 (and v1beta1), and
-//! errors as `metav1.Status`. Types follow `k8s.io/metrics/pkg/apis/custom_metrics`.
+//! discovery client read it, `pods/{name|*}/gpu_utilization` and
+//! `pods/{name|*}/inference_queue_duration_us` in v1beta2 (and v1beta1), and errors as
+//! `metav1.Status`. Types follow `k8s.io/metrics/pkg/apis/custom_metrics`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,12 +26,18 @@ use tracing::{debug, warn};
 use super::{
     agents::{FreshSamples, SampleSource, SamplesError},
     authorization::{Access, DelegatedAuthorizer, Requester},
+    queue_time::QueueTimeSource,
     selector::LabelSelector,
     tls::FrontProxyTrust,
 };
-use crate::{gpu::is_finished, reconcile::build::GPU_UTILIZATION_METRIC};
+use crate::{
+    gpu::is_finished,
+    reconcile::build::{GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC},
+};
 
 pub const GROUP: &str = "custom.metrics.k8s.io";
+/// The metrics served for pods, each from its own source.
+const POD_METRICS: [&str; 2] = [GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC];
 /// Newest first: the preferred version leads.
 const VERSIONS: [&str; 2] = ["v1beta2", "v1beta1"];
 /// The header that carries the user the front proxy authenticated.
@@ -51,6 +58,7 @@ pub enum ClientCertificate {
 pub struct ApiState {
     pub pods: Store<Pod>,
     pub samples: SampleSource,
+    pub queue_time: QueueTimeSource,
     pub trust: FrontProxyTrust,
     /// `None` leaves authorization to kube-apiserver alone (`--delegated-authorization=false`).
     pub authorizer: Option<DelegatedAuthorizer>,
@@ -191,10 +199,16 @@ async fn api_resource_list(Path(version): Path<String>) -> Response {
     if !VERSIONS.contains(&version.as_str()) {
         return unknown_version(&version);
     }
+    let resources: Vec<Value> = POD_METRICS
+        .iter()
+        .map(|metric| {
+            json!({"name": format!("pods/{metric}"), "singularName": "", "namespaced": true,
+                   "kind": "MetricValueList", "verbs": ["get"]})
+        })
+        .collect();
     Json(json!({
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/{version}"),
-        "resources": [{"name": format!("pods/{GPU_UTILIZATION_METRIC}"), "singularName": "", "namespaced": true,
-                       "kind": "MetricValueList", "verbs": ["get"]}],
+        "resources": resources,
     }))
     .into_response()
 }
@@ -218,7 +232,7 @@ struct MetricQuery {
 pub struct PodValue {
     pub namespace: String,
     pub pod: String,
-    /// Percent.
+    /// Percent for `gpu_utilization`, microseconds for `inference_queue_duration_us`.
     pub value: f64,
     pub timestamp: Timestamp,
     pub window_seconds: i64,
@@ -232,11 +246,14 @@ async fn pods_metric(
     if !VERSIONS.contains(&version.as_str()) {
         return unknown_version(&version);
     }
-    if metric != GPU_UTILIZATION_METRIC {
+    if !POD_METRICS.contains(&metric.as_str()) {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("the custom metric {metric:?} is not served for pods (served: {GPU_UTILIZATION_METRIC})"),
+            &format!(
+                "the custom metric {metric:?} is not served for pods (served: {})",
+                POD_METRICS.join(", ")
+            ),
         );
     }
     let selector = match LabelSelector::parse(query.label_selector.as_deref().unwrap_or("")) {
@@ -259,18 +276,26 @@ async fn pods_metric(
             &format!("pods \"{pod}\" not found in namespace {namespace}"),
         );
     }
-    let samples = fetch_nodes(&state.samples, &pods).await;
-    let values = gpu_utilization_values(&pods, &samples);
+    let (values, why_absent) = if metric == GPU_UTILIZATION_METRIC {
+        let samples = fetch_nodes(&state.samples, &pods).await;
+        (
+            gpu_utilization_values(&pods, &samples),
+            "its node agent has no fresh sample of a GPU it holds",
+        )
+    } else {
+        (
+            state.queue_time.values(&pods).await,
+            "its runtime's metrics were not read twice yet, or could not be read",
+        )
+    };
     if pod != "*" && values.is_empty() {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!(
-                "no {GPU_UTILIZATION_METRIC} for pod {namespace}/{pod}: its node agent has no fresh sample of a GPU it holds"
-            ),
+            &format!("no {metric} for pod {namespace}/{pod}: {why_absent}"),
         );
     }
-    Json(metric_value_list(&version, &values)).into_response()
+    Json(metric_value_list(&version, &metric, &values)).into_response()
 }
 
 /// The samples of every node that runs one of `pods`, asked for all at once; nodes whose agent
@@ -323,18 +348,18 @@ pub fn gpu_utilization_values(pods: &[Arc<Pod>], samples: &BTreeMap<String, Fres
     values
 }
 
-/// A `MetricValueList` in the shape of `version`.
-pub fn metric_value_list(version: &str, values: &[PodValue]) -> Value {
+/// A `MetricValueList` of `metric` in the shape of `version`.
+pub fn metric_value_list(version: &str, metric: &str, values: &[PodValue]) -> Value {
     let items: Vec<Value> = values
         .iter()
         .map(|v| {
             let described = json!({"kind": "Pod", "namespace": v.namespace, "name": v.pod, "apiVersion": "v1"});
             let timestamp = format!("{:.0}", v.timestamp);
             if version == "v1beta1" {
-                json!({"describedObject": described, "metricName": GPU_UTILIZATION_METRIC, "timestamp": timestamp,
+                json!({"describedObject": described, "metricName": metric, "timestamp": timestamp,
                        "window": v.window_seconds, "value": quantity(v.value), "selector": null})
             } else {
-                json!({"describedObject": described, "metric": {"name": GPU_UTILIZATION_METRIC, "selector": null},
+                json!({"describedObject": described, "metric": {"name": metric, "selector": null},
                        "timestamp": timestamp, "windowSeconds": v.window_seconds, "value": quantity(v.value)})
             }
         })
@@ -342,10 +367,10 @@ pub fn metric_value_list(version: &str, values: &[PodValue]) -> Value {
     json!({"kind": "MetricValueList", "apiVersion": format!("{GROUP}/{version}"), "metadata": {}, "items": items})
 }
 
-/// A percentage as a Kubernetes quantity in the HPA target's unit (`target: 70` renders as
+/// A value as a Kubernetes quantity in the HPA target's unit (`target: 70` renders as
 /// `averageValue: "70"`): whole numbers plain, fractions in milli-units.
-pub fn quantity(percent: f64) -> String {
-    let milli = (percent * 1000.0).round() as i64;
+pub fn quantity(value: f64) -> String {
+    let milli = (value * 1000.0).round() as i64;
     if milli % 1000 == 0 {
         (milli / 1000).to_string()
     } else {
@@ -439,13 +464,13 @@ mod tests {
             window_seconds: 1,
         };
         assert_eq!(
-            metric_value_list("v1beta2", std::slice::from_ref(&value)),
+            metric_value_list("v1beta2", GPU_UTILIZATION_METRIC, std::slice::from_ref(&value)),
             json!({"kind": "MetricValueList", "apiVersion": "custom.metrics.k8s.io/v1beta2", "metadata": {},
                    "items": [{"describedObject": {"kind": "Pod", "namespace": "ml", "name": "llm-0", "apiVersion": "v1"},
                               "metric": {"name": "gpu_utilization", "selector": null},
                               "timestamp": "2026-11-25T17:00:00Z", "windowSeconds": 1, "value": "73"}]})
         );
-        let v1beta1 = metric_value_list("v1beta1", &[value]);
+        let v1beta1 = metric_value_list("v1beta1", GPU_UTILIZATION_METRIC, &[value]);
         assert_eq!(v1beta1["items"][0]["metricName"], "gpu_utilization");
         assert_eq!(v1beta1["items"][0]["window"], 1);
     }
@@ -463,6 +488,12 @@ mod tests {
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(5),
             ),
+            queue_time: QueueTimeSource::new(super::super::queue_time::Settings {
+                endpoints: vec![],
+                pod_ips: false,
+                timeout: std::time::Duration::from_secs(1),
+            })
+            .unwrap(),
             trust: FrontProxyTrust {
                 ca_pem: vec![],
                 allowed_names,
@@ -506,6 +537,7 @@ mod tests {
         let (code, body) = call(&app, path, Some("front-proxy-client"), &user).await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["resources"][0]["name"], "pods/gpu_utilization");
+        assert_eq!(body["resources"][1]["name"], "pods/inference_queue_duration_us");
     }
 
     #[tokio::test]

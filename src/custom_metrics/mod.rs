@@ -1,12 +1,15 @@
 //! The operator's `custom.metrics.k8s.io` aggregated API: kube-apiserver proxies
 //! `/apis/custom.metrics.k8s.io/...` here (an `APIService` names this server's Service), and the
-//! HPA controller reads `pods/*/gpu_utilization` from it. Values come from the node agents'
-//! `/v1/samples` of the GPUs each pod holds. Only the API server's front proxy is served: TLS
-//! with its client certificate checked against the requestheader CA the cluster publishes.
+//! HPA controller reads `pods/*/gpu_utilization` and `pods/*/inference_queue_duration_us` from
+//! it. GPU utilisation comes from the node agents' `/v1/samples` of the GPUs each pod holds;
+//! queue time from each pod's runtime metrics endpoint. Only the API server's front proxy is
+//! served: TLS with its client certificate checked against the requestheader CA the cluster
+//! publishes.
 
 pub mod agents;
 pub mod api;
 pub mod authorization;
+pub mod queue_time;
 pub mod selector;
 pub mod tls;
 
@@ -32,6 +35,7 @@ use self::{
     agents::{AgentDirectory, SampleSource},
     api::{ApiState, ClientCertificate},
     authorization::DelegatedAuthorizer,
+    queue_time::QueueTimeSource,
     tls::FrontProxyTrust,
 };
 
@@ -58,6 +62,8 @@ pub struct Settings {
     pub sample_max_age: Duration,
     /// Check each caller with a SubjectAccessReview, as aggregated API servers do.
     pub delegated_authorization: bool,
+    /// Where the runtimes report queue time.
+    pub queue_time: queue_time::Settings,
 }
 
 /// Bound and configured; `serve` runs it.
@@ -83,12 +89,14 @@ impl CustomMetricsServer {
             agent_timeout,
             sample_max_age,
             delegated_authorization,
+            queue_time,
         } = settings;
         // Bound first: a taken port fails at once, and a port chosen by the caller is held
         // while the API calls below run.
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding the custom metrics address {addr}: {e}"))?;
+        let queue_time = QueueTimeSource::new(queue_time).map_err(|problem| anyhow::anyhow!(problem))?;
         let trust = match requestheader_client_ca_file {
             Some(path) => FrontProxyTrust::from_file(&path, requestheader_allowed_names)?,
             None => FrontProxyTrust::from_cluster(client).await?,
@@ -111,6 +119,7 @@ impl CustomMetricsServer {
         let state = Arc::new(ApiState {
             pods,
             samples: SampleSource::new(directory, agent_timeout, sample_max_age),
+            queue_time,
             trust,
             authorizer: delegated_authorization.then(|| DelegatedAuthorizer::new(client.clone())),
         });

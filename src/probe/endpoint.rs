@@ -1,5 +1,7 @@
 //! `HOST:PORT` endpoints as the probe command and the operator's endpoint resolver give them.
 
+use std::collections::BTreeMap;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("endpoint {endpoint:?} is not HOST:PORT: {problem}")]
 pub struct InvalidEndpoint {
@@ -35,6 +37,26 @@ pub fn parse_endpoint(endpoint: &str) -> Result<String, InvalidEndpoint> {
     }
 }
 
+/// Addresses that stand in for the pods of one ModelDeployment, keyed by (namespace, name).
+pub type ModelEndpoints = BTreeMap<(String, String), String>;
+
+/// Parses `NAMESPACE/NAME=HOST:PORT` overrides as `--probe-endpoint` and
+/// `--runtime-metrics-endpoint` take them; the error names the flag and the entry.
+pub fn parse_model_endpoints(flag: &str, specs: &[String]) -> Result<ModelEndpoints, String> {
+    let mut endpoints = ModelEndpoints::new();
+    for spec in specs {
+        let shape = || format!("--{flag} {spec:?} is not NAMESPACE/NAME=HOST:PORT");
+        let (model, endpoint) = spec.split_once('=').ok_or_else(shape)?;
+        let (namespace, name) = model
+            .split_once('/')
+            .filter(|(namespace, name)| !namespace.is_empty() && !name.is_empty())
+            .ok_or_else(shape)?;
+        let endpoint = parse_endpoint(endpoint).map_err(|error| format!("--{flag} {spec:?}: {error}"))?;
+        endpoints.insert((namespace.to_owned(), name.to_owned()), endpoint);
+    }
+    Ok(endpoints)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +79,24 @@ mod tests {
         assert_eq!(problem("host:http"), "the port must be a number from 1 to 65535");
         assert_eq!(problem("host:0"), "the port must be a number from 1 to 65535");
         assert_eq!(problem("host:70000"), "the port must be a number from 1 to 65535");
+    }
+
+    #[test]
+    fn model_endpoints_name_the_flag_and_the_entry() {
+        let parsed = parse_model_endpoints("runtime-metrics-endpoint", &["ml/llm=127.0.0.1:8002".to_owned()]);
+        assert_eq!(
+            parsed,
+            Ok(ModelEndpoints::from([(
+                ("ml".to_owned(), "llm".to_owned()),
+                "127.0.0.1:8002".to_owned()
+            )]))
+        );
+        let error = parse_model_endpoints("probe-endpoint", &["llm=127.0.0.1:8002".to_owned()]).unwrap_err();
+        assert_eq!(
+            error,
+            r#"--probe-endpoint "llm=127.0.0.1:8002" is not NAMESPACE/NAME=HOST:PORT"#
+        );
+        let error = parse_model_endpoints("probe-endpoint", &["ml/llm=127.0.0.1".to_owned()]).unwrap_err();
+        assert!(error.contains("the port is missing"), "{error}");
     }
 }

@@ -16,7 +16,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use self::endpoint::{InvalidEndpoint, parse_endpoint};
+pub use self::endpoint::{InvalidEndpoint, ModelEndpoints, parse_endpoint, parse_model_endpoints};
 use crate::{
     api::{ModelInfo, Runtime, conditions::reasons},
     runtimes::{self, FastapiProbe, TorchserveProbe, TritonProbe},

@@ -2,7 +2,7 @@
 //! answers, through the runtime's `ModelProbe`, and sums the answers up for the `ModelReady`
 //! condition. The kubelet's probes say a pod's port is open; this says the model is loaded.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use super::{build::LABEL_VERSION, status::ModelReadiness, validate::Validated};
 use crate::{
     api::conditions::reasons,
-    probe::{ProbeOutcome, ProbeTarget, Prober},
+    probe::{ModelEndpoints, ProbeOutcome, ProbeTarget, Prober, parse_model_endpoints},
 };
 
 /// Where the operator reaches a pod's runtime: the pod's IP and the runtime's probe port, unless
@@ -20,27 +20,15 @@ use crate::{
 /// from the kubelet's readiness probe, and say so in the reason.
 #[derive(Debug, Clone)]
 pub struct EndpointResolver {
-    overrides: BTreeMap<(String, String), String>,
+    overrides: ModelEndpoints,
     probe_pod_ips: bool,
 }
 
 impl EndpointResolver {
-    /// Overrides written `NAMESPACE/NAME=HOST:PORT`.
+    /// Overrides written `NAMESPACE/NAME=HOST:PORT` (`--probe-endpoint`).
     pub fn new(specs: &[String], probe_pod_ips: bool) -> Result<Self, String> {
-        let mut overrides = BTreeMap::new();
-        for spec in specs {
-            let shape = || format!("--probe-endpoint {spec:?} is not NAMESPACE/NAME=HOST:PORT");
-            let (model, endpoint) = spec.split_once('=').ok_or_else(shape)?;
-            let (namespace, name) = model
-                .split_once('/')
-                .filter(|(namespace, name)| !namespace.is_empty() && !name.is_empty())
-                .ok_or_else(shape)?;
-            let endpoint = crate::probe::parse_endpoint(endpoint)
-                .map_err(|error| format!("--probe-endpoint {spec:?}: {error}"))?;
-            overrides.insert((namespace.to_owned(), name.to_owned()), endpoint);
-        }
         Ok(Self {
-            overrides,
+            overrides: parse_model_endpoints("probe-endpoint", specs)?,
             probe_pod_ips,
         })
     }

@@ -151,7 +151,7 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
         } else {
             ScalingMetric::Cpu
         });
-        if metric == ScalingMetric::InferenceQueue && profile.queue_time_metric().is_none() {
+        if metric == ScalingMetric::InferenceQueue && profile.queue_time().is_none() {
             refuse(
                 "spec.autoscaling.metric",
                 format!(

@@ -3,6 +3,7 @@
 //! adding a module and a `Runtime` variant.
 
 mod fastapi;
+mod queue_time;
 mod torchserve;
 mod triton;
 
@@ -15,6 +16,7 @@ use k8s_openapi::{
 
 pub use self::{
     fastapi::{FastapiProbe, FastapiPytorch},
+    queue_time::{QueueCounters, QueueTimeSeries},
     torchserve::{Torchserve, TorchserveProbe},
     triton::{Triton, TritonProbe, kserve, triton_version},
 };
@@ -80,8 +82,8 @@ pub trait RuntimeProfile: Sync {
     fn needs_shared_memory(&self) -> bool {
         false
     }
-    /// The runtime's Prometheus metric for time spent queued, for `inference-queue` scaling.
-    fn queue_time_metric(&self) -> Option<&'static str> {
+    /// Where the runtime reports time spent queued, for `inference-queue` scaling.
+    fn queue_time(&self) -> Option<QueueTimeSeries> {
         None
     }
 }

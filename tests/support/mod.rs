@@ -275,3 +275,48 @@ pub async fn probe_cli_until(
     })
     .await
 }
+
+/// The operator's `inference_queue_duration_us` for one pod of `runtime` whose metrics endpoint
+/// is `metrics_address`, read as the custom metrics API reads it: a baseline read, `load`
+/// (requests to the real server), then a second read. Also returns the queue totals the second
+/// read saw, to compare with.
+pub async fn queue_time_around(
+    runtime: &str,
+    metrics_address: &str,
+    load: impl Future<Output = ()>,
+) -> (Vec<model_operator::custom_metrics::api::PodValue>, String) {
+    use model_operator::custom_metrics::queue_time::{QueueTimeSource, Settings};
+    let source = QueueTimeSource::new(Settings {
+        endpoints: vec![format!("ml/model={metrics_address}")],
+        pod_ips: false,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "model-0", "namespace": "ml", "uid": "uid-0",
+                     "labels": {"model": "model", "mlops.sathvik.dev/runtime": runtime}},
+    }))
+    .unwrap();
+    let pods = [std::sync::Arc::new(pod)];
+    let baseline = source.values(&pods).await;
+    assert!(baseline.is_empty(), "the first read is only a baseline: {baseline:?}");
+    load.await;
+    let values = source.values(&pods).await;
+    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (values, text)
+}
+
+/// The sum of every series of `metric` in Prometheus text (labels ignored), read naively, to
+/// check the operator's reading against.
+pub fn series_total(exposition: &str, metric: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} ")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

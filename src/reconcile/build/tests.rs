@@ -841,10 +841,21 @@ fn gpu_utilization_without_gpus_is_refused() {
 }
 
 #[test]
-fn queue_scaling_on_a_runtime_without_a_queue_is_refused() {
-    let yaml = with_spec("autoscale: true\nautoscaling: {metric: inference-queue}")
-        .replace("runtime: triton", "runtime: fastapi-pytorch");
-    assert_refused(&yaml, "spec", "triton or torchserve");
+fn queue_scaling_works_on_every_runtime() {
+    for runtime in ["triton", "torchserve", "fastapi-pytorch"] {
+        let yaml = with_spec("autoscale: true\nautoscaling: {metric: inference-queue}")
+            .replace("runtime: triton", &format!("runtime: {runtime}"));
+        let desired = render(&yaml);
+        let hpa = desired.hpa.as_ref().unwrap();
+        let metrics = hpa.spec.as_ref().unwrap().metrics.as_ref().unwrap();
+        let pods = metrics[0].pods.as_ref().unwrap();
+        assert_eq!(
+            pods.metric.name,
+            "inference_queue_duration_us",
+            "{runtime}: {}",
+            show(hpa)
+        );
+    }
 }
 
 #[test]

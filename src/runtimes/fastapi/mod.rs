@@ -5,7 +5,9 @@ mod probe;
 
 pub use self::probe::FastapiProbe;
 
-use super::{Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe};
+use super::{
+    Probes, QueueTimeSeries, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe,
+};
 use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
 
 const HTTP: ServerPort = ServerPort {
@@ -50,5 +52,17 @@ impl RuntimeProfile for FastapiPytorch {
             liveness: http_probe("/healthz", HTTP.port, 10, 3),
             startup: http_probe("/healthz", HTTP.port, STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         }
+    }
+
+    /// A histogram of how long each prediction waited for one of the server's worker threads;
+    /// its `_sum` (seconds) and `_count` are the two totals.
+    fn queue_time(&self) -> Option<QueueTimeSeries> {
+        Some(QueueTimeSeries {
+            port: HTTP,
+            path: "/metrics",
+            queued: "inference_queue_duration_seconds_sum",
+            queued_unit_us: 1_000_000.0,
+            requests: "inference_queue_duration_seconds_count",
+        })
     }
 }

@@ -7,8 +7,8 @@ pub use self::probe::TorchserveProbe;
 use std::collections::BTreeMap;
 
 use super::{
-    CONFIG_DIR, MODEL_ROOT, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
-    http_probe,
+    CONFIG_DIR, MODEL_ROOT, Probes, QueueTimeSeries, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS,
+    ServerPort, http_probe,
 };
 use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
 
@@ -129,7 +129,14 @@ impl RuntimeProfile for Torchserve {
         true
     }
 
-    fn queue_time_metric(&self) -> Option<&'static str> {
-        Some("ts_queue_latency_microseconds")
+    /// Frontend metrics, served whatever `metrics_mode` says.
+    fn queue_time(&self) -> Option<QueueTimeSeries> {
+        Some(QueueTimeSeries {
+            port: METRICS,
+            path: "/metrics",
+            queued: "ts_queue_latency_microseconds",
+            queued_unit_us: 1.0,
+            requests: "ts_inference_requests_total",
+        })
     }
 }

@@ -5,8 +5,8 @@ mod probe;
 pub use self::probe::{TritonProbe, kserve, triton_version};
 
 use super::{
-    MODEL_ROOT, ModelLayout, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
-    grpc_health_probe, http_probe,
+    MODEL_ROOT, ModelLayout, Probes, QueueTimeSeries, RuntimeProfile, STARTUP_FAILURE_THRESHOLD,
+    STARTUP_PERIOD_SECONDS, ServerPort, grpc_health_probe, http_probe,
 };
 use crate::{api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated, settings::OperatorImages};
 
@@ -103,7 +103,14 @@ impl RuntimeProfile for Triton {
         true
     }
 
-    fn queue_time_metric(&self) -> Option<&'static str> {
-        Some("nv_inference_queue_duration_us")
+    /// Triton counts the wait of successful requests only (failed ones never reach a model).
+    fn queue_time(&self) -> Option<QueueTimeSeries> {
+        Some(QueueTimeSeries {
+            port: METRICS,
+            path: "/metrics",
+            queued: "nv_inference_queue_duration_us",
+            queued_unit_us: 1.0,
+            requests: "nv_inference_request_success",
+        })
     }
 }
