@@ -10,9 +10,7 @@ use model_operator::{
     api::{Runtime, conditions::reasons},
     probe::{ProbeSettings, ProbeTarget, Prober},
 };
-use support::{
-    ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, queue_time_around, series_total,
-};
+use support::{TestServers, Triton, probe_cli, probe_cli_until, queue_time_around, series_total};
 
 /// Long enough to be seen loading by several probes, short enough for a quick test.
 const SLOW_LOAD_SECONDS: u32 = 6;
@@ -62,28 +60,6 @@ fn write_model(repo: &Path, name: &str, model_py: &str) {
     std::fs::write(version_dir.join("model.py"), model_py).unwrap();
 }
 
-struct Triton {
-    process: ServerProcess,
-    grpc: String,
-    http: String,
-    metrics: String,
-    /// Names this server's python-backend regions in /dev/shm, so that they can be removed.
-    shm_prefix: String,
-}
-
-impl Drop for Triton {
-    /// A stub that dies while loading (the broken model) can leave its region behind; /dev/shm
-    /// is memory, so nothing of a test run may stay there.
-    fn drop(&mut self) {
-        self.process.stop();
-        for entry in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&self.shm_prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
 fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
     let repo = dir.join("models");
     write_model(&repo, "adder", &MODEL_PY.replace("{delay}", "0"));
@@ -93,44 +69,14 @@ fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
         &MODEL_PY.replace("{delay}", &SLOW_LOAD_SECONDS.to_string()),
     );
     write_model(&repo, "broken", BROKEN_PY);
-    let (http_port, grpc_port, metrics_port) = (free_port(), free_port(), free_port());
-    let shm_prefix = format!("model-operator-test-{grpc_port}-");
-    let mut command = std::process::Command::new(servers.path("TRITONSERVER"));
-    command
-        .arg(format!("--model-repository={}", repo.display()))
-        .arg(format!(
-            "--backend-directory={}",
-            servers.path("TRITON_BACKENDS").display()
-        ))
-        // Explicit mode: only `adder` loads at start; the test loads and unloads the others
-        // through the repository API, as an operator-driven rollout would.
-        .arg("--model-control-mode=explicit")
-        .arg("--load-model=adder")
-        .arg(format!("--http-port={http_port}"))
-        .arg(format!("--grpc-port={grpc_port}"))
-        .arg(format!("--metrics-port={metrics_port}"))
-        .arg("--http-address=127.0.0.1")
-        .arg("--grpc-address=127.0.0.1")
-        // Inference metrics only: the GPU and CPU collectors have nothing to read here.
-        .arg("--allow-metrics=true")
-        .arg("--allow-gpu-metrics=false")
-        .arg("--allow-cpu-metrics=false")
-        .arg(format!("--backend-config=python,shm-region-prefix-name={shm_prefix}"))
-        // The python backend stub links Debian's libpython3.11 and the wheel's bundled libraries.
-        .env("LD_LIBRARY_PATH", servers.value("TRITON_LD_LIBRARY_PATH"));
-    let process = ServerProcess::spawn(
-        "tritonserver",
-        command,
-        dir.join("tritonserver.log"),
-        Shutdown::MainProcess,
-    );
-    Triton {
-        process,
-        grpc: format!("127.0.0.1:{grpc_port}"),
-        http: format!("http://127.0.0.1:{http_port}"),
-        metrics: format!("127.0.0.1:{metrics_port}"),
-        shm_prefix,
-    }
+    // Explicit mode: only `adder` loads at start; the test loads and unloads the others
+    // through the repository API, as an operator-driven rollout would.
+    Triton::start(
+        servers,
+        &repo,
+        dir,
+        &["--model-control-mode=explicit", "--load-model=adder"],
+    )
 }
 
 /// The operator's `inference-queue` reading of Triton: eight requests at once to a model with one

@@ -32,6 +32,7 @@ const METRICS_SERVICE: &str = "custom-metrics";
 const A100_NODES: [&str; 2] = ["gpu-a100-0", "gpu-a100-1"];
 const GPUS_PER_NODE: usize = 8;
 const MODEL: &str = "llm";
+const GPU_METRIC: &str = "gpu_utilization";
 const TARGET_PERCENT: u32 = 50;
 const MAX_REPLICAS: i32 = 2;
 const SCALE_WAIT: Duration = Duration::from_secs(120);
@@ -328,6 +329,9 @@ impl Drop for ApiServiceRegistration {
 
 /// Everything the scaling scenario needs, in one namespace.
 struct Rig {
+    /// The ModelDeployment scaled, and the custom metric it scales on.
+    model: &'static str,
+    metric: &'static str,
     client: Client,
     ns: TestNamespace,
     nodes: Vec<GpuNode>,
@@ -338,8 +342,21 @@ struct Rig {
 
 impl Rig {
     async fn start(prefix: &str, utilization: u32) -> Self {
+        Self::start_with(prefix, utilization, MODEL, GPU_METRIC, |_| Vec::new()).await
+    }
+
+    /// A rig for `model`, scaled on `metric`; `operator_args` gets the namespace and returns more
+    /// flags for the operator.
+    async fn start_with(
+        prefix: &str,
+        utilization: u32,
+        model: &'static str,
+        metric: &'static str,
+        operator_args: impl FnOnce(&str) -> Vec<String>,
+    ) -> Self {
         let client = cluster().await;
         let ns = TestNamespace::create(&client, prefix).await;
+        let more_args = operator_args(&ns.name);
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<GpuNode> = (0..A100_NODES.len())
             .map(|index| GpuNode::start(dir.path(), index, utilization))
@@ -350,18 +367,16 @@ impl Rig {
             .collect::<Vec<_>>()
             .join(",");
         // No CA flag: the operator reads the front proxy's CA from the cluster, as in production.
-        let operator = Operator::start_with(
-            &ns.name,
-            "autoscaling",
-            &[
-                "--agent-endpoints",
-                &endpoints,
-                "--agent-timeout",
-                "1s",
-                "--sample-max-age",
-                "5s",
-            ],
-        );
+        let mut args = vec![
+            "--agent-endpoints",
+            &endpoints,
+            "--agent-timeout",
+            "1s",
+            "--sample-max-age",
+            "5s",
+        ];
+        args.extend(more_args.iter().map(String::as_str));
+        let operator = Operator::start_with(&ns.name, "autoscaling", &args);
         let port: u16 = operator
             .custom_metrics_addr
             .rsplit_once(':')
@@ -371,6 +386,8 @@ impl Rig {
             .unwrap();
         let registration = ApiServiceRegistration::register(&client, &ns.name, port).await;
         let rig = Self {
+            model,
+            metric,
             client,
             ns,
             nodes,
@@ -406,8 +423,8 @@ impl Rig {
 
     fn pods_metric_path(&self, pod: &str) -> String {
         format!(
-            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/{pod}/gpu_utilization?labelSelector=app.kubernetes.io%2Fname%3D{MODEL}",
-            self.ns.name
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/{pod}/{}?labelSelector=app.kubernetes.io%2Fname%3D{}",
+            self.ns.name, self.metric, self.model
         )
     }
 
@@ -432,7 +449,7 @@ impl Rig {
     async fn running_pods(&self) -> Vec<Pod> {
         self.ns
             .api::<Pod>()
-            .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={MODEL}")))
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={}", self.model)))
             .await
             .map(|l| l.items)
             .unwrap_or_default()
@@ -445,14 +462,14 @@ impl Rig {
     async fn hpa(&self) -> Option<HorizontalPodAutoscaler> {
         self.ns
             .api::<HorizontalPodAutoscaler>()
-            .get_opt(MODEL)
+            .get_opt(self.model)
             .await
             .ok()
             .flatten()
     }
 
     async fn deployment_replicas(&self) -> Option<i32> {
-        let deployment = self.ns.api::<Deployment>().get_opt(MODEL).await.ok().flatten()?;
+        let deployment = self.ns.api::<Deployment>().get_opt(self.model).await.ok().flatten()?;
         deployment.spec?.replicas
     }
 
@@ -467,7 +484,10 @@ impl Rig {
     async fn wait_for_served_pods(&self, replicas: usize, value: &str) {
         eventually(
             SCALE_WAIT,
-            &format!("{replicas} running pods of {MODEL} are served {MODEL}'s gpu_utilization {value}"),
+            &format!(
+                "{replicas} running pods of {} are served {} {value}",
+                self.model, self.metric
+            ),
             || async {
                 let running = self.running_pods().await.len();
                 let served = self.served_values().await;
@@ -486,8 +506,12 @@ impl Rig {
     }
 }
 
+/// The APIService is cluster-wide: the tests that register it take turns.
+static API_SERVICE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn hpa_scales_on_gpu_utilization_served_through_the_aggregation_layer() {
+    let _turn = API_SERVICE_TURN.lock().await;
     let rig = Rig::start("e2e-autoscaling", 20).await;
     rig.ns
         .apply_model(&model_yaml())
@@ -540,6 +564,170 @@ async fn hpa_scales_on_gpu_utilization_served_through_the_aggregation_layer() {
     rig.wait_for_served_pods(1, "10").await;
 
     direct_requests_are_refused(&rig).await;
+    rig.teardown().await;
+}
+
+const QUEUED_MODEL: &str = "queued";
+const QUEUE_METRIC: &str = "inference_queue_duration_us";
+/// Microseconds: a request that waits more than 50 ms on average calls for another replica.
+const QUEUE_TARGET_US: u32 = 50_000;
+
+/// A CPU Triton model scaled on its queue time, between 1 and 2 replicas.
+fn queued_model_yaml() -> String {
+    format!(
+        "apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata:
+  name: {QUEUED_MODEL}
+spec:
+  modelURI: s3://example-models/triton/queued/
+  runtime: triton
+  autoscale: true
+  autoscaling:
+    minReplicas: 1
+    maxReplicas: 2
+    metric: inference-queue
+    target: {QUEUE_TARGET_US}
+    scaleDownStabilizationSeconds: 0
+"
+    )
+}
+
+/// One instance that takes 100 ms a request: requests sent at once wait for each other.
+const QUEUED_CONFIG: &str = r#"
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"#;
+const QUEUED_MODEL_PY: &str = r#"
+import time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            time.sleep(0.1)
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", data)]))
+        return responses
+"#;
+
+/// `clients` loops of inference requests against Triton until dropped.
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(triton_http: &str, clients: usize) -> Self {
+        let url = format!("{triton_http}/v2/models/{QUEUED_MODEL}/infer");
+        let body =
+            json!({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}]}).to_string();
+        let http = reqwest::Client::new();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let sent = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        if sent.is_err() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { tasks }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The pods' `inference_queue_duration_us` values in microseconds.
+async fn queue_values(rig: &Rig) -> Vec<f64> {
+    rig.served_values()
+        .await
+        .iter()
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// `autoscaling.metric: inference-queue` end to end: the operator reads the real Triton's
+/// queue counters (every pod of the model is pointed at it with --runtime-metrics-endpoint,
+/// since the cluster's pod IPs are fake), serves their per-request mean through the aggregation
+/// layer, and the real HPA scales out while eight clients keep Triton's one instance busy and
+/// back in once they stop.
+#[tokio::test]
+async fn hpa_scales_on_the_runtime_queue_time_of_a_real_triton() {
+    let _turn = API_SERVICE_TURN.lock().await;
+    let servers = crate::servers::TestServers::installed();
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("models").join(QUEUED_MODEL);
+    std::fs::create_dir_all(model_dir.join("1")).unwrap();
+    std::fs::write(model_dir.join("config.pbtxt"), QUEUED_CONFIG).unwrap();
+    std::fs::write(model_dir.join("1").join("model.py"), QUEUED_MODEL_PY).unwrap();
+    let triton = crate::servers::Triton::start(&servers, &dir.path().join("models"), dir.path(), &[]);
+    triton.wait_until_ready(Duration::from_secs(90)).await;
+
+    let metrics = triton.metrics.clone();
+    let rig = Rig::start_with("e2e-queue", 0, QUEUED_MODEL, QUEUE_METRIC, |ns| {
+        vec![format!("--runtime-metrics-endpoint={ns}/{QUEUED_MODEL}={metrics}")]
+    })
+    .await;
+    rig.ns
+        .apply_model(&queued_model_yaml())
+        .await
+        .expect("the ModelDeployment is accepted");
+    let discovery = rig.get_raw("/apis/custom.metrics.k8s.io/v1beta2").await.unwrap();
+    assert_eq!(
+        discovery["resources"][1]["name"], "pods/inference_queue_duration_us",
+        "{discovery}"
+    );
+
+    // Idle: the first read of a pod is a baseline, later ones serve 0 µs.
+    rig.wait_for_served_pods(1, "0").await;
+    eventually(SCALE_WAIT, "the HPA reads inference_queue_duration_us 0", || async {
+        (rig.hpa_current_average().await.as_deref() == Some("0")).then_some(())
+    })
+    .await;
+
+    // Eight clients on one 100 ms instance: each request waits about 700 ms, far above 50 ms.
+    let load = Load::start(&triton.http, 8);
+    eventually(SCALE_WAIT, "the HPA scales the queued model out to 2", || async {
+        (rig.deployment_replicas().await == Some(2)).then_some(())
+    })
+    .await;
+    let busy = eventually(
+        SCALE_WAIT,
+        "both pods are served a queue time over the target",
+        || async {
+            let values = queue_values(&rig).await;
+            (values.len() == 2 && values.iter().all(|v| *v > f64::from(QUEUE_TARGET_US))).then_some(values)
+        },
+    )
+    .await;
+    eprintln!("queue time under load: {busy:?} µs");
+
+    // The load stops: once the window holds no requests the mean is 0 and the HPA scales in.
+    drop(load);
+    eventually(SCALE_WAIT, "the HPA scales the queued model back in to 1", || async {
+        (rig.deployment_replicas().await == Some(1)).then_some(())
+    })
+    .await;
+    rig.wait_for_served_pods(1, "0").await;
     rig.teardown().await;
 }
 
@@ -634,6 +822,7 @@ async fn bench_autoscaling_reaction() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(15.0),
     );
+    let _turn = API_SERVICE_TURN.lock().await;
     let rig = Rig::start("bench-autoscaling", 20).await;
     rig.ns
         .apply_model(&model_yaml())

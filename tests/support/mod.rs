@@ -152,6 +152,84 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A real tritonserver (CPU, python backend) on free loopback ports. Dropping it stops the
+/// server and removes its python-backend regions from /dev/shm.
+pub struct Triton {
+    pub process: ServerProcess,
+    pub grpc: String,
+    pub http: String,
+    pub metrics: String,
+    /// Names this server's python-backend regions in /dev/shm, so that they can be removed.
+    shm_prefix: String,
+}
+
+impl Drop for Triton {
+    /// A stub that dies while loading (a broken model) can leave its region behind; /dev/shm
+    /// is memory, so nothing of a test run may stay there.
+    fn drop(&mut self) {
+        self.process.stop();
+        for entry in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&self.shm_prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+impl Triton {
+    /// Serves the repository `repo` with `extra_args` (model control); logs into `log_dir`.
+    pub fn start(servers: &TestServers, repo: &Path, log_dir: &Path, extra_args: &[&str]) -> Self {
+        let (http_port, grpc_port, metrics_port) = (free_port(), free_port(), free_port());
+        let shm_prefix = format!("model-operator-test-{grpc_port}-");
+        let mut command = Command::new(servers.path("TRITONSERVER"));
+        command
+            .arg(format!("--model-repository={}", repo.display()))
+            .arg(format!(
+                "--backend-directory={}",
+                servers.path("TRITON_BACKENDS").display()
+            ))
+            .args(extra_args)
+            .arg(format!("--http-port={http_port}"))
+            .arg(format!("--grpc-port={grpc_port}"))
+            .arg(format!("--metrics-port={metrics_port}"))
+            .arg("--http-address=127.0.0.1")
+            .arg("--grpc-address=127.0.0.1")
+            // Inference metrics only: the GPU and CPU collectors have nothing to read here.
+            .arg("--allow-metrics=true")
+            .arg("--allow-gpu-metrics=false")
+            .arg("--allow-cpu-metrics=false")
+            .arg(format!("--backend-config=python,shm-region-prefix-name={shm_prefix}"))
+            // The python backend stub links Debian's libpython3.11 and the wheel's libraries.
+            .env("LD_LIBRARY_PATH", servers.value("TRITON_LD_LIBRARY_PATH"));
+        let process = ServerProcess::spawn(
+            "tritonserver",
+            command,
+            log_dir.join(format!("tritonserver-{grpc_port}.log")),
+            Shutdown::MainProcess,
+        );
+        Triton {
+            process,
+            grpc: format!("127.0.0.1:{grpc_port}"),
+            http: format!("http://127.0.0.1:{http_port}"),
+            metrics: format!("127.0.0.1:{metrics_port}"),
+            shm_prefix,
+        }
+    }
+
+    /// Waits until the server answers `/v2/health/ready` (it loads start-up models first).
+    pub async fn wait_until_ready(&self, timeout: Duration) {
+        let url = format!("{}/v2/health/ready", self.http);
+        wait_for("tritonserver ready", timeout, || async {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("{}\n{}", response.status(), self.process.log_tail())),
+                Err(error) => Err(format!("{error}\n{}", self.process.log_tail())),
+            }
+        })
+        .await
+    }
+}
+
 /// What `model-operator probe -o json` said.
 #[derive(Debug)]
 pub struct CliProbe {
