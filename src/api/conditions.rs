@@ -17,7 +17,6 @@ pub const ALL_TYPES: [&str; 5] = [VALIDATED, GPU_CAPACITY, MODEL_READY, AVAILABL
 
 /// Reasons shared by several condition types.
 pub mod reasons {
-    pub const SPEC_VALID: &str = "SpecValid";
     pub const SPEC_INVALID: &str = "SpecInvalid";
     pub const VALIDATION_RUNNING: &str = "ValidationRunning";
     pub const VALIDATION_SUCCEEDED: &str = "ValidationSucceeded";

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.metric) || self.autoscaling.metric != 'gpu-utilization' || has(self.gpu)").message("autoscaling.metric gpu-utilization needs spec.gpu: a model without GPUs has no GPU utilisation to scale on").field_path(".autoscaling.metric"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.metric) || self.autoscaling.metric != 'gpu-utilization' || !has(self.gpu) || !has(self.gpu.sharing) || self.gpu.sharing != 'mig'").message("autoscaling.metric gpu-utilization cannot be measured on a MIG slice (NVML reports none); use inference-queue or cpu").field_path(".autoscaling.metric"),
     validation = Rule::new("!has(self.gpu) || !has(self.resources) || ((!has(self.resources.limits) || !self.resources.limits.exists(k, k.startsWith('nvidia.com/'))) && (!has(self.resources.requests) || !self.resources.requests.exists(k, k.startsWith('nvidia.com/'))))").message("resources must not name nvidia.com/* resources when gpu is set: gpu.count sets them").field_path(".resources"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.target) || (has(self.autoscaling.metric) && self.autoscaling.metric == 'inference-queue') || self.autoscaling.target <= 100").message("autoscaling.target is a percentage for gpu-utilization and cpu, so it must be between 1 and 100").field_path(".autoscaling.target"),
 )]

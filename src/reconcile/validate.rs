@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     api::{
-        ModelDeployment, Runtime, ScalingMetric,
+        GpuSharing, ModelDeployment, Runtime, ScalingMetric,
         admission::{self, FieldError, FieldErrors},
     },
     gpu::GpuPlacement,
@@ -146,11 +146,20 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
     let gpu = spec.gpu.as_ref().map(GpuPlacement::from_spec);
     let scaling = if spec.autoscale {
         let autoscaling = spec.autoscaling.clone().unwrap_or_default();
-        let metric = autoscaling.metric.unwrap_or(if gpu.is_some() {
+        // NVML has no utilisation counter for a MIG slice, so MIG models default to CPU.
+        let mig = gpu.as_ref().is_some_and(|g| g.sharing == GpuSharing::Mig);
+        let metric = autoscaling.metric.unwrap_or(if gpu.is_some() && !mig {
             ScalingMetric::GpuUtilization
         } else {
             ScalingMetric::Cpu
         });
+        if metric == ScalingMetric::GpuUtilization && mig {
+            refuse(
+                "spec.autoscaling.metric",
+                "gpu-utilization cannot be measured on a MIG slice (NVML reports none); use inference-queue or cpu"
+                    .into(),
+            );
+        }
         if metric == ScalingMetric::InferenceQueue && profile.queue_time().is_none() {
             refuse(
                 "spec.autoscaling.metric",

@@ -841,6 +841,21 @@ fn gpu_utilization_without_gpus_is_refused() {
 }
 
 #[test]
+fn mig_models_scale_on_cpu_by_default_and_refuse_gpu_utilization() {
+    let mig = "gpu: {sharing: mig, migProfile: 1g.10gb}\nautoscale: true";
+    let desired = render(&with_spec(mig));
+    let hpa = desired.hpa.as_ref().unwrap();
+    let metric = &hpa.spec.as_ref().unwrap().metrics.as_ref().unwrap()[0];
+    assert_eq!(metric.type_, "Resource", "{}", show(hpa));
+    assert_eq!(metric.resource.as_ref().unwrap().name, "cpu", "{}", show(hpa));
+    assert_refused(
+        &with_spec(&format!("{mig}\nautoscaling: {{metric: gpu-utilization}}")),
+        "spec.autoscaling.metric",
+        "cannot be measured on a MIG slice",
+    );
+}
+
+#[test]
 fn queue_scaling_works_on_every_runtime() {
     for runtime in ["triton", "torchserve", "fastapi-pytorch"] {
         let yaml = with_spec("autoscale: true\nautoscaling: {metric: inference-queue}")
