@@ -109,6 +109,13 @@ pub fn model_env(model: &Validated, runtime_env: Vec<EnvVar>) -> Vec<EnvVar> {
         // GPU nodes' container runtime hands every GPU to a container whose image sets
         // NVIDIA_VISIBLE_DEVICES=all (Triton's does) unless told otherwise.
         env.push(plain("NVIDIA_VISIBLE_DEVICES", "void"));
+    } else {
+        // The device plugin picks the GPUs; these say what the container runtime mounts and how
+        // CUDA numbers them. Without `compute` an image that does not set it itself (a plain
+        // Python base, like the fastapi runtime's) gets no libcuda; PCI order makes CUDA's
+        // device 0 the same GPU as NVML's (and the node agent's) index 0.
+        env.push(plain("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"));
+        env.push(plain("CUDA_DEVICE_ORDER", "PCI_BUS_ID"));
     }
     env.extend(runtime_env);
     for user in &model.env {

@@ -298,9 +298,20 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
         ("nvidia.com/gpu.memory", "Gt"),
         "{deployment}"
     );
+    let server_env = server.env.as_ref().unwrap();
     assert!(
-        env_value(server.env.as_ref().unwrap(), "NVIDIA_VISIBLE_DEVICES").is_none(),
+        env_value(server_env, "NVIDIA_VISIBLE_DEVICES").is_none(),
         "the device plugin sets it:\n{deployment}"
+    );
+    assert_eq!(
+        env_value(server_env, "NVIDIA_DRIVER_CAPABILITIES"),
+        Some("compute,utility"),
+        "{deployment}"
+    );
+    assert_eq!(
+        env_value(server_env, "CUDA_DEVICE_ORDER"),
+        Some("PCI_BUS_ID"),
+        "{deployment}"
     );
     assert!(
         pod.volumes.as_ref().unwrap().iter().any(|v| v.name == "dshm"),
