@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
 
 use super::GpuPlacement;
 use crate::api::conditions::reasons;
@@ -90,7 +90,42 @@ fn pod_node(pod: &Pod) -> Option<&str> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodConstraints {
     pub node_selector: BTreeMap<String, String>,
+    /// The user's `requiredDuringSchedulingIgnoredDuringExecution` node affinity, if any.
+    pub required_affinity: Option<NodeSelector>,
     pub tolerations: Vec<Toleration>,
+}
+
+/// Kubernetes' node selector semantics: any term matches when all its requirements hold. An
+/// empty term matches nothing, as the scheduler has it.
+fn affinity_allows(selector: &NodeSelector, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    selector.node_selector_terms.iter().any(|term| {
+        let expressions = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        (!expressions.is_empty() || !fields.is_empty())
+            && expressions.iter().all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
+            // `metadata.name` is the only field a node selector may name.
+            && fields
+                .iter()
+                .all(|r| r.key == "metadata.name" && requirement_holds(r, Some(name)))
+    })
+}
+
+fn requirement_holds(requirement: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = requirement.values.as_deref().unwrap_or_default();
+    let number = |text: &str| text.parse::<i64>().ok();
+    match requirement.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|w| w == v)),
+        "NotIn" => value.is_none_or(|v| values.iter().all(|w| w != v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(number), values.first().and_then(|w| number(w))), (Some(have), Some(bound)) if have > bound)
+        }
+        "Lt" => {
+            matches!((value.and_then(number), values.first().and_then(|w| number(w))), (Some(have), Some(bound)) if have < bound)
+        }
+        _ => false,
+    }
 }
 
 /// The verdict, as a `GPUCapacity` condition would carry it.
@@ -119,6 +154,12 @@ pub fn check_capacity(
                 .node_selector
                 .iter()
                 .all(|(k, v)| node.labels.get(k) == Some(v))
+        })
+        .filter(|node| {
+            constraints
+                .required_affinity
+                .as_ref()
+                .is_none_or(|selector| affinity_allows(selector, &node.name, &node.labels))
         })
         .filter(|node| {
             node.taints
@@ -366,6 +407,54 @@ mod tests {
         };
         let report = check_capacity(&placement("count: 1"), 1, &constraints, &[zoned]);
         assert_eq!(report.reason, "NoMatchingNodes");
+    }
+
+    #[test]
+    fn the_users_required_node_affinity_narrows_the_nodes() {
+        let mut zone_a = a100_node("gpu-a100-0", 8, 0);
+        zone_a.labels.insert("zone".into(), "a".into());
+        let mut zone_b = a100_node("gpu-a100-1", 8, 6);
+        zone_b.labels.insert("zone".into(), "b".into());
+        let only = |yaml: &str| PodConstraints {
+            required_affinity: Some(serde_yaml_ng::from_str(yaml).unwrap()),
+            ..gpu_constraints()
+        };
+        let nodes = [zone_a, zone_b];
+        let in_b = only("nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [b]}]}]");
+        let report = check_capacity(&placement("count: 4"), 1, &in_b, &nodes);
+        assert_eq!(report.reason, "InsufficientGPUs", "{report:?}");
+        assert!(report.message.contains("gpu-a100-1 has 2 of 8 free"), "{report:?}");
+        assert!(!report.message.contains("gpu-a100-0"), "{report:?}");
+        // Terms are ORed; within a term, everything must hold.
+        let either = only(
+            "nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [c]}]}, {matchFields: [{key: metadata.name, operator: In, values: [gpu-a100-0]}]}]",
+        );
+        assert!(check_capacity(&placement("count: 4"), 1, &either, &nodes).fits);
+        let neither = only(
+            "nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: Exists}, {key: zone, operator: NotIn, values: [a, b]}]}]",
+        );
+        assert_eq!(
+            check_capacity(&placement("count: 1"), 1, &neither, &nodes).reason,
+            "NoMatchingNodes"
+        );
+    }
+
+    #[test]
+    fn node_selector_requirements_follow_the_scheduler() {
+        let labels: BTreeMap<String, String> = [("gpus".to_owned(), "8".to_owned())].into();
+        let holds = |operator: &str, values: &[&str], key: &str| {
+            let requirement = NodeSelectorRequirement {
+                key: key.to_owned(),
+                operator: operator.to_owned(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            };
+            requirement_holds(&requirement, labels.get(key).map(String::as_str))
+        };
+        assert!(holds("Gt", &["7"], "gpus") && !holds("Gt", &["8"], "gpus"));
+        assert!(holds("Lt", &["9"], "gpus") && !holds("Lt", &["x"], "gpus"));
+        assert!(holds("NotIn", &["4"], "gpus") && holds("NotIn", &["4"], "absent"));
+        assert!(holds("DoesNotExist", &[], "absent") && !holds("Exists", &[], "absent"));
+        assert!(!holds("Near", &["8"], "gpus"), "an unknown operator matches nothing");
     }
 
     #[test]

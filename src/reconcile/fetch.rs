@@ -114,6 +114,11 @@ impl Caches {
             .collect();
         let constraints = PodConstraints {
             node_selector: model.node_selector.clone(),
+            required_affinity: model
+                .affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|n| n.required_during_scheduling_ignored_during_execution.clone()),
             tolerations: crate::reconcile::build::pod_tolerations(model),
         };
         Some(check_capacity(
