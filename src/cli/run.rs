@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Private key (PEM) of --tls-cert-file.
     #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
+    /// How often the serving certificate files and the front proxy's CA are read again; a
+    /// change is served to new connections (cert-manager renewals, CA rotation).
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
     /// CA of the API server's front proxy (kube-apiserver's --requestheader-client-ca-file); when
     /// unset, read with the allowed names from kube-system/extension-apiserver-authentication.
     #[arg(long, env = "REQUESTHEADER_CLIENT_CA_FILE")]
@@ -136,6 +140,7 @@ impl RunArgs {
             custom_metrics_addr,
             tls_cert_file,
             tls_key_file,
+            tls_reload_interval,
             requestheader_client_ca_file,
             requestheader_allowed_names,
             agent_endpoints,
@@ -189,6 +194,7 @@ impl RunArgs {
                 agent_timeout,
                 sample_max_age,
                 delegated_authorization,
+                tls_reload_interval,
                 queue_time: custom_metrics::queue_time::Settings {
                     endpoints: runtime_metrics_endpoints,
                     pod_ips: probe_pod_ips,

@@ -27,6 +27,7 @@ use super::{
     agents::{FreshSamples, SampleSource, SamplesError},
     authorization::{Access, DelegatedAuthorizer, Requester},
     queue_time::QueueTimeSource,
+    reload::LiveTls,
     selector::LabelSelector,
     tls::FrontProxyTrust,
 };
@@ -59,7 +60,8 @@ pub struct ApiState {
     pub pods: Store<Pod>,
     pub samples: SampleSource,
     pub queue_time: QueueTimeSource,
-    pub trust: FrontProxyTrust,
+    /// The front proxy's CA and names in use now (they may be reloaded).
+    pub tls: Arc<LiveTls>,
     /// `None` leaves authorization to kube-apiserver alone (`--delegated-authorization=false`).
     pub authorizer: Option<DelegatedAuthorizer>,
 }
@@ -88,7 +90,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// against the requestheader CA in the handshake) with an allowed name, and a user header; then,
 /// unless disabled, only what a SubjectAccessReview allows that user.
 async fn front_proxy_only(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    let requester = match authenticate(&state.trust, &request) {
+    let requester = match authenticate(&state.tls.trust(), &request) {
         Ok(requester) => requester,
         Err(message) => return status(StatusCode::UNAUTHORIZED, "Unauthorized", &message),
     };
@@ -476,7 +478,7 @@ mod tests {
     }
 
     /// The router with one pod in the cache, whose node has no agent.
-    fn router_with_pod(allowed_names: Vec<String>) -> Router {
+    async fn router_with_pod(allowed_names: Vec<String>) -> Router {
         let (pods, mut writer) = kube::runtime::reflector::store::<Pod>();
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
             (*pod("a", Some("gpu-0"))).clone(),
@@ -494,11 +496,7 @@ mod tests {
                 timeout: std::time::Duration::from_secs(1),
             })
             .unwrap(),
-            trust: FrontProxyTrust {
-                ca_pem: vec![],
-                allowed_names,
-                source: "test".into(),
-            },
+            tls: super::super::reload::for_tests(allowed_names).await,
             authorizer: None,
         }))
     }
@@ -524,7 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_front_proxy_with_a_user_is_served() {
-        let app = router_with_pod(vec!["front-proxy-client".into()]);
+        let app = router_with_pod(vec!["front-proxy-client".into()]).await;
         let path = "/apis/custom.metrics.k8s.io/v1beta2";
         let user = [("X-Remote-User", "system:kube-aggregator")];
         let (code, body) = call(&app, path, None, &user).await;
@@ -542,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_answers_as_the_aggregator_expects() {
-        let app = router_with_pod(vec![]);
+        let app = router_with_pod(vec![]).await;
         let user = ("X-Remote-User", "u");
         let aggregated = (
             "Accept",
@@ -564,7 +562,7 @@ mod tests {
 
     #[tokio::test]
     async fn metric_requests_leave_out_pods_without_samples_and_refuse_bad_input() {
-        let app = router_with_pod(vec![]);
+        let app = router_with_pod(vec![]).await;
         let user = [("X-Remote-User", "u")];
         let base = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ml/pods";
         let (code, body) = call(

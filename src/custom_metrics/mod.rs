@@ -10,6 +10,7 @@ pub mod agents;
 pub mod api;
 pub mod authorization;
 pub mod queue_time;
+pub mod reload;
 pub mod selector;
 pub mod tls;
 
@@ -26,7 +27,6 @@ use kube::{
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info};
 
@@ -36,7 +36,7 @@ use self::{
     api::{ApiState, ClientCertificate},
     authorization::DelegatedAuthorizer,
     queue_time::QueueTimeSource,
-    tls::FrontProxyTrust,
+    reload::{IdentitySource, LiveTls, TrustSource},
 };
 
 /// A client that has not finished its handshake by then is dropped.
@@ -64,12 +64,15 @@ pub struct Settings {
     pub delegated_authorization: bool,
     /// Where the runtimes report queue time.
     pub queue_time: queue_time::Settings,
+    /// How often the certificate files and the front proxy's CA are read again.
+    pub tls_reload_interval: Duration,
 }
 
 /// Bound and configured; `serve` runs it.
 pub struct CustomMetricsServer {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<LiveTls>,
+    tls_reload_interval: Duration,
     app: axum::Router,
 }
 
@@ -90,6 +93,7 @@ impl CustomMetricsServer {
             sample_max_age,
             delegated_authorization,
             queue_time,
+            tls_reload_interval,
         } = settings;
         // Bound first: a taken port fails at once, and a port chosen by the caller is held
         // while the API calls below run.
@@ -97,21 +101,30 @@ impl CustomMetricsServer {
             .await
             .map_err(|e| anyhow::anyhow!("binding the custom metrics address {addr}: {e}"))?;
         let queue_time = QueueTimeSource::new(queue_time).map_err(|problem| anyhow::anyhow!(problem))?;
-        let trust = match requestheader_client_ca_file {
-            Some(path) => FrontProxyTrust::from_file(&path, requestheader_allowed_names)?,
-            None => FrontProxyTrust::from_cluster(client).await?,
+        let identity = match (tls_cert_file, tls_key_file) {
+            (Some(cert), Some(key)) => IdentitySource::Files { cert, key },
+            // Generated once (or refused as half a pair).
+            (cert, key) => IdentitySource::Generated(Arc::new(tls::serving_identity(cert.as_deref(), key.as_deref())?)),
         };
-        let identity = tls::serving_identity(tls_cert_file.as_deref(), tls_key_file.as_deref())?;
-        let acceptor = TlsAcceptor::from(tls::server_config(identity, &trust)?);
+        let trust_source = match requestheader_client_ca_file {
+            Some(ca) => TrustSource::File {
+                ca,
+                allowed_names: requestheader_allowed_names,
+            },
+            None => TrustSource::Cluster(client.clone()),
+        };
+        let tls = Arc::new(LiveTls::load(identity, trust_source).await?);
         let directory = if agent_endpoints.is_empty() {
             AgentDirectory::EndpointSlices(watch_agents(client, &agent_namespace, &agent_service))
         } else {
             AgentDirectory::from_flags(agent_endpoints)
         };
+        let trust = tls.trust();
         info!(
             %addr,
             requestheader_ca = %trust.source,
             allowed_names = ?trust.allowed_names,
+            ?tls_reload_interval,
             agents = ?directory,
             delegated_authorization,
             "custom metrics API configured"
@@ -120,12 +133,13 @@ impl CustomMetricsServer {
             pods,
             samples: SampleSource::new(directory, agent_timeout, sample_max_age),
             queue_time,
-            trust,
+            tls: tls.clone(),
             authorizer: delegated_authorization.then(|| DelegatedAuthorizer::new(client.clone())),
         });
         Ok(Self {
             listener,
-            acceptor,
+            tls,
+            tls_reload_interval,
             app: api::router(state),
         })
     }
@@ -138,9 +152,11 @@ impl CustomMetricsServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
-            acceptor,
+            tls,
+            tls_reload_interval,
             app,
         } = self;
+        let reloading = tokio::spawn(tls.clone().reload_every(tls_reload_interval));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         info!(addr = ?listener.local_addr().ok(), "serving custom.metrics.k8s.io");
@@ -155,7 +171,8 @@ impl CustomMetricsServer {
                 },
                 () = &mut shutdown => break,
             };
-            let acceptor = acceptor.clone();
+            // The configuration of this moment: a reload affects only later connections.
+            let acceptor = tls.acceptor();
             let app = app.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
@@ -188,6 +205,7 @@ impl CustomMetricsServer {
                 }
             });
         }
+        reloading.abort();
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
             debug!("custom metrics connections still open after {DRAIN_TIMEOUT:?}; closing them");
         }

@@ -1,0 +1,215 @@
+//! Certificates change while the operator runs: cert-manager renews the serving certificate in
+//! its Secret's files, and a cluster may rotate its front-proxy CA in
+//! `kube-system/extension-apiserver-authentication`. Every interval the server reads both again
+//! and, when either changed, serves new connections with a new TLS configuration. A file that
+//! is half-written or broken is reported and the previous configuration kept, so a bad renewal
+//! never takes the metrics API down.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use kube::Client;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use super::tls::{self, FrontProxyTrust, TlsError};
+
+/// Where the serving certificate comes from.
+#[derive(Clone)]
+pub enum IdentitySource {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Generated once at start; it never changes.
+    Generated(Arc<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>),
+}
+
+/// Where the front proxy's CA comes from.
+#[derive(Clone)]
+pub enum TrustSource {
+    File { ca: PathBuf, allowed_names: Vec<String> },
+    Cluster(Client),
+}
+
+/// The TLS configuration connections are accepted with now, and the trust requests are
+/// checked against; both replaced together on a change.
+pub struct LiveTls {
+    identity: IdentitySource,
+    trust_source: TrustSource,
+    acceptor: RwLock<TlsAcceptor>,
+    trust: RwLock<Arc<FrontProxyTrust>>,
+    /// Of the certificate, key, CA and names in use, to tell a change from a re-read.
+    fingerprint: RwLock<[u8; 32]>,
+}
+
+impl LiveTls {
+    /// Loads everything once; any problem here stops the operator with the file's name.
+    pub async fn load(identity: IdentitySource, trust_source: TrustSource) -> Result<Self, TlsError> {
+        let (chain, key, trust) = read_sources(&identity, &trust_source).await?;
+        let fingerprint = fingerprint(&chain, &key, &trust);
+        let acceptor = TlsAcceptor::from(tls::server_config((chain, key), &trust)?);
+        Ok(Self {
+            identity,
+            trust_source,
+            acceptor: RwLock::new(acceptor),
+            trust: RwLock::new(Arc::new(trust)),
+            fingerprint: RwLock::new(fingerprint),
+        })
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .expect("never poisoned: no panics while held")
+            .clone()
+    }
+
+    pub fn trust(&self) -> Arc<FrontProxyTrust> {
+        self.trust.read().expect("never poisoned: no panics while held").clone()
+    }
+
+    /// Reads the sources again and swaps in a new configuration if they changed. Returns
+    /// whether it did; an error leaves the current configuration serving.
+    pub async fn reload(&self) -> Result<bool, TlsError> {
+        let (chain, key, trust) = read_sources(&self.identity, &self.trust_source).await?;
+        let fingerprint = fingerprint(&chain, &key, &trust);
+        if fingerprint == *self.fingerprint.read().expect("never poisoned") {
+            return Ok(false);
+        }
+        let acceptor = TlsAcceptor::from(tls::server_config((chain, key), &trust)?);
+        info!(requestheader_ca = %trust.source, allowed_names = ?trust.allowed_names, "custom metrics TLS reloaded: new connections use the new certificate or CA");
+        *self.acceptor.write().expect("never poisoned") = acceptor;
+        *self.trust.write().expect("never poisoned") = Arc::new(trust);
+        *self.fingerprint.write().expect("never poisoned") = fingerprint;
+        Ok(true)
+    }
+
+    /// Reloads every `interval` until dropped (the server's task owns it).
+    pub async fn reload_every(self: Arc<Self>, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.reload().await {
+                warn!(%error, "custom metrics TLS not reloaded; the current certificate and CA stay in use");
+            }
+        }
+    }
+}
+
+type Loaded = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, FrontProxyTrust);
+
+async fn read_sources(identity: &IdentitySource, trust: &TrustSource) -> Result<Loaded, TlsError> {
+    let (chain, key) = match identity {
+        IdentitySource::Files { cert, key } => tls::serving_identity(Some(cert), Some(key))?,
+        IdentitySource::Generated(generated) => (generated.0.clone(), generated.1.clone_key()),
+    };
+    let trust = match trust {
+        TrustSource::File { ca, allowed_names } => FrontProxyTrust::from_file(ca, allowed_names.clone())?,
+        TrustSource::Cluster(client) => FrontProxyTrust::from_cluster(client).await?,
+    };
+    Ok((chain, key, trust))
+}
+
+fn fingerprint(chain: &[CertificateDer<'_>], key: &PrivateKeyDer<'_>, trust: &FrontProxyTrust) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for certificate in chain {
+        hash.update(certificate.as_ref());
+    }
+    hash.update(key.secret_der());
+    hash.update(&trust.ca_pem);
+    for name in &trust.allowed_names {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize().into()
+}
+
+/// A live configuration with a self-generated serving certificate and a throwaway front-proxy
+/// CA, for tests of what sits behind the TLS layer.
+#[cfg(test)]
+pub async fn for_tests(allowed_names: Vec<String>) -> Arc<LiveTls> {
+    let ca = rcgen::generate_simple_self_signed(vec!["front-proxy-ca".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("front-proxy-ca.crt");
+    std::fs::write(&path, ca.cert.pem()).unwrap();
+    let identity = IdentitySource::Generated(Arc::new(tls::serving_identity(None, None).unwrap()));
+    let trust = TrustSource::File {
+        ca: path,
+        allowed_names,
+    };
+    Arc::new(LiveTls::load(identity, trust).await.unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A self-signed certificate for `name` and its key, as PEM files in `dir`.
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let generated = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        // Written beside and renamed over, as the kubelet updates a mounted Secret.
+        std::fs::write(dir.join("tls.crt.new"), generated.cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key.new"), generated.signing_key.serialize_pem()).unwrap();
+        std::fs::rename(dir.join("tls.crt.new"), &cert).unwrap();
+        std::fs::rename(dir.join("tls.key.new"), &key).unwrap();
+        (cert, key)
+    }
+
+    fn write_ca(dir: &Path) -> PathBuf {
+        let ca = rcgen::generate_simple_self_signed(vec!["front-proxy-ca".to_owned()]).unwrap();
+        let path = dir.join("ca.crt");
+        std::fs::write(&path, ca.cert.pem()).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_or_ca_is_swapped_in_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path(), "first");
+        let ca = write_ca(dir.path());
+        let live = LiveTls::load(
+            IdentitySource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            TrustSource::File {
+                ca: ca.clone(),
+                allowed_names: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!live.reload().await.unwrap(), "nothing changed");
+
+        write_pair(dir.path(), "second");
+        assert!(live.reload().await.unwrap(), "a renewed certificate is taken");
+        assert!(!live.reload().await.unwrap());
+
+        let old_ca = live.trust().ca_pem.clone();
+        write_ca(dir.path());
+        assert!(live.reload().await.unwrap(), "a rotated CA is taken");
+        assert_ne!(live.trust().ca_pem, old_ca);
+
+        // A half-written renewal: the error names the file and the configuration stays.
+        let trust_before = live.trust().ca_pem.clone();
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+        let error = live.reload().await.unwrap_err().to_string();
+        assert!(error.contains("tls.crt"), "{error}");
+        assert_eq!(live.trust().ca_pem, trust_before);
+        write_pair(dir.path(), "third");
+        std::fs::remove_file(&ca).unwrap();
+        let error = live.reload().await.unwrap_err().to_string();
+        assert!(error.contains("ca.crt"), "{error}");
+    }
+}
