@@ -4,6 +4,8 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
+# Helm installs CRDs only from the chart's own crds/, so the chart carries a copy.
+CHART_CRD_FILE := charts/model-operator/crds/modeldeployments.mlops.sathvik.dev.yaml
 # Slow installs (model servers, Python environments) live here, outside the repo, once per machine.
 export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
@@ -37,13 +39,15 @@ e2e: test-servers
 	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
 	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_
 
-## crd-check: fails when crds/ differs from what the API types generate.
+## crd-check: fails when crds/ (or the chart's copy) differs from what the API types generate.
 crd-check:
 	$(CARGO) run --quiet -- crd | diff -u $(CRD_FILE) - || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
+	diff -u $(CRD_FILE) $(CHART_CRD_FILE) || { echo "$(CHART_CRD_FILE) is stale: run 'make crds' and commit"; exit 1; }
 
-## crds: regenerate the committed CRD from the API types.
+## crds: regenerate the committed CRD (and the Helm chart's copy) from the API types.
 crds:
 	$(CARGO) run --quiet -- crd > $(CRD_FILE)
+	cp $(CRD_FILE) $(CHART_CRD_FILE)
 
 build:
 	$(CARGO) build --release
