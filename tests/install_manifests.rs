@@ -35,7 +35,10 @@ fn typed<T: DeserializeOwned>(document: Value, what: &str) -> T {
     let mut unknown = Vec::new();
     let value: T = serde_ignored::deserialize(document, |field| unknown.push(field.to_string()))
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(unknown.is_empty(), "{what}: fields the API server would drop: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "{what}: fields the API server would drop: {unknown:?}"
+    );
     value
 }
 
@@ -47,7 +50,10 @@ fn one<T: DeserializeOwned>(file: &str, kind: &str) -> T {
 
 fn operator_container(deployment: &Deployment) -> &Container {
     let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    pod.containers.iter().find(|c| c.name == "operator").expect("an `operator` container")
+    pod.containers
+        .iter()
+        .find(|c| c.name == "operator")
+        .expect("an `operator` container")
 }
 
 #[test]
@@ -90,11 +96,21 @@ fn probes_and_ports_are_the_operators_defaults() {
             .container_port
     };
     // `model-operator run`'s --metrics-addr, --health-addr and --custom-metrics-addr defaults.
-    assert_eq!((port("metrics"), port("health"), port("custom-metrics")), (8080, 8081, 6443));
-    for (probe, path) in [(&container.liveness_probe, "/healthz"), (&container.readiness_probe, "/readyz")] {
+    assert_eq!(
+        (port("metrics"), port("health"), port("custom-metrics")),
+        (8080, 8081, 6443)
+    );
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
         let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
         assert_eq!(get.path.as_deref(), Some(path));
-        assert_eq!(get.port, IntOrString::String("health".into()), "{path} is on the admin port");
+        assert_eq!(
+            get.port,
+            IntOrString::String("health".into()),
+            "{path} is on the admin port"
+        );
     }
     let metrics: Service = one("config/manager/service.yaml", "Service");
     let service_port = &metrics.spec.unwrap().ports.unwrap()[0];
@@ -112,16 +128,25 @@ fn the_operator_pod_meets_the_restricted_profile() {
         Some("RuntimeDefault")
     );
     let container = operator_container(&deployment);
-    let security = container.security_context.as_ref().expect("a container securityContext");
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("a container securityContext");
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.run_as_non_root, Some(true));
     let capabilities = security.capabilities.as_ref().unwrap();
     assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     assert!(capabilities.add.is_none());
-    assert!(pod.volumes.is_none(), "restricted allows no hostPath; the operator needs no volume");
     assert!(
-        container.image.as_deref().is_some_and(|i| !i.ends_with(":latest") && i.contains(':')),
+        pod.volumes.is_none(),
+        "restricted allows no hostPath; the operator needs no volume"
+    );
+    assert!(
+        container
+            .image
+            .as_deref()
+            .is_some_and(|i| !i.ends_with(":latest") && i.contains(':')),
         "a pinned image tag"
     );
 }
@@ -150,7 +175,9 @@ fn rules(file: &Path) -> Vec<(String, PolicyRule)> {
     let text = std::fs::read_to_string(file).unwrap();
     let mut rules = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(&text) {
-        let Ok(value) = Value::deserialize(document) else { continue };
+        let Ok(value) = Value::deserialize(document) else {
+            continue;
+        };
         let what = format!("{} {} {}", file.display(), value["kind"], value["metadata"]["name"]);
         let found = match value["kind"].as_str() {
             Some("ClusterRole") => typed::<ClusterRole>(value, &what).rules,
@@ -167,7 +194,11 @@ fn no_rbac_rule_has_a_wildcard() {
     let mut files = Vec::new();
     yaml_files(&path("config"), &mut files);
     let rules: Vec<(String, PolicyRule)> = files.iter().flat_map(|f| rules(f)).collect();
-    assert!(rules.len() >= 10, "expected the operator's rules, found {}", rules.len());
+    assert!(
+        rules.len() >= 10,
+        "expected the operator's rules, found {}",
+        rules.len()
+    );
     for (what, rule) in &rules {
         let fields = [
             rule.api_groups.clone().unwrap_or_default(),
@@ -188,7 +219,11 @@ fn the_operator_may_write_only_what_it_applies() {
     let mut writes = Vec::new();
     for rule in role.rules.unwrap() {
         for resource in rule.resources.iter().flatten() {
-            for verb in rule.verbs.iter().filter(|v| !["get", "list", "watch"].contains(&v.as_str())) {
+            for verb in rule
+                .verbs
+                .iter()
+                .filter(|v| !["get", "list", "watch"].contains(&v.as_str()))
+            {
                 writes.push(format!("{verb} {resource}"));
             }
         }
@@ -231,7 +266,11 @@ fn every_kustomization_lists_what_exists() {
     yaml_files(&path("config"), &mut files);
     files.push(path("crds/kustomization.yaml"));
     let kustomizations: Vec<&PathBuf> = files.iter().filter(|f| f.ends_with("kustomization.yaml")).collect();
-    assert!(kustomizations.iter().any(|k| k.ends_with("config/default/kustomization.yaml")));
+    assert!(
+        kustomizations
+            .iter()
+            .any(|k| k.ends_with("config/default/kustomization.yaml"))
+    );
     for kustomization in kustomizations {
         let parsed: Kustomization = serde_yaml_ng::from_str(&std::fs::read_to_string(kustomization).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", kustomization.display()));
