@@ -4,15 +4,18 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 CRD_FILE := crds/modeldeployments.mlops.sathvik.dev.yaml
+# Helm installs CRDs only from the chart's own crds/, so the chart carries a copy.
+CHART_CRD_FILE := charts/model-operator/crds/modeldeployments.mlops.sathvik.dev.yaml
 # Slow installs (model servers, Python environments) live here, outside the repo, once per machine.
 export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
-.PHONY: test lint fmt-check clippy unit e2e crd-check crds build render-examples demo \
+.PHONY: test lint fmt-check clippy unit e2e install-check release-build crd-check crds build render-examples demo \
 	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling \
 	test-servers test-inference
 
-## test: everything CI checks: formatting, lints, every test tier available, CRD drift.
-test: fmt-check clippy crd-check unit test-inference e2e
+## test: everything CI checks: formatting, lints, every test tier available, CRD drift, the
+## install bundles on the local cluster, and the release builds that go into the images.
+test: fmt-check clippy crd-check unit test-inference e2e install-check release-build
 
 ## demo: the local cluster, the operator and the examples, left running (`make cluster-down` stops them).
 demo:
@@ -37,13 +40,31 @@ e2e: test-servers
 	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
 	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_
 
-## crd-check: fails when crds/ differs from what the API types generate.
+## install-check: `kubectl apply -k config/default` and the Helm chart on the local cluster (started
+## if needed): accepted by the API server, scheduled where they should be, RBAC enough for the real
+## operator binary run as the installed ServiceAccount; then removed. Holds the cluster lock that
+## e2e runs take, since both use the one custom-metrics APIService.
+install-check:
+	tests/install/check.sh
+
+## release-build: the two release binaries the Dockerfile's images contain, built by the script
+## its build stages run (a static musl operator, a glibc node agent), then checked: the operator
+## is static, the node agent loads NVML at run time, both start.
+RELEASE_DIR ?= $(or $(CARGO_TARGET_DIR),target)/release-images
+release-build:
+	hack/build-release.sh operator $(RELEASE_DIR)
+	hack/build-release.sh node-agent $(RELEASE_DIR)
+	hack/build-release.sh --verify $(RELEASE_DIR)
+
+## crd-check: fails when crds/ (or the chart's copy) differs from what the API types generate.
 crd-check:
 	$(CARGO) run --quiet -- crd | diff -u $(CRD_FILE) - || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
+	diff -u $(CRD_FILE) $(CHART_CRD_FILE) || { echo "$(CHART_CRD_FILE) is stale: run 'make crds' and commit"; exit 1; }
 
-## crds: regenerate the committed CRD from the API types.
+## crds: regenerate the committed CRD (and the Helm chart's copy) from the API types.
 crds:
 	$(CARGO) run --quiet -- crd > $(CRD_FILE)
+	cp $(CRD_FILE) $(CHART_CRD_FILE)
 
 build:
 	$(CARGO) build --release

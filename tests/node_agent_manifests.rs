@@ -99,7 +99,16 @@ fn the_service_is_headless_with_the_metrics_port() {
 }
 
 #[test]
-fn the_kustomization_lists_both() {
+fn the_agent_has_its_own_service_account_without_a_token() {
+    let account: k8s_openapi::api::core::v1::ServiceAccount = manifest("serviceaccount.yaml");
+    assert_eq!(account.automount_service_account_token, Some(false));
+    let daemonset: DaemonSet = manifest("daemonset.yaml");
+    let pod = daemonset.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name, account.metadata.name);
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/node-agent/kustomization.yaml");
     let kustomization: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let resources: Vec<&str> = kustomization["resources"]
@@ -108,5 +117,5 @@ fn the_kustomization_lists_both() {
         .iter()
         .filter_map(|r| r.as_str())
         .collect();
-    assert_eq!(resources, ["daemonset.yaml", "service.yaml"]);
+    assert_eq!(resources, ["daemonset.yaml", "service.yaml", "serviceaccount.yaml"]);
 }

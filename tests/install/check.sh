@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# The install bundles on the local control plane (`make install-check`): `kubectl apply -k
+# config/default`, then the Helm chart in another namespace. For each it checks that
+#
+#   - the API server accepts every object (server-side dry run first, then for real);
+#   - the operator Deployment has 2 replicas and they run (kwok fakes running pods: no image is
+#     pulled), and the node-agent DaemonSet runs exactly on the GPU nodes;
+#   - the operator's pods would pass Pod Security `restricted` (only the node agent needs more);
+#   - RBAC has no wildcard, and the node agent's ServiceAccount may write nothing;
+#   - the operator's ServiceAccount may do everything the operator does: the real operator binary
+#     runs on this machine *as that ServiceAccount* (impersonated), must sync every watch cache,
+#     take the leader Lease, reconcile a ModelDeployment through validation Job, ConfigMap,
+#     Deployment, Service and HPA to Ready, prune the HPA, publish Events and release the Lease,
+#     without a single "forbidden" in its log;
+#
+# then removes everything it created and waits until it is gone. The ModelDeployment CRD is shared
+# with the e2e tier and is never deleted. The custom-metrics APIService has a fixed name that the
+# e2e autoscaling test also registers, so the whole run holds the cluster lock that e2e runs take
+# too, and deletes the APIService before it lets go.
+#
+# Env: CLUSTER_DIR (the running cluster; default <repo>/.cluster), MODEL_OPERATOR_BIN (an operator
+# binary to run; default: `cargo build --bin model-operator`), LOCK_WAIT_S (default 1800).
+set -euo pipefail
+# shellcheck source=tests/cluster/lib.sh
+source "$(dirname "$0")/../cluster/lib.sh"
+
+LOCK_FILE=/tmp/model-operator-cluster.lock
+LOCK_WAIT_S=${LOCK_WAIT_S:-1800}
+WAIT_S=120
+KUBECTL="$CLUSTER_DIR/bin/kubectl"
+HELM="$CLUSTER_DIR/bin/helm"
+KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
+# prometheus-operator's real ServiceMonitor CRD, from its Go module (cached in GOMODCACHE).
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+SERVICEMONITOR_CRD=servicemonitors.monitoring.coreos.com
+MODEL_CRD=modeldeployments.mlops.sathvik.dev
+API_SERVICE=v1beta2.custom.metrics.k8s.io
+KUSTOMIZE_NAMESPACE=model-operator-system
+HELM_NAMESPACE=model-operator-helm-check
+HELM_RELEASE=helm-check
+# Where the operator runs as its ServiceAccount: one namespace of its own, so nothing else is touched.
+MODEL_NAMESPACE=install-check-models
+MODEL=install-check
+
+WORK=$(mktemp -d /tmp/install-check.XXXXXX)
+OPERATOR_PID=
+CREATED_SERVICEMONITOR_CRD=false
+
+k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+helm_() { "$HELM" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+fail() { die "install-check: $*"; }
+
+# Polls "$@" every second for up to $1 seconds.
+wait_until() {
+  local timeout=$1 what=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail "timed out after ${timeout}s waiting for $what"
+    sleep 1
+  done
+}
+
+gone() { ! k get "$@" >/dev/null 2>&1; }
+
+one_line() { tr '\n' ' ' <<<"$1" | sed 's/ $//'; }
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup: runs on every exit, so a failed check leaves the cluster as it found it.
+
+stop_operator() {
+  [[ -n $OPERATOR_PID ]] || return 0
+  kill -TERM "$OPERATOR_PID" 2>/dev/null || true
+  local deadline=$((SECONDS + 20))
+  while process_alive "$OPERATOR_PID" && ((SECONDS < deadline)); do sleep 0.5; done
+  if process_alive "$OPERATOR_PID"; then
+    log "the operator did not stop on SIGTERM within 20s; killing it"
+    kill -KILL "$OPERATOR_PID" 2>/dev/null || true
+  fi
+  wait "$OPERATOR_PID" 2>/dev/null || true
+  OPERATOR_PID=
+}
+
+# The APIService goes before any namespace: while it points at a Service with no server behind
+# it (nothing routes cluster IPs here), discovery is partial and the namespace controller cannot
+# finish a deletion (REFERENCE.md §1.5).
+delete_api_service() {
+  k delete apiservice "$API_SERVICE" --ignore-not-found --wait=true --timeout=60s >/dev/null || true
+}
+
+# The namespace the operator wrote into; deleted once the APIService is gone.
+delete_model_namespace() {
+  k delete namespace "$MODEL_NAMESPACE" --ignore-not-found --wait=true --timeout="${WAIT_S}s" >/dev/null ||
+    log "warning: namespace $MODEL_NAMESPACE was not gone after ${WAIT_S}s"
+}
+
+delete_kustomize_install() {
+  delete_api_service
+  delete_model_namespace
+  [[ -s $WORK/kustomize.objects ]] || return 0
+  local kind name namespace
+  while read -r kind name namespace; do
+    case $kind in
+      CustomResourceDefinition | Namespace) continue ;; # the CRD is shared; the namespace goes last
+    esac
+    k delete "$kind" "$name" ${namespace:+--namespace "$namespace"} --ignore-not-found --wait=false >/dev/null || true
+  done <"$WORK/kustomize.objects"
+  k delete namespace "$KUSTOMIZE_NAMESPACE" --ignore-not-found --wait=true --timeout="${WAIT_S}s" >/dev/null ||
+    log "warning: namespace $KUSTOMIZE_NAMESPACE was not gone after ${WAIT_S}s"
+}
+
+delete_helm_install() {
+  if helm_ status "$HELM_RELEASE" --namespace "$HELM_NAMESPACE" >/dev/null 2>&1; then
+    helm_ uninstall "$HELM_RELEASE" --namespace "$HELM_NAMESPACE" --wait --timeout "${WAIT_S}s" >/dev/null ||
+      log "warning: helm uninstall $HELM_RELEASE failed"
+  fi
+  delete_api_service
+  delete_model_namespace
+  k delete namespace "$HELM_NAMESPACE" --ignore-not-found --wait=true --timeout="${WAIT_S}s" >/dev/null ||
+    log "warning: namespace $HELM_NAMESPACE was not gone after ${WAIT_S}s"
+}
+
+cleanup() {
+  local status=$?
+  stop_operator
+  delete_kustomize_install
+  delete_helm_install
+  if [[ $CREATED_SERVICEMONITOR_CRD == true ]]; then
+    k delete crd "$SERVICEMONITOR_CRD" --ignore-not-found --wait=true --timeout=60s >/dev/null || true
+  fi
+  if ((status != 0)); then
+    log "install-check FAILED; its files (operator logs, rendered manifests) are in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by both installs.
+
+# $1 namespace, $2 Deployment, $3 DaemonSet
+check_workloads() {
+  local namespace=$1 deployment=$2 daemonset=$3
+  local replicas
+  replicas=$(k get deployment "$deployment" -n "$namespace" -o jsonpath='{.spec.replicas}')
+  [[ $replicas == 2 ]] || fail "deployment/$deployment in $namespace has $replicas replicas, not 2"
+  k rollout status deployment "$deployment" -n "$namespace" --timeout="${WAIT_S}s" >/dev/null ||
+    fail "deployment/$deployment in $namespace did not become available"
+  local running
+  running=$(k get pods -n "$namespace" -l app.kubernetes.io/name=model-operator,app.kubernetes.io/component=controller \
+    --field-selector=status.phase=Running -o name | wc -l)
+  ((running == 2)) || fail "$running operator pods run in $namespace, not 2"
+
+  # Every GPU node (GPU feature discovery's label) and no other node gets an agent.
+  local gpu_nodes
+  gpu_nodes=$(k get nodes -l nvidia.com/gpu.present=true -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort)
+  [[ -n $gpu_nodes ]] || fail "the cluster has no node labelled nvidia.com/gpu.present=true"
+  k get nodes -l '!nvidia.com/gpu.present' -o name | grep -q . ||
+    fail "the cluster has no CPU-only node, so GPU-only scheduling is not tested"
+  wait_until "$WAIT_S" "daemonset/$daemonset in $namespace to run on every GPU node" daemonset_ready "$namespace" "$daemonset"
+  local agent_nodes
+  agent_nodes=$(k get pods -n "$namespace" -l app.kubernetes.io/name=node-agent \
+    -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort)
+  [[ $agent_nodes == "$gpu_nodes" ]] ||
+    fail "node agents of daemonset/$daemonset run on [$(one_line "$agent_nodes")], the GPU nodes are [$(one_line "$gpu_nodes")]"
+  log "$namespace: deployment/$deployment 2/2 running; daemonset/$daemonset on the GPU nodes only: $(one_line "$agent_nodes")"
+}
+
+daemonset_ready() {
+  local desired ready
+  read -r desired ready < <(k get daemonset "$2" -n "$1" -o jsonpath='{.status.desiredNumberScheduled} {.status.numberReady}')
+  [[ -n $desired && $desired != 0 && $desired == "$ready" ]]
+}
+
+# What the API server's PodSecurity admission says of the running pods at `restricted`: only the
+# node agent (hostPath, root) may be named.
+check_pod_security() {
+  local namespace=$1 warnings
+  warnings=$(k label --dry-run=server --overwrite namespace "$namespace" \
+    pod-security.kubernetes.io/enforce=restricted 2>&1 >/dev/null)
+  grep -q 'node-agent' <<<"$warnings" ||
+    fail "expected PodSecurity 'restricted' to name the node agent's pods in $namespace; it said: $warnings"
+  local offenders
+  offenders=$(grep '^Warning: ' <<<"$warnings" | grep -v 'violate the new PodSecurity' | grep -v '^Warning: [^ :]*node-agent' || true)
+  [[ -z $offenders ]] || fail "pods other than the node agent's violate PodSecurity 'restricted' in $namespace: $offenders"
+}
+
+# No '*' in any rule of the given roles ("Kind name [namespace]" lines on stdin).
+check_no_wildcards() {
+  local kind name namespace rules
+  while read -r kind name namespace; do
+    rules=$(k get "$kind" "$name" ${namespace:+--namespace "$namespace"} \
+      -o jsonpath='{range .rules[*]}{.apiGroups} {.resources} {.verbs}{"\n"}{end}')
+    if grep -F '"*"' <<<"$rules"; then
+      fail "$kind/$name has a wildcard rule"
+    fi
+  done
+}
+
+# The node agent may write nothing: beyond the self-reviews every authenticated user may create,
+# `kubectl auth can-i --list` must show only read verbs.
+check_agent_writes_nothing() {
+  local namespace=$1 account=$2 rights writes
+  rights=$(k auth can-i --list --namespace "$namespace" --as "system:serviceaccount:$namespace:$account")
+  writes=$(awk 'NR > 1 && $1 !~ /^selfsubject(access|rules)?reviews\./ && $0 ~ /create|update|patch|delete|deletecollection|\[\*\]|escalate|bind|impersonate/' <<<"$rights")
+  [[ -z $writes ]] || fail "serviceaccount $namespace/$account may write: $writes"
+  for verb in create patch delete; do
+    for resource in pods configmaps nodes leases.coordination.k8s.io modeldeployments.mlops.sathvik.dev; do
+      [[ $(k auth can-i "$verb" "$resource" --all-namespaces --as "system:serviceaccount:$namespace:$account" 2>/dev/null) == no ]] ||
+        fail "serviceaccount $namespace/$account may $verb $resource"
+    done
+  done
+}
+
+operator_binary() {
+  if [[ -n ${MODEL_OPERATOR_BIN:-} ]]; then
+    [[ -x $MODEL_OPERATOR_BIN ]] || fail "MODEL_OPERATOR_BIN=$MODEL_OPERATOR_BIN is not an executable"
+    printf '%s' "$MODEL_OPERATOR_BIN"
+    return
+  fi
+  (cd "$REPO_ROOT" && ${CARGO:-cargo} build --quiet --bin model-operator) >&2
+  printf '%s' "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/model-operator"
+}
+
+log_field() { grep -o "\"$2\":\"[^\"]*\"" "$1" | head -n 1 | cut -d'"' -f4; }
+
+# Fails, showing first what the API server refused the operator (its log's "forbidden" errors).
+operator_fail() {
+  local log=$1; shift
+  grep -i forbidden "$log" | sed -n 's/.*"error":"\(.*\)"},"target".*/\1/p' | sort -u | head -n 5 | cut -c1-400 >&2 || true
+  fail "$* (log: $log)"
+}
+
+http_ok() { curl -sf --max-time 2 "$1" >/dev/null; }
+
+no_hpa() { ! k get hpa "$MODEL" -n "$MODEL_NAMESPACE" >/dev/null 2>&1; }
+
+has_events() {
+  k get events.events.k8s.io -n "$MODEL_NAMESPACE" --field-selector "regarding.name=$MODEL" -o name | grep -q .
+}
+
+# Runs the operator binary as the ServiceAccount the install created ($1 namespace, $2 account,
+# $3 node-agent Service) and drives one ModelDeployment through every kind of write it makes.
+check_operator_rbac() {
+  local namespace=$1 account=$2 agent_service=$3 label=$4
+  local log="$WORK/operator-$label.log"
+  k create namespace "$MODEL_NAMESPACE" >/dev/null
+  log "$label: running the operator as serviceaccount $namespace/$account"
+  # The impersonation variables are kube-rs' own (Config::infer); the admin certificate may
+  # impersonate. Groups as the API server gives a ServiceAccount's token.
+  # Its fd 9 (the cluster lock) is closed: a stray operator must not hold the lock.
+  KUBECONFIG="$KUBECONFIG_FILE" \
+    KUBE_RS_DEBUG_IMPERSONATE_USER="system:serviceaccount:$namespace:$account" \
+    KUBE_RS_DEBUG_IMPERSONATE_GROUP="system:serviceaccounts,system:serviceaccounts:$namespace,system:authenticated" \
+    RUST_LOG=info \
+    "$OPERATOR_BIN" --log-format json run \
+    --watch-namespace "$MODEL_NAMESPACE" \
+    --lease-namespace "$namespace" --lease-name install-check-leader --holder-id install-check \
+    --agent-namespace "$namespace" --agent-service "$agent_service" \
+    --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --custom-metrics-addr 127.0.0.1:0 \
+    --probe-pod-ips=false >"$log" 2>&1 9>&- &
+  OPERATOR_PID=$!
+
+  local deadline=$((SECONDS + 60)) health=
+  until [[ -n $health ]]; do
+    process_alive "$OPERATOR_PID" || { tail -n 20 "$log" >&2; fail "$label: the operator exited at start (log: $log)"; }
+    ((SECONDS < deadline)) || fail "$label: the operator logged no listening addresses in 60s (log: $log)"
+    sleep 0.5
+    health=$(log_field "$log" health_addr)
+  done
+  # /readyz: every watch cache listed, i.e. list+watch on every kind it caches.
+  wait_until 60 "$label: the operator's /readyz (every watch cache synced; log: $log)" http_ok "http://$health/readyz"
+  wait_until 30 "$label: the operator to take the leader Lease (log: $log)" grep -q 'became the leader' "$log"
+
+  # TorchServe (a ConfigMap), a validation Job and an HPA: every kind the operator writes.
+  k apply -n "$MODEL_NAMESPACE" -f - >/dev/null <<EOF
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata:
+  name: $MODEL
+spec:
+  modelURI: https://example.com/models/install-check.mar
+  runtime: torchserve
+  version: v1
+  validateScript: validate.py
+  resources:
+    requests: {cpu: 100m, memory: 128Mi}
+  autoscale: true
+  autoscaling: {minReplicas: 1, maxReplicas: 2, metric: cpu, target: 80}
+EOF
+  k wait --for=condition=Ready "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" --timeout=90s >/dev/null ||
+    operator_fail "$log" "$label: ModelDeployment $MODEL did not become Ready under the operator's RBAC"
+  for object in job configmap deployment service hpa; do
+    k get "$object" -n "$MODEL_NAMESPACE" -l app.kubernetes.io/managed-by=model-operator -o name | grep -q . ||
+      fail "$label: the operator created no $object for $MODEL"
+  done
+  # Pruning: the HPA goes when autoscaling is turned off.
+  k patch "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" --type merge -p '{"spec":{"autoscale":false}}' >/dev/null
+  wait_until 30 "$label: the operator to delete the HPA of $MODEL (log: $log)" no_hpa
+  wait_until 30 "$label: Events about $MODEL" has_events
+
+  stop_operator
+  grep -q 'stepped down as leader' "$log" || fail "$label: the operator did not release its Lease on SIGTERM (log: $log)"
+  if grep -qiE 'forbidden|\b403\b' "$log"; then
+    operator_fail "$log" "$label: the API server refused the operator something (above)"
+  fi
+  log "$label: the operator synced, led, reconciled $MODEL to Ready, pruned its HPA and published Events as $namespace/$account"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+install_servicemonitor_crd() {
+  if k get crd "$SERVICEMONITOR_CRD" >/dev/null 2>&1; then
+    return
+  fi
+  local module=github.com/prometheus-operator/prometheus-operator dir
+  dir=$(go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  local crd="$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+  [[ -f $crd ]] || fail "no ServiceMonitor CRD at $crd (go mod download $module@$PROMETHEUS_OPERATOR_VERSION)"
+  k apply --server-side -f "$crd" >/dev/null
+  CREATED_SERVICEMONITOR_CRD=true
+  k wait --for=condition=Established "crd/$SERVICEMONITOR_CRD" --timeout=60s >/dev/null
+  log "installed prometheus-operator $PROMETHEUS_OPERATOR_VERSION's ServiceMonitor CRD"
+}
+
+note_api_service_takeover() {
+  if k get apiservice "$API_SERVICE" >/dev/null 2>&1; then
+    log "taking over $API_SERVICE (left by 'make demo'?); it is deleted at the end: run 'make demo' again afterwards"
+  fi
+}
+
+check_kustomize() {
+  local started=$SECONDS
+  note_api_service_takeover
+  k kustomize "$REPO_ROOT/config/default" >"$WORK/kustomize.yaml"
+  # A server-side dry run of namespaced objects needs their namespace to exist.
+  k apply --server-side -f "$REPO_ROOT/config/default/namespace.yaml" >/dev/null
+  echo "Namespace $KUSTOMIZE_NAMESPACE" >"$WORK/kustomize.objects"
+  k apply -k "$REPO_ROOT/config/default" --server-side --force-conflicts --dry-run=server >"$WORK/kustomize-dry-run.txt" ||
+    fail "kubectl apply -k config/default --dry-run=server was refused"
+  # --force-conflicts: the CRD and the APIService may already be owned by e2e's or the demo's apply.
+  k apply -k "$REPO_ROOT/config/default" --server-side --force-conflicts \
+    -o jsonpath='{range .items[*]}{.kind} {.metadata.name} {.metadata.namespace}{"\n"}{end}' \
+    >"$WORK/kustomize.objects" || fail "kubectl apply -k config/default was refused"
+  log "kustomize: the API server accepted $(wc -l <"$WORK/kustomize.objects") objects (dry run, then for real)"
+
+  check_workloads "$KUSTOMIZE_NAMESPACE" model-operator node-agent
+  check_pod_security "$KUSTOMIZE_NAMESPACE"
+  awk '$1 == "ClusterRole" || $1 == "Role"' "$WORK/kustomize.objects" | check_no_wildcards
+  check_agent_writes_nothing "$KUSTOMIZE_NAMESPACE" node-agent
+  check_operator_rbac "$KUSTOMIZE_NAMESPACE" model-operator node-agent kustomize
+
+  delete_kustomize_install
+  gone namespace "$KUSTOMIZE_NAMESPACE" || fail "namespace $KUSTOMIZE_NAMESPACE is still there after deleting it"
+  gone apiservice "$API_SERVICE" || fail "apiservice $API_SERVICE is still there after deleting it"
+  gone clusterrole model-operator || fail "clusterrole model-operator is still there after deleting it"
+  k get crd "$MODEL_CRD" >/dev/null || fail "the ModelDeployment CRD must survive the cleanup"
+  log "kustomize: checked and removed in $((SECONDS - started))s"
+}
+
+check_helm() {
+  local started=$SECONDS chart="$REPO_ROOT/charts/model-operator" server_version
+  server_version=$(k version -o json | sed -n 's/^ *"gitVersion": "\(v[0-9.]*\)".*/\1/p' | tail -n 1)
+  helm_ lint --strict "$chart" >"$WORK/helm-lint.txt" || { cat "$WORK/helm-lint.txt" >&2; fail "helm lint failed"; }
+
+  # Rendering: the defaults, and every part turned off.
+  helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --kube-version "$server_version" \
+    --set serviceMonitor.enabled=true >"$WORK/helm-template.yaml"
+  for kind in Deployment DaemonSet APIService ServiceMonitor ClusterRole; do
+    grep -q "^kind: $kind$" "$WORK/helm-template.yaml" || fail "helm template rendered no $kind"
+  done
+  helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --kube-version "$server_version" \
+    --set nodeAgent.enabled=false,customMetrics.enabled=false,serviceMonitor.enabled=false,rbac.create=false \
+    >"$WORK/helm-template-minimal.yaml"
+  for kind in DaemonSet APIService ServiceMonitor ClusterRole Role; do
+    if grep -q "^kind: $kind$" "$WORK/helm-template-minimal.yaml"; then
+      fail "helm template rendered a $kind although its part is turned off"
+    fi
+  done
+
+  note_api_service_takeover
+  k create namespace "$HELM_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
+  helm_ install "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --set serviceMonitor.enabled=true \
+    --dry-run=server >"$WORK/helm-dry-run.yaml" || fail "helm install --dry-run=server was refused"
+  # The APIService may be owned by e2e's or the demo's apply, and Helm refuses to adopt an object
+  # it did not create: it goes first (it is this test's to take over while it holds the lock).
+  k delete apiservice "$API_SERVICE" --ignore-not-found >/dev/null
+  helm_ install "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --set serviceMonitor.enabled=true \
+    --wait --timeout "${WAIT_S}s" >"$WORK/helm-install.txt" || fail "helm install was refused or did not become ready"
+  log "helm: release $HELM_RELEASE installed in $HELM_NAMESPACE"
+
+  local fullname="$HELM_RELEASE-model-operator"
+  check_workloads "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent"
+  check_pod_security "$HELM_NAMESPACE"
+  printf '%s\n' "ClusterRole $fullname" "ClusterRole $fullname-custom-metrics-reader" "Role $fullname $HELM_NAMESPACE" |
+    check_no_wildcards
+  check_agent_writes_nothing "$HELM_NAMESPACE" "$fullname-node-agent"
+  k get servicemonitor -n "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" >/dev/null ||
+    fail "helm: the ServiceMonitors were not created"
+  check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm
+
+  delete_helm_install
+  gone namespace "$HELM_NAMESPACE" || fail "namespace $HELM_NAMESPACE is still there after deleting it"
+  gone apiservice "$API_SERVICE" || fail "apiservice $API_SERVICE is still there after helm uninstall"
+  gone clusterrole "$fullname" || fail "clusterrole $fullname is still there after helm uninstall"
+  k get crd "$MODEL_CRD" >/dev/null || fail "helm uninstall must leave the ModelDeployment CRD"
+  log "helm: checked and removed in $((SECONDS - started))s"
+}
+
+main() {
+  command -v curl >/dev/null || fail "curl is required"
+  command -v flock >/dev/null || fail "flock (util-linux) is required"
+  exec 9>"$LOCK_FILE"
+  log "waiting for the cluster lock $LOCK_FILE (held while e2e runs)"
+  flock -w "$LOCK_WAIT_S" 9 || fail "waited ${LOCK_WAIT_S}s for $LOCK_FILE; is an e2e run stuck?"
+  local started=$SECONDS
+  trap cleanup EXIT
+
+  # Starts the cluster if needed, keeping the running controller manager's HPA sync period.
+  HPA_SYNC_PERIOD=${HPA_SYNC_PERIOD:-$(cat "$CLUSTER_DIR/hpa-sync-period" 2>/dev/null || echo 15s)} \
+    "$CLUSTER_SCRIPTS/up.sh"
+  [[ -x $KUBECTL && -x $HELM ]] || fail "no kubectl or helm in $CLUSTER_DIR/bin (tests/cluster/up.sh links them)"
+  OPERATOR_BIN=$(operator_binary)
+  for leftover in "$KUSTOMIZE_NAMESPACE" "$HELM_NAMESPACE" "$MODEL_NAMESPACE"; do
+    gone namespace "$leftover" || fail "namespace $leftover already exists: a previous run's leftover? delete it first"
+  done
+  install_servicemonitor_crd
+
+  check_kustomize
+  check_helm
+  log "install-check passed in $((SECONDS - started))s"
+}
+
+main "$@"

@@ -1,0 +1,287 @@
+//! `config/default`'s own pieces (`config/rbac`, `config/manager`, the namespace): they parse as
+//! their Kubernetes types with no field the API server would drop, the operator Deployment keeps
+//! the promises the operator's flags and the restricted Pod Security profile depend on, and no
+//! RBAC rule anywhere under `config/` has a wildcard. `make install-check` applies the whole
+//! tree to the local cluster; these catch the same mistakes without one.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Container, Namespace, Service},
+        rbac::v1::{ClusterRole, PolicyRule, Role},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+
+fn path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(file)
+}
+
+/// Every document of a file, as JSON values.
+fn documents(file: &str) -> Vec<Value> {
+    let path = path(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect()
+}
+
+/// One document as `T`, refusing fields `T` does not know.
+fn typed<T: DeserializeOwned>(document: Value, what: &str) -> T {
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(document, |field| unknown.push(field.to_string()))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        unknown.is_empty(),
+        "{what}: fields the API server would drop: {unknown:?}"
+    );
+    value
+}
+
+fn one<T: DeserializeOwned>(file: &str, kind: &str) -> T {
+    let mut found: Vec<Value> = documents(file).into_iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "{file}: one {kind}");
+    typed(found.remove(0), &format!("{file} {kind}"))
+}
+
+fn operator_container(deployment: &Deployment) -> &Container {
+    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    pod.containers
+        .iter()
+        .find(|c| c.name == "operator")
+        .expect("an `operator` container")
+}
+
+#[test]
+fn the_operator_runs_two_replicas_with_leader_election() {
+    let deployment: Deployment = one("config/manager/deployment.yaml", "Deployment");
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let container = operator_container(&deployment);
+    assert_eq!(container.args.as_deref(), Some(&["run".to_owned()][..]));
+    let env = container.env.as_deref().unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.name == "DISABLE_LEADER_ELECTION"),
+        "two replicas need the Lease"
+    );
+    // The Lease lives in the pod's own namespace (where the leader-election Role grants it).
+    let from_field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(from_field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(from_field("POD_NAME").as_deref(), Some("metadata.name"));
+    let account = spec.template.spec.as_ref().unwrap().service_account_name.clone();
+    let service_account: Value = documents("config/rbac/service_account.yaml").remove(0);
+    assert_eq!(account.as_deref(), service_account["metadata"]["name"].as_str());
+}
+
+#[test]
+fn probes_and_ports_are_the_operators_defaults() {
+    let deployment: Deployment = one("config/manager/deployment.yaml", "Deployment");
+    let container = operator_container(&deployment);
+    let port = |name: &str| {
+        container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("a port named {name}"))
+            .container_port
+    };
+    // `model-operator run`'s --metrics-addr, --health-addr and --custom-metrics-addr defaults.
+    assert_eq!(
+        (port("metrics"), port("health"), port("custom-metrics")),
+        (8080, 8081, 6443)
+    );
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            get.port,
+            IntOrString::String("health".into()),
+            "{path} is on the admin port"
+        );
+    }
+    let metrics: Service = one("config/manager/service.yaml", "Service");
+    let service_port = &metrics.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(service_port.target_port, Some(IntOrString::String("metrics".into())));
+}
+
+#[test]
+fn the_operator_pod_meets_the_restricted_profile() {
+    let deployment: Deployment = one("config/manager/deployment.yaml", "Deployment");
+    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod_security = pod.security_context.as_ref().expect("a pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_security.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let container = operator_container(&deployment);
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("a container securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_non_root, Some(true));
+    let capabilities = security.capabilities.as_ref().unwrap();
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(capabilities.add.is_none());
+    assert!(
+        pod.volumes.is_none(),
+        "restricted allows no hostPath; the operator needs no volume"
+    );
+    assert!(
+        container
+            .image
+            .as_deref()
+            .is_some_and(|i| !i.ends_with(":latest") && i.contains(':')),
+        "a pinned image tag"
+    );
+}
+
+#[test]
+fn the_namespace_says_why_it_is_privileged() {
+    let namespace: Namespace = one("config/default/namespace.yaml", "Namespace");
+    let labels = namespace.metadata.labels.unwrap();
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
+    assert_eq!(namespace.metadata.name.as_deref(), Some("model-operator-system"));
+}
+
+/// Every file under `config/` (the Prometheus examples included) and the chart's templates.
+fn yaml_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            found.push(path);
+        }
+    }
+}
+
+fn rules(file: &Path) -> Vec<(String, PolicyRule)> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut rules = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let Ok(value) = Value::deserialize(document) else {
+            continue;
+        };
+        let what = format!("{} {} {}", file.display(), value["kind"], value["metadata"]["name"]);
+        let found = match value["kind"].as_str() {
+            Some("ClusterRole") => typed::<ClusterRole>(value, &what).rules,
+            Some("Role") => typed::<Role>(value, &what).rules,
+            _ => None,
+        };
+        rules.extend(found.into_iter().flatten().map(|rule| (what.clone(), rule)));
+    }
+    rules
+}
+
+#[test]
+fn no_rbac_rule_has_a_wildcard() {
+    let mut files = Vec::new();
+    yaml_files(&path("config"), &mut files);
+    let rules: Vec<(String, PolicyRule)> = files.iter().flat_map(|f| rules(f)).collect();
+    assert!(
+        rules.len() >= 10,
+        "expected the operator's rules, found {}",
+        rules.len()
+    );
+    for (what, rule) in &rules {
+        let fields = [
+            rule.api_groups.clone().unwrap_or_default(),
+            rule.resources.clone().unwrap_or_default(),
+            rule.verbs.clone(),
+            rule.non_resource_urls.clone().unwrap_or_default(),
+        ];
+        assert!(
+            !fields.iter().flatten().any(|f| f.contains('*')),
+            "{what}: a wildcard in {rule:?}"
+        );
+    }
+}
+
+#[test]
+fn the_operator_may_write_only_what_it_applies() {
+    let role: ClusterRole = one("config/rbac/role.yaml", "ClusterRole");
+    let mut writes = Vec::new();
+    for rule in role.rules.unwrap() {
+        for resource in rule.resources.iter().flatten() {
+            for verb in rule
+                .verbs
+                .iter()
+                .filter(|v| !["get", "list", "watch"].contains(&v.as_str()))
+            {
+                writes.push(format!("{verb} {resource}"));
+            }
+        }
+    }
+    // Server-side apply of every child kind (src/reconcile/apply.rs), pruning of the optional ones,
+    // the status, Events; nothing on pods, nodes or the ModelDeployment's spec.
+    let mut expected = vec![
+        "update modeldeployments/finalizers",
+        "patch modeldeployments/status",
+        "create deployments",
+        "patch deployments",
+        "create services",
+        "patch services",
+        "create jobs",
+        "patch jobs",
+        "create horizontalpodautoscalers",
+        "patch horizontalpodautoscalers",
+        "delete horizontalpodautoscalers",
+        "create configmaps",
+        "patch configmaps",
+        "delete configmaps",
+        "create events",
+        "patch events",
+    ];
+    let mut writes: Vec<&str> = writes.iter().map(String::as_str).collect();
+    writes.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(writes, expected);
+}
+
+#[derive(Deserialize)]
+struct Kustomization {
+    resources: Vec<String>,
+}
+
+/// Every kustomization's resources exist, as files or as directories with a kustomization.
+#[test]
+fn every_kustomization_lists_what_exists() {
+    let mut files = Vec::new();
+    yaml_files(&path("config"), &mut files);
+    files.push(path("crds/kustomization.yaml"));
+    let kustomizations: Vec<&PathBuf> = files.iter().filter(|f| f.ends_with("kustomization.yaml")).collect();
+    assert!(
+        kustomizations
+            .iter()
+            .any(|k| k.ends_with("config/default/kustomization.yaml"))
+    );
+    for kustomization in kustomizations {
+        let parsed: Kustomization = serde_yaml_ng::from_str(&std::fs::read_to_string(kustomization).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", kustomization.display()));
+        let dir = kustomization.parent().unwrap();
+        for resource in parsed.resources {
+            let target = dir.join(&resource);
+            assert!(
+                target.is_file() || target.join("kustomization.yaml").is_file(),
+                "{} lists {resource}, which is neither a file nor a kustomization",
+                kustomization.display()
+            );
+        }
+    }
+}
