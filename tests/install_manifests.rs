@@ -285,3 +285,24 @@ fn every_kustomization_lists_what_exists() {
         }
     }
 }
+
+/// The HPA controller's grant names every metric the custom metrics API serves, in the
+/// kustomize tree and in the chart: a metric left out would read as forbidden in the HPA.
+#[test]
+fn the_hpa_may_read_every_served_metric() {
+    let wanted: Vec<String> = model_operator::custom_metrics::api::POD_METRICS
+        .iter()
+        .map(|metric| format!("pods/{metric}"))
+        .collect();
+    let reader = rules(&path("config/custom-metrics/rbac.yaml"))
+        .into_iter()
+        .find(|(what, _)| what.contains("custom-metrics-reader"))
+        .expect("config/custom-metrics/rbac.yaml has the custom metrics reader role");
+    assert_eq!(reader.1.resources.as_deref(), Some(wanted.as_slice()), "{}", reader.0);
+    let chart = std::fs::read_to_string(path("charts/model-operator/templates/rbac.yaml")).unwrap();
+    let listed = wanted.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+    assert!(
+        chart.contains(&format!("resources: [{listed}]")),
+        "the chart's reader role should list {listed}"
+    );
+}

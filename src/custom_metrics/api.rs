@@ -38,7 +38,7 @@ use crate::{
 
 pub const GROUP: &str = "custom.metrics.k8s.io";
 /// The metrics served for pods, each from its own source.
-const POD_METRICS: [&str; 2] = [GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC];
+pub const POD_METRICS: [&str; 2] = [GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC];
 /// Newest first: the preferred version leads.
 const VERSIONS: [&str; 2] = ["v1beta2", "v1beta1"];
 /// The header that carries the user the front proxy authenticated.
