@@ -2,9 +2,10 @@
 //! metrics that really exist: the operator's (its `/metrics` encoder), the node agent's (the real
 //! binary's `/metrics`, on a fake GPU) or kube-state-metrics' HPA series, listed below.
 
+mod support;
+
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -243,40 +244,13 @@ impl Drop for Process {
     }
 }
 
-/// The node agent and the fake NVML library, built as the e2e tier builds them: by the cargo that
-/// built this test, into its target directory and profile.
-fn build_node_agent() -> (PathBuf, PathBuf) {
-    let profile_dir = Path::new(env!("CARGO_BIN_EXE_model-operator"))
-        .parent()
-        .expect("the operator binary is in a profile directory");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "node-agent",
-            "-p",
-            "fake-nvml",
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("running cargo to build the node agent");
-    assert!(status.success(), "building node-agent and fake-nvml failed: {status}");
-    (profile_dir.join("node-agent"), profile_dir.join("libnvidia_ml.so"))
-}
-
 /// The real node agent's `/metrics` for one fake GPU with every reading NVML can give.
 async fn node_agent_exposition() -> String {
-    let (agent, nvml_lib) = build_node_agent();
+    let binaries = support::node_agent_binaries();
+    let (agent, nvml_lib) = (&binaries.node_agent, &binaries.nvml_lib);
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("libnvidia-ml.so.1");
-    std::fs::copy(&nvml_lib, &lib).unwrap();
+    std::fs::copy(nvml_lib, &lib).unwrap();
     let config = dir.path().join("nvml.json");
     let gpu = json!({"devices": [{"uuid": "GPU-8f6b2a10-5c3d-4e1f-9a7b-0c1d2e3f4a5b", "utilizationGpu": 87,
         "utilizationMemory": 41, "memoryUsedMiB": 40960, "powerMilliwatts": 275500, "temperatureC": 61,
@@ -286,7 +260,7 @@ async fn node_agent_exposition() -> String {
     let file = std::fs::File::create(&log).unwrap();
     // No kubelet socket: the agent serves the GPUs unattributed and keeps retrying the kubelet.
     let _agent = Process(
-        Command::new(&agent)
+        Command::new(agent)
             .env("FAKE_NVML_CONFIG", &config)
             .arg("--nvml-lib")
             .arg(&lib)

@@ -11,7 +11,6 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -61,61 +60,6 @@ spec:
     scaleDownStabilizationSeconds: 0
 "
     )
-}
-
-/// The node agent, the fake NVML library and the fake kubelet, built once per test binary by
-/// the cargo that built it, into its own target directory.
-struct Binaries {
-    node_agent: PathBuf,
-    nvml_lib: PathBuf,
-    fake_kubelet: PathBuf,
-}
-
-fn binaries() -> &'static Binaries {
-    static BINARIES: OnceLock<Binaries> = OnceLock::new();
-    BINARIES.get_or_init(|| {
-        let operator = Path::new(env!("CARGO_BIN_EXE_model-operator"));
-        let profile_dir = operator
-            .parent()
-            .expect("the operator binary is in a profile directory");
-        let target_dir = profile_dir
-            .parent()
-            .expect("the profile directory is in a target directory");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "node-agent",
-                "-p",
-                "fake-nvml",
-                "-p",
-                "fake-kubelet",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir);
-        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-            cargo.arg("--release");
-        }
-        let status = cargo
-            .status()
-            .expect("running cargo to build the node agent and its doubles");
-        assert!(
-            status.success(),
-            "building node-agent, fake-nvml and fake-kubelet failed: {status}"
-        );
-        let binaries = Binaries {
-            node_agent: profile_dir.join("node-agent"),
-            nvml_lib: profile_dir.join("libnvidia_ml.so"),
-            fake_kubelet: profile_dir.join("fake-kubelet-podresources"),
-        };
-        for path in [&binaries.node_agent, &binaries.nvml_lib, &binaries.fake_kubelet] {
-            assert!(path.exists(), "{} was not built", path.display());
-        }
-        binaries
-    })
 }
 
 /// A child process with its output in a file; killed when dropped.
@@ -192,7 +136,7 @@ impl GpuNode {
         let name = A100_NODES[node_index];
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let binaries = binaries();
+        let binaries = crate::servers::node_agent_binaries();
         let nvml_lib = dir.join("libnvidia-ml.so.1");
         std::fs::copy(&binaries.nvml_lib, &nvml_lib).unwrap();
         let nvml_config = dir.join("nvml.json");

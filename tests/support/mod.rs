@@ -398,3 +398,58 @@ pub fn series_total(exposition: &str, metric: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The node agent, the fake NVML library and the fake kubelet, built once per test binary by
+/// the cargo that built it, into its own target directory.
+pub struct NodeAgentBinaries {
+    pub node_agent: PathBuf,
+    pub nvml_lib: PathBuf,
+    pub fake_kubelet: PathBuf,
+}
+
+pub fn node_agent_binaries() -> &'static NodeAgentBinaries {
+    static BINARIES: std::sync::OnceLock<NodeAgentBinaries> = std::sync::OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let operator = Path::new(env!("CARGO_BIN_EXE_model-operator"));
+        let profile_dir = operator
+            .parent()
+            .expect("the operator binary is in a profile directory");
+        let target_dir = profile_dir
+            .parent()
+            .expect("the profile directory is in a target directory");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "node-agent",
+                "-p",
+                "fake-nvml",
+                "-p",
+                "fake-kubelet",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo
+            .status()
+            .expect("running cargo to build the node agent and its doubles");
+        assert!(
+            status.success(),
+            "building node-agent, fake-nvml and fake-kubelet failed: {status}"
+        );
+        let binaries = NodeAgentBinaries {
+            node_agent: profile_dir.join("node-agent"),
+            nvml_lib: profile_dir.join("libnvidia_ml.so"),
+            fake_kubelet: profile_dir.join("fake-kubelet-podresources"),
+        };
+        for path in [&binaries.node_agent, &binaries.nvml_lib, &binaries.fake_kubelet] {
+            assert!(path.exists(), "{} was not built", path.display());
+        }
+        binaries
+    })
+}
