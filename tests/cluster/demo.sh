@@ -140,7 +140,7 @@ all_settled() {
 
 main() {
   "$CLUSTER_SCRIPTS/up.sh"
-  kubectl_q apply --server-side --field-manager=model-operator-demo -f "$REPO_ROOT/crds/"
+  kubectl_q apply --server-side --field-manager=model-operator-demo -f "$REPO_ROOT/crds/modeldeployments.mlops.sathvik.dev.yaml"
   kubectl_q wait --for=condition=Established --timeout=30s crd/modeldeployments.mlops.sathvik.dev
   "$KUBECTL" create namespace "$OPERATOR_NAMESPACE" --dry-run=client -o yaml | kubectl_q apply -f -
   start_node_agents
