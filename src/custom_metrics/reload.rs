@@ -156,14 +156,70 @@ mod tests {
 
     /// A self-signed certificate for `name` and its key, as PEM files in `dir`.
     fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let generated = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        write_pair_for(dir, vec![name.to_owned()]).0
+    }
+
+    /// The same for several names; also returns the certificate, for a client to trust.
+    fn write_pair_for(dir: &Path, names: Vec<String>) -> ((PathBuf, PathBuf), CertificateDer<'static>) {
+        let generated = rcgen::generate_simple_self_signed(names).unwrap();
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
         // Written beside and renamed over, as the kubelet updates a mounted Secret.
         std::fs::write(dir.join("tls.crt.new"), generated.cert.pem()).unwrap();
         std::fs::write(dir.join("tls.key.new"), generated.signing_key.serialize_pem()).unwrap();
         std::fs::rename(dir.join("tls.crt.new"), &cert).unwrap();
         std::fs::rename(dir.join("tls.key.new"), &key).unwrap();
-        (cert, key)
+        ((cert, key), generated.cert.der().clone())
+    }
+
+    /// Whether a client that trusts only `trusted` completes a handshake with a connection
+    /// accepted by `live` now.
+    async fn handshake_trusting(live: &LiveTls, trusted: &CertificateDer<'static>) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = live.acceptor();
+        let server = tokio::spawn(async move { acceptor.accept(server_io).await.is_ok() });
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        // The client's stream stays open until the server has finished: it still writes (its
+        // session tickets) after the client's last handshake message.
+        let client = connector.connect(name, client_io).await;
+        let server = server.await.unwrap();
+        client.is_ok() && server
+    }
+
+    #[tokio::test]
+    async fn new_connections_are_served_the_renewed_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ((cert, key), first) = write_pair_for(dir.path(), vec!["localhost".to_owned()]);
+        let live = LiveTls::load(
+            IdentitySource::Files { cert, key },
+            TrustSource::File {
+                ca: write_ca(dir.path()),
+                allowed_names: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        assert!(handshake_trusting(&live, &first).await, "the first certificate serves");
+
+        let (_, second) = write_pair_for(dir.path(), vec!["localhost".to_owned()]);
+        assert!(
+            !handshake_trusting(&live, &second).await,
+            "not read again yet: the first one still serves"
+        );
+        assert!(live.reload().await.unwrap());
+        assert!(
+            handshake_trusting(&live, &second).await,
+            "the renewed certificate serves"
+        );
+        assert!(!handshake_trusting(&live, &first).await, "the old one no longer does");
     }
 
     fn write_ca(dir: &Path) -> PathBuf {
