@@ -157,11 +157,14 @@ impl RunArgs {
                 return ExitCode::from(2);
             }
         };
-        // Checked here too, so a typo stops the operator before it connects to anything.
-        if let Err(problem) = parse_model_endpoints("runtime-metrics-endpoint", &runtime_metrics_endpoints) {
-            error!("{problem}");
-            return ExitCode::from(2);
-        }
+        let runtime_metrics_endpoints =
+            match parse_model_endpoints("runtime-metrics-endpoint", &runtime_metrics_endpoints) {
+                Ok(endpoints) => endpoints,
+                Err(problem) => {
+                    error!("{problem}");
+                    return ExitCode::from(2);
+                }
+            };
         let lease = (!disable_leader_election).then(|| LeaseSettings {
             namespace: lease_namespace,
             lease_name,

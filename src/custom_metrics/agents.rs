@@ -10,6 +10,8 @@ use kube::runtime::reflector::Store;
 use node_agent::samples::{NodeSamples, SAMPLES_PATH};
 use tracing::debug;
 
+use crate::probe::host_port;
+
 /// One `NODE=HOST:PORT` of `--agent-endpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentEndpoint {
@@ -78,13 +80,7 @@ fn agent_in_slice(slice: &EndpointSlice, node: &str) -> Option<String> {
         .endpoints
         .iter()
         .find(|e| e.node_name.as_deref() == Some(node) && e.conditions.as_ref().and_then(|c| c.ready) != Some(false))?;
-    let ip = endpoint.addresses.first()?;
-    // An IPv6 address needs brackets before the port.
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    })
+    Some(host_port(endpoint.addresses.first()?, port))
 }
 
 /// Why a node's samples are not used; the pods on it get no value.
@@ -130,14 +126,9 @@ pub struct FreshSamples {
 
 impl SampleSource {
     pub fn new(directory: AgentDirectory, timeout: Duration, max_age: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .expect("an HTTP client without TLS settings builds");
         Self {
             directory,
-            http,
+            http: super::http_client(timeout),
             max_age,
         }
     }

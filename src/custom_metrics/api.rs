@@ -491,11 +491,10 @@ mod tests {
                 std::time::Duration::from_secs(5),
             ),
             queue_time: QueueTimeSource::new(super::super::queue_time::Settings {
-                endpoints: vec![],
+                endpoints: Default::default(),
                 pod_ips: false,
                 timeout: std::time::Duration::from_secs(1),
-            })
-            .unwrap(),
+            }),
             tls: super::super::reload::for_tests(allowed_names).await,
             authorizer: None,
         }))

@@ -44,6 +44,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may finish their requests after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A plain-HTTP client whose every request, connecting included, ends within `timeout`: for the
+/// node agents' samples and the runtimes' metrics endpoints.
+fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .expect("an HTTP client without TLS settings builds")
+}
+
 /// The custom-metrics server's flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -100,7 +110,7 @@ impl CustomMetricsServer {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding the custom metrics address {addr}: {e}"))?;
-        let queue_time = QueueTimeSource::new(queue_time).map_err(|problem| anyhow::anyhow!(problem))?;
+        let queue_time = QueueTimeSource::new(queue_time);
         let identity = match (tls_cert_file, tls_key_file) {
             (Some(cert), Some(key)) => IdentitySource::Files { cert, key },
             // Generated once (or refused as half a pair).

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::api::PodValue;
 use crate::{
     api::Runtime,
-    probe::{ModelEndpoints, parse_model_endpoints},
+    probe::{ModelEndpoints, host_port},
     reconcile::build::{LABEL_MODEL, LABEL_RUNTIME},
     runtimes::{QueueCounters, QueueTimeSeries, profile},
 };
@@ -37,9 +37,9 @@ const CONCURRENT_READS: usize = 32;
 /// The flags that say where the runtimes' metrics endpoints are.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
-    /// `NAMESPACE/NAME=HOST:PORT` (`--runtime-metrics-endpoint`): one address for every pod of a
-    /// ModelDeployment, for operators that cannot reach pod IPs.
-    pub endpoints: Vec<String>,
+    /// `--runtime-metrics-endpoint`: one address for every pod of a ModelDeployment, for
+    /// operators that cannot reach pod IPs.
+    pub endpoints: ModelEndpoints,
     /// Read each pod at its IP (`--probe-pod-ips`).
     pub pod_ips: bool,
     pub timeout: Duration,
@@ -135,19 +135,13 @@ pub struct Target {
 }
 
 impl QueueTimeSource {
-    pub fn new(settings: Settings) -> Result<Self, String> {
-        let overrides = parse_model_endpoints("runtime-metrics-endpoint", &settings.endpoints)?;
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .build()
-            .map_err(|error| format!("an HTTP client for runtime metrics: {error}"))?;
-        Ok(Self {
-            http,
-            overrides,
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            http: super::http_client(settings.timeout),
+            overrides: settings.endpoints,
             pod_ips: settings.pod_ips,
             reads: Mutex::default(),
-        })
+        }
     }
 
     /// Where `pod`'s runtime reports queue time: the override of its ModelDeployment, else its
@@ -155,9 +149,9 @@ impl QueueTimeSource {
     /// without an IP yet, or that the operator may not reach.
     pub fn target(&self, pod: &Pod) -> Option<Target> {
         let labels = pod.labels();
-        let runtime: Runtime = labels
-            .get(LABEL_RUNTIME)
-            .and_then(|r| serde_json::from_value(serde_json::Value::String(r.clone())).ok())?;
+        // The builder writes the runtime's spec spelling into the label.
+        let label = labels.get(LABEL_RUNTIME)?;
+        let runtime = Runtime::ALL.into_iter().find(|r| r.as_str() == label)?;
         let series = profile(runtime).queue_time()?;
         let namespace = pod.namespace()?;
         let model = labels.get(LABEL_MODEL)?;
@@ -165,12 +159,7 @@ impl QueueTimeSource {
             Some(address) => address.clone(),
             None if self.pod_ips => {
                 let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
-                let host = if ip.contains(':') {
-                    format!("[{ip}]")
-                } else {
-                    ip.to_owned()
-                };
-                format!("{host}:{}", series.port.port)
+                host_port(ip, series.port.port)
             }
             None => return None,
         };
@@ -257,6 +246,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::probe::parse_model_endpoints;
 
     fn totals(queued_us: f64, requests: f64) -> QueueCounters {
         QueueCounters { queued_us, requests }
@@ -339,12 +329,12 @@ mod tests {
     }
 
     fn source(endpoints: &[&str], pod_ips: bool) -> QueueTimeSource {
+        let specs: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
         QueueTimeSource::new(Settings {
-            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            endpoints: parse_model_endpoints("runtime-metrics-endpoint", &specs).unwrap(),
             pod_ips,
             timeout: Duration::from_secs(1),
         })
-        .unwrap()
     }
 
     #[test]
@@ -381,12 +371,7 @@ mod tests {
 
     #[test]
     fn a_malformed_override_names_the_flag() {
-        let error = QueueTimeSource::new(Settings {
-            endpoints: vec!["llm=127.0.0.1:8002".into()],
-            pod_ips: true,
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap_err();
+        let error = parse_model_endpoints("runtime-metrics-endpoint", &["llm=127.0.0.1:8002".into()]).unwrap_err();
         assert!(
             error.starts_with("--runtime-metrics-endpoint \"llm=127.0.0.1:8002\""),
             "{error}"

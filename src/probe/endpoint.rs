@@ -37,6 +37,15 @@ pub fn parse_endpoint(endpoint: &str) -> Result<String, InvalidEndpoint> {
     }
 }
 
+/// `HOST:PORT` for an address as Kubernetes reports it: an IPv6 address goes in brackets.
+pub fn host_port(host: &str, port: impl std::fmt::Display) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Addresses that stand in for the pods of one ModelDeployment, keyed by (namespace, name).
 pub type ModelEndpoints = BTreeMap<(String, String), String>;
 

@@ -16,7 +16,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use self::endpoint::{InvalidEndpoint, ModelEndpoints, parse_endpoint, parse_model_endpoints};
+pub use self::endpoint::{InvalidEndpoint, ModelEndpoints, host_port, parse_endpoint, parse_model_endpoints};
 use crate::{
     api::{ModelInfo, Runtime, conditions::reasons},
     runtimes::{self, FastapiProbe, TorchserveProbe, TritonProbe},
@@ -40,14 +40,9 @@ impl ProbeTarget {
     /// address, as pods in dual-stack clusters have, gets its brackets.
     pub fn on_host(runtime: Runtime, host: &str, model_name: impl Into<String>, version: Option<String>) -> Self {
         let port = runtimes::profile(runtime).probe_port().port;
-        let endpoint = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
         Self {
             runtime,
-            endpoint,
+            endpoint: host_port(host, port),
             model_name: model_name.into(),
             version,
         }

@@ -364,12 +364,12 @@ pub async fn queue_time_around(
     load: impl Future<Output = ()>,
 ) -> (Vec<model_operator::custom_metrics::api::PodValue>, String) {
     use model_operator::custom_metrics::queue_time::{QueueTimeSource, Settings};
+    let endpoints = [(("ml".to_owned(), "model".to_owned()), metrics_address.to_owned())];
     let source = QueueTimeSource::new(Settings {
-        endpoints: vec![format!("ml/model={metrics_address}")],
+        endpoints: endpoints.into(),
         pod_ips: false,
         timeout: Duration::from_secs(5),
-    })
-    .unwrap();
+    });
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "model-0", "namespace": "ml", "uid": "uid-0",
                      "labels": {"model": "model", "mlops.sathvik.dev/runtime": runtime}},
