@@ -7,7 +7,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, RwLockReadGuard},
     time::Duration,
 };
 
@@ -42,51 +42,63 @@ pub enum TrustSource {
 pub struct LiveTls {
     identity: IdentitySource,
     trust_source: TrustSource,
-    acceptor: RwLock<TlsAcceptor>,
-    trust: RwLock<Arc<FrontProxyTrust>>,
-    /// Of the certificate, key, CA and names in use, to tell a change from a re-read.
-    fingerprint: RwLock<[u8; 32]>,
+    current: RwLock<Current>,
+}
+
+/// What is in use, swapped as one.
+struct Current {
+    acceptor: TlsAcceptor,
+    trust: Arc<FrontProxyTrust>,
+    /// Of the certificate, key, CA and names, to tell a change from a re-read.
+    fingerprint: [u8; 32],
+}
+
+impl Current {
+    fn build((chain, key, trust): Loaded, fingerprint: [u8; 32]) -> Result<Self, TlsError> {
+        Ok(Self {
+            acceptor: TlsAcceptor::from(tls::server_config((chain, key), &trust)?),
+            trust: Arc::new(trust),
+            fingerprint,
+        })
+    }
 }
 
 impl LiveTls {
     /// Loads everything once; any problem here stops the operator with the file's name.
     pub async fn load(identity: IdentitySource, trust_source: TrustSource) -> Result<Self, TlsError> {
-        let (chain, key, trust) = read_sources(&identity, &trust_source).await?;
-        let fingerprint = fingerprint(&chain, &key, &trust);
-        let acceptor = TlsAcceptor::from(tls::server_config((chain, key), &trust)?);
+        let loaded = read_sources(&identity, &trust_source).await?;
+        let first = fingerprint(&loaded);
+        let current = Current::build(loaded, first)?;
         Ok(Self {
             identity,
             trust_source,
-            acceptor: RwLock::new(acceptor),
-            trust: RwLock::new(Arc::new(trust)),
-            fingerprint: RwLock::new(fingerprint),
+            current: RwLock::new(current),
         })
     }
 
+    fn current(&self) -> RwLockReadGuard<'_, Current> {
+        self.current.read().expect("never poisoned: no panics while held")
+    }
+
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor
-            .read()
-            .expect("never poisoned: no panics while held")
-            .clone()
+        self.current().acceptor.clone()
     }
 
     pub fn trust(&self) -> Arc<FrontProxyTrust> {
-        self.trust.read().expect("never poisoned: no panics while held").clone()
+        self.current().trust.clone()
     }
 
     /// Reads the sources again and swaps in a new configuration if they changed. Returns
     /// whether it did; an error leaves the current configuration serving.
     pub async fn reload(&self) -> Result<bool, TlsError> {
-        let (chain, key, trust) = read_sources(&self.identity, &self.trust_source).await?;
-        let fingerprint = fingerprint(&chain, &key, &trust);
-        if fingerprint == *self.fingerprint.read().expect("never poisoned") {
+        let loaded = read_sources(&self.identity, &self.trust_source).await?;
+        let changed = fingerprint(&loaded);
+        if changed == self.current().fingerprint {
             return Ok(false);
         }
-        let acceptor = TlsAcceptor::from(tls::server_config((chain, key), &trust)?);
-        info!(requestheader_ca = %trust.source, allowed_names = ?trust.allowed_names, "custom metrics TLS reloaded: new connections use the new certificate or CA");
-        *self.acceptor.write().expect("never poisoned") = acceptor;
-        *self.trust.write().expect("never poisoned") = Arc::new(trust);
-        *self.fingerprint.write().expect("never poisoned") = fingerprint;
+        let current = Current::build(loaded, changed)?;
+        info!(requestheader_ca = %current.trust.source, allowed_names = ?current.trust.allowed_names, "custom metrics TLS reloaded: new connections use the new certificate or CA");
+        *self.current.write().expect("never poisoned: no panics while held") = current;
         Ok(true)
     }
 
@@ -118,7 +130,7 @@ async fn read_sources(identity: &IdentitySource, trust: &TrustSource) -> Result<
     Ok((chain, key, trust))
 }
 
-fn fingerprint(chain: &[CertificateDer<'_>], key: &PrivateKeyDer<'_>, trust: &FrontProxyTrust) -> [u8; 32] {
+fn fingerprint((chain, key, trust): &Loaded) -> [u8; 32] {
     let mut hash = Sha256::new();
     for certificate in chain {
         hash.update(certificate.as_ref());
