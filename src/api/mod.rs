@@ -8,4 +8,16 @@ mod model_deployment;
 pub use model_deployment::*;
 
 /// API group of every custom resource this operator owns.
-pub const GROUP: &str = "mlops.sathvik.dev";
+pub use crate::vocabulary::names::API_GROUP as GROUP;
+
+#[cfg(test)]
+mod tests {
+    use kube::Resource;
+
+    use super::*;
+
+    #[test]
+    fn the_derived_group_is_the_vocabulary_group() {
+        assert_eq!(ModelDeployment::group(&()), GROUP);
+    }
+}

@@ -15,6 +15,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// The spec's enumerations are shared words (`crate::vocabulary`), defined there so that every
+// layer can use them without importing the API.
+pub use crate::vocabulary::{GpuSharing, Runtime, ScalingMetric};
+
 /// Desired state of a served model.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -138,37 +142,6 @@ fn default_replicas() -> i32 {
     1
 }
 
-/// The inference servers the operator knows how to run and probe.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "kebab-case")]
-pub enum Runtime {
-    /// NVIDIA Triton Inference Server (KServe v2 HTTP and gRPC).
-    Triton,
-    /// PyTorch TorchServe (inference and management APIs).
-    Torchserve,
-    /// The project's FastAPI + PyTorch server (`inference/`).
-    FastapiPytorch,
-}
-
-impl Runtime {
-    pub const ALL: [Runtime; 3] = [Runtime::Triton, Runtime::Torchserve, Runtime::FastapiPytorch];
-
-    /// The spelling used in the spec.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Triton => "triton",
-            Runtime::Torchserve => "torchserve",
-            Runtime::FastapiPytorch => "fastapi-pytorch",
-        }
-    }
-}
-
-impl fmt::Display for Runtime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// GPUs for each replica.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -209,19 +182,6 @@ pub struct GpuSpec {
 
 fn default_gpu_count() -> i32 {
     1
-}
-
-/// How a replica's GPU is shared with other pods.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum GpuSharing {
-    /// Whole GPUs, used by this pod alone.
-    #[default]
-    Exclusive,
-    /// Time-sliced replicas of a GPU advertised by the device plugin; compute is shared.
-    TimeSliced,
-    /// A Multi-Instance GPU slice with its own memory and compute.
-    Mig,
 }
 
 /// The HorizontalPodAutoscaler's bounds and what it scales on.
@@ -276,18 +236,6 @@ impl Default for AutoscalingSpec {
             scale_down_stabilization_seconds: None,
         }
     }
-}
-
-/// A metric the HorizontalPodAutoscaler can scale on.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScalingMetric {
-    /// Average GPU utilisation (percent) of the GPUs each pod holds.
-    GpuUtilization,
-    /// Average CPU utilisation (percent of the CPU request).
-    Cpu,
-    /// Average time requests wait in the runtime's queue (microseconds).
-    InferenceQueue,
 }
 
 /// Observed state, written by the operator.

@@ -9,8 +9,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
 
-use super::GpuPlacement;
-use crate::api::conditions::reasons;
+use crate::{
+    api::conditions::reasons,
+    vocabulary::{
+        GpuPlacement,
+        pods::{is_finished, node_name},
+    },
+};
 
 /// One node's view for a GPU resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +40,7 @@ impl NodeGpus {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         let requested = pods
             .into_iter()
-            .filter(|pod| pod_node(pod) == Some(name))
+            .filter(|pod| node_name(pod) == Some(name))
             .filter(|pod| !is_finished(pod))
             .map(|pod| pod_request(pod, resource))
             .sum();
@@ -72,7 +77,7 @@ impl NodeGpus {
 pub fn requested_per_node<'a>(pods: impl IntoIterator<Item = &'a Pod>, resource: &str) -> BTreeMap<String, i64> {
     let mut requested = BTreeMap::new();
     for pod in pods {
-        if let Some(node) = pod_node(pod).filter(|_| !is_finished(pod)) {
+        if let Some(node) = node_name(pod).filter(|_| !is_finished(pod)) {
             let request = pod_request(pod, resource);
             if request > 0 {
                 *requested.entry(node.to_owned()).or_insert(0) += request;
@@ -80,10 +85,6 @@ pub fn requested_per_node<'a>(pods: impl IntoIterator<Item = &'a Pod>, resource:
         }
     }
     requested
-}
-
-fn pod_node(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }
 
 /// Where the pods of one ModelDeployment may go, besides GPU labels.
@@ -235,13 +236,6 @@ fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
         };
         effect_ok && key_ok && value_ok
     })
-}
-
-pub fn is_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// A pod's effective request: the larger of its containers' sum and its largest init

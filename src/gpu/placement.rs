@@ -1,5 +1,6 @@
 //! GPU placement: the extended resource a replica asks for, the node labels it needs (GPU
-//! feature discovery's `nvidia.com/gpu.*`), and the toleration for the GPU taint.
+//! feature discovery's `nvidia.com/gpu.*`), and the toleration for the GPU taint. The
+//! `GpuPlacement` itself is a shared word (`crate::vocabulary`); what it means is here.
 
 use std::collections::BTreeMap;
 
@@ -8,30 +9,10 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use crate::api::{GpuSharing, GpuSpec};
-
-/// Whole GPUs (and time-sliced replicas) as advertised by the NVIDIA device plugin.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
-/// GFD label with the GPU product name; sharing adds `-SHARED` / `-MIG-<profile>` suffixes.
-pub const PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
-/// GFD label with each GPU's memory in MiB.
-pub const MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
-/// The taint GPU node pools carry so that only GPU pods land there.
-pub const GPU_TAINT_KEY: &str = "nvidia.com/gpu";
-
-/// Where and on what a replica runs, derived from `spec.gpu`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuPlacement {
-    /// Extended resource name: `nvidia.com/gpu` or `nvidia.com/mig-<profile>`.
-    pub resource: String,
-    /// How many of `resource` each replica needs.
-    pub count: i32,
-    pub sharing: GpuSharing,
-    /// Every spelling of the acceptable products that a node may carry; empty means any.
-    pub products: Vec<String>,
-    /// The label holding per-GPU (or per-slice) memory, and the least MiB wanted.
-    pub min_memory: Option<(String, i64)>,
-}
+use crate::{
+    api::GpuSpec,
+    vocabulary::{GPU_RESOURCE, GPU_TAINT_KEY, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL},
+};
 
 impl GpuPlacement {
     pub fn from_spec(gpu: &GpuSpec) -> Self {

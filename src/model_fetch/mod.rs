@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
 
-use crate::model_source::{ArtifactShape, ModelSource, ModelUri, UriError};
+use crate::vocabulary::{ArtifactShape, ModelSource, ModelUri, UriError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

@@ -7,7 +7,7 @@ use object_store::{ObjectStore, aws::AmazonS3Builder, gcp::GoogleCloudStorageBui
 use tracing::{info, warn};
 
 use super::{FetchError, Fetched};
-use crate::model_source::{ModelSource, ModelUri, ObjectStoreKind};
+use crate::vocabulary::{ModelSource, ModelUri, ObjectStoreKind};
 
 type ByteStream = BoxStream<'static, Result<bytes::Bytes, FetchError>>;
 

@@ -1,4 +1,4 @@
-//! Operator-wide settings that shape what is built, set by flags on `run` and `render`.
+//! The images the operator supplies itself, set by flags on `run` and `render`.
 
 /// Images the operator supplies itself (runtime images of third parties are pinned in their
 /// runtime modules).

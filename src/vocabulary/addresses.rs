@@ -1,4 +1,5 @@
-//! `HOST:PORT` endpoints as the probe command and the operator's endpoint resolver give them.
+//! `HOST:PORT` addresses: as flags and the probe command give them, and as the operator writes
+//! them for pods, node agents and runtimes.
 
 use std::collections::BTreeMap;
 
@@ -49,18 +50,39 @@ pub fn host_port(host: &str, port: impl std::fmt::Display) -> String {
 /// Addresses that stand in for the pods of one ModelDeployment, keyed by (namespace, name).
 pub type ModelEndpoints = BTreeMap<(String, String), String>;
 
+/// A `NAMESPACE/NAME=HOST:PORT` override that does not parse; names the flag and the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidModelEndpoint {
+    #[error("--{flag} {entry:?} is not NAMESPACE/NAME=HOST:PORT")]
+    Shape { flag: String, entry: String },
+    #[error("--{flag} {entry:?}: {source}")]
+    Endpoint {
+        flag: String,
+        entry: String,
+        #[source]
+        source: InvalidEndpoint,
+    },
+}
+
 /// Parses `NAMESPACE/NAME=HOST:PORT` overrides as `--probe-endpoint` and
-/// `--runtime-metrics-endpoint` take them; the error names the flag and the entry.
-pub fn parse_model_endpoints(flag: &str, specs: &[String]) -> Result<ModelEndpoints, String> {
+/// `--runtime-metrics-endpoint` take them.
+pub fn parse_model_endpoints(flag: &str, specs: &[String]) -> Result<ModelEndpoints, InvalidModelEndpoint> {
     let mut endpoints = ModelEndpoints::new();
     for spec in specs {
-        let shape = || format!("--{flag} {spec:?} is not NAMESPACE/NAME=HOST:PORT");
+        let shape = || InvalidModelEndpoint::Shape {
+            flag: flag.to_owned(),
+            entry: spec.clone(),
+        };
         let (model, endpoint) = spec.split_once('=').ok_or_else(shape)?;
         let (namespace, name) = model
             .split_once('/')
             .filter(|(namespace, name)| !namespace.is_empty() && !name.is_empty())
             .ok_or_else(shape)?;
-        let endpoint = parse_endpoint(endpoint).map_err(|error| format!("--{flag} {spec:?}: {error}"))?;
+        let endpoint = parse_endpoint(endpoint).map_err(|source| InvalidModelEndpoint::Endpoint {
+            flag: flag.to_owned(),
+            entry: spec.clone(),
+            source,
+        })?;
         endpoints.insert((namespace.to_owned(), name.to_owned()), endpoint);
     }
     Ok(endpoints)
@@ -100,12 +122,16 @@ mod tests {
                 "127.0.0.1:8002".to_owned()
             )]))
         );
-        let error = parse_model_endpoints("probe-endpoint", &["llm=127.0.0.1:8002".to_owned()]).unwrap_err();
+        let error = parse_model_endpoints("probe-endpoint", &["llm=127.0.0.1:8002".to_owned()])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             error,
             r#"--probe-endpoint "llm=127.0.0.1:8002" is not NAMESPACE/NAME=HOST:PORT"#
         );
-        let error = parse_model_endpoints("probe-endpoint", &["ml/llm=127.0.0.1".to_owned()]).unwrap_err();
+        let error = parse_model_endpoints("probe-endpoint", &["ml/llm=127.0.0.1".to_owned()])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("the port is missing"), "{error}");
     }
 }

@@ -1,0 +1,28 @@
+//! The words every layer of the operator shares, in one place: the validated view of a model
+//! that every builder reads, the enumerations a spec chooses from, the names and labels of the
+//! children, the custom metrics' names and value types, and small helpers on pods.
+//!
+//! This module imports nothing else from the crate, so any module may import it without making
+//! a cycle (`tests/module_layering.rs` checks the whole crate for cycles).
+
+mod addresses;
+mod custom_metric;
+mod gpu;
+mod images;
+mod model_uri;
+pub mod names;
+pub mod pods;
+mod runtime;
+mod validated;
+
+pub use self::{
+    addresses::{
+        InvalidEndpoint, InvalidModelEndpoint, ModelEndpoints, host_port, parse_endpoint, parse_model_endpoints,
+    },
+    custom_metric::{GPU_UTILIZATION_METRIC, POD_METRICS, PodValue, QUEUE_TIME_METRIC, QueueTimeSeries},
+    gpu::{GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL},
+    images::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, IMAGE_TAG, OperatorImages},
+    model_uri::{ArtifactShape, CLUSTER_SCHEMES, ModelSource, ModelUri, ObjectStoreKind, UriError, is_archive},
+    runtime::Runtime,
+    validated::{AutoscalingPlan, ModelLayout, Scaling, ScalingMetric, Validated, ValidationPlan},
+};

@@ -1,0 +1,101 @@
+//! `Validated`: one ModelDeployment resolved once (defaults filled, URI parsed, GPU placement and
+//! scaling decided), the view every builder, probe and status computation reads instead of the
+//! raw spec. `crate::reconcile::validate` makes it.
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{gpu::GpuPlacement, model_uri::ModelUri, runtime::Runtime};
+
+/// Everything the builders need, resolved once.
+#[derive(Clone)]
+pub struct Validated {
+    pub name: String,
+    pub namespace: String,
+    /// Controller reference to the ModelDeployment; absent for objects never stored (render).
+    pub owner: Option<OwnerReference>,
+    pub runtime: Runtime,
+    pub model_name: String,
+    pub version: String,
+    pub image: String,
+    pub fetcher_image: String,
+    /// `modelURI` as written, checksum fragment included (the fetcher verifies it).
+    pub model_uri: String,
+    pub source: ModelUri,
+    pub layout: ModelLayout,
+    /// The user's CPU and memory; the GPU resource is added from `gpu`.
+    pub resources: ResourceRequirements,
+    pub gpu: Option<GpuPlacement>,
+    pub scaling: Scaling,
+    pub validation: Option<ValidationPlan>,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    pub affinity: Option<Affinity>,
+    pub env: Vec<EnvVar>,
+    pub runtime_args: Vec<String>,
+}
+
+impl fmt::Debug for Validated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validated")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("runtime", &self.runtime)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the fetcher writes the artifact and where the runtime reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLayout {
+    /// Directory the fetcher writes into.
+    pub fetch_dir: String,
+    /// Name the fetcher gives a single-file artifact, when the runtime needs a fixed one.
+    pub file_name: Option<String>,
+    /// The model file or directory the runtime is pointed at (`MODEL_PATH`).
+    pub model_path: String,
+}
+
+/// How many replicas serve, and who decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scaling {
+    Fixed { replicas: i32 },
+    Autoscaled(AutoscalingPlan),
+}
+
+/// The HorizontalPodAutoscaler's bounds, metric and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscalingPlan {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    pub metric: ScalingMetric,
+    pub target: i32,
+    pub scale_down_stabilization_seconds: Option<i32>,
+}
+
+/// A metric the HorizontalPodAutoscaler can scale on.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScalingMetric {
+    /// Average GPU utilisation (percent) of the GPUs each pod holds.
+    GpuUtilization,
+    /// Average CPU utilisation (percent of the CPU request).
+    Cpu,
+    /// Average time requests wait in the runtime's queue (microseconds).
+    InferenceQueue,
+}
+
+/// The validation Job for the spec's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationPlan {
+    pub script: String,
+    /// `crate::vocabulary::names::validation_job_name` of the spec.
+    pub job_name: String,
+}
