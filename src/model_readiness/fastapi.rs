@@ -7,10 +7,8 @@
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use crate::{
-    api::{ModelInfo, conditions::reasons},
-    probe::{ModelProbe, ProbeOutcome, ProbeTarget, http},
-};
+use super::{ModelProbe, ProbeOutcome, ProbeTarget, http};
+use crate::api::{ModelInfo, conditions::reasons};
 
 pub struct FastapiProbe {
     http: reqwest::Client,

@@ -7,7 +7,7 @@ use super::{ProbeOutcome, ProbeTarget};
 use crate::api::conditions::reasons;
 
 /// A server's answer; the body is read whole (probe answers are small).
-pub(crate) struct HttpAnswer {
+pub struct HttpAnswer {
     pub status: StatusCode,
     pub body: String,
     /// The path asked for, as sent, for messages.
@@ -16,7 +16,7 @@ pub(crate) struct HttpAnswer {
 
 /// GETs `path` (segments, each percent-encoded, so a model name cannot change the route) from
 /// the target's endpoint. `server` names the server in messages.
-pub(crate) async fn get(
+pub async fn get(
     http: &reqwest::Client,
     target: &ProbeTarget,
     path: &[&str],

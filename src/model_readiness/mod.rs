@@ -1,25 +1,41 @@
-//! Model readiness: asks a runtime whether the model itself answers, not merely whether a port is
-//! open. Each runtime's [`ModelProbe`] lives in its module under `runtimes/`; this module holds the
-//! shared vocabulary and the [`Prober`] the operator calls once per ready pod.
+//! Model readiness: whether the model itself answers, not merely whether a port is open. Every
+//! piece of it lives in this folder:
 //!
-//! Backoff is deliberately not kept here. The [`Prober`] is stateless: it bounds how many probes
-//! run at once and how long each may take, and [`recheck_after`] tells the caller when to probe a
-//! model again. The operator turns that into its reconcile requeue, so a thousand models become a
-//! thousand timers on one queue rather than a thousand loops, and a restarted operator loses
-//! nothing but a few seconds of backoff.
+//! - the [`Prober`] and one client per runtime ([`triton`], [`torchserve`], [`fastapi`]), each
+//!   turning what its runtime says into a [`ProbeOutcome`] with a fixed reason;
+//! - [`targets`]: where each serving pod's runtime is reached (its IP, or an override);
+//! - [`summary`]: every ready pod probed and summed up into the [`ModelReadiness`] that the
+//!   `ModelReady` condition reports, or the kubelet's word when no pod can be probed;
+//! - [`schedule`]: when to probe a model again, with backoff for silent ones.
+//!
+//! The kubelet's own readiness probes (what makes a pod Ready) are part of each runtime's
+//! profile in `crate::runtimes`. The [`Prober`] is stateless: it bounds how many probes run at
+//! once and how long each may take. The reconcile turns [`schedule`]'s answer into its requeue,
+//! so a thousand models become a thousand timers on one queue rather than a thousand loops.
 
-mod endpoint;
-pub(crate) mod http;
+pub mod fastapi;
+mod http;
+pub mod schedule;
+pub mod summary;
+pub mod targets;
+pub mod torchserve;
+pub mod triton;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use self::endpoint::{InvalidEndpoint, ModelEndpoints, host_port, parse_endpoint, parse_model_endpoints};
+use self::{fastapi::FastapiProbe, torchserve::TorchserveProbe, triton::TritonProbe};
+pub use self::{
+    schedule::{ProbeSchedule, recheck_after},
+    summary::{ModelReadiness, probe_models},
+    targets::EndpointResolver,
+};
 use crate::{
-    api::{ModelInfo, Runtime, conditions::reasons},
-    runtimes::{self, FastapiProbe, TorchserveProbe, TritonProbe},
+    api::{ModelInfo, conditions::reasons},
+    runtimes,
+    vocabulary::{Runtime, host_port},
 };
 
 /// One model on one server.
@@ -186,55 +202,9 @@ impl Prober {
     }
 }
 
-/// When to probe a model again: every 30 s once ready, so that a model that stops answering is
-/// noticed; every 2 s while the runtime answers that the model is still loading, so that "Ready"
-/// follows the end of a load within seconds; otherwise (server down, load failed, no answer)
-/// backing off exponentially, 1 s, 2 s, 4 s … up to 60 s, as failures repeat.
-/// `consecutive_not_ready` counts the not-ready outcomes before this one.
-pub fn recheck_after(outcome: &ProbeOutcome, consecutive_not_ready: u32) -> Duration {
-    const READY_RECHECK: Duration = Duration::from_secs(30);
-    const LOADING_RECHECK: Duration = Duration::from_secs(2);
-    const FIRST_RETRY: Duration = Duration::from_secs(1);
-    const MAX_RETRY: Duration = Duration::from_secs(60);
-    if outcome.ready {
-        return READY_RECHECK;
-    }
-    if [reasons::MODEL_LOADING, reasons::WORKERS_NOT_READY].contains(&outcome.reason) {
-        return LOADING_RECHECK;
-    }
-    FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(consecutive_not_ready.min(16)))
-        .min(MAX_RETRY)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failing_probes_back_off_exponentially_up_to_a_minute() {
-        let down = ProbeOutcome::not_ready(reasons::SERVER_UNAVAILABLE, "connection refused");
-        let delays: Vec<u64> = (0..9).map(|n| recheck_after(&down, n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(recheck_after(&down, u32::MAX), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn loading_models_are_rechecked_every_two_seconds() {
-        for reason in [reasons::MODEL_LOADING, reasons::WORKERS_NOT_READY] {
-            let loading = ProbeOutcome::not_ready(reason, "loading");
-            for streak in [0, 5, 100] {
-                assert_eq!(recheck_after(&loading, streak), Duration::from_secs(2), "{reason}");
-            }
-        }
-    }
-
-    #[test]
-    fn ready_models_are_rechecked_every_thirty_seconds() {
-        let ready = ProbeOutcome::ready("loaded", None);
-        assert_eq!(recheck_after(&ready, 0), Duration::from_secs(30));
-        assert_eq!(recheck_after(&ready, 7), Duration::from_secs(30));
-    }
 
     /// A server that accepts connections and never answers.
     async fn silent_server() -> String {
@@ -295,7 +265,10 @@ mod tests {
                 profile.ports().contains(&profile.probe_port()),
                 "{runtime} probes a port it exposes"
             );
-            assert!(parse_endpoint(&ProbeTarget::on_host(runtime, "fd00::7", "m", None).endpoint).is_ok());
+            assert!(
+                crate::vocabulary::parse_endpoint(&ProbeTarget::on_host(runtime, "fd00::7", "m", None).endpoint)
+                    .is_ok()
+            );
         }
     }
 

@@ -1,73 +1,56 @@
-//! Readiness (client): asks the runtime in each ready serving pod whether the model itself
-//! answers, through the runtime's `ModelProbe`, and sums the answers up for the `ModelReady`
-//! condition. The kubelet's probes say a pod's port is open; this says the model is loaded.
+//! Asks the runtime in each ready serving pod whether the model itself answers and sums the
+//! answers up into the [`ModelReadiness`] the `ModelReady` condition reports. The kubelet's
+//! probes say a pod's port is open; this says the model is loaded. Where no pod can be probed,
+//! the kubelet's word is taken, and the reason says so.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::ResourceExt;
 
-use super::{build::LABEL_VERSION, status::ModelReadiness, validate::Validated};
+use super::{EndpointResolver, ProbeOutcome, ProbeTarget, Prober};
 use crate::{
-    api::conditions::reasons,
-    probe::{ModelEndpoints, ProbeOutcome, ProbeTarget, Prober, parse_model_endpoints},
+    api::{ModelInfo, conditions::reasons},
+    vocabulary::{
+        Validated,
+        pods::{is_ready, is_terminating},
+    },
 };
 
-/// Where the operator reaches a pod's runtime: the pod's IP and the runtime's probe port, unless
-/// an override names another address for all pods of one ModelDeployment. An operator that
-/// cannot route to pod IPs (one running outside the cluster, or the test cluster, whose pods
-/// have fake IPs) turns pod probing off: models without an override then take `ModelReady`
-/// from the kubelet's readiness probe, and say so in the reason.
-#[derive(Debug, Clone)]
-pub struct EndpointResolver {
-    overrides: ModelEndpoints,
-    probe_pod_ips: bool,
+/// How many replicas' models answer, and why (or why not), as the model probes report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReadiness {
+    pub ready_replicas: i32,
+    pub reason: &'static str,
+    pub message: String,
+    pub model: Option<ModelInfo>,
 }
 
-impl EndpointResolver {
-    /// Overrides written `NAMESPACE/NAME=HOST:PORT` (`--probe-endpoint`).
-    pub fn new(specs: &[String], probe_pod_ips: bool) -> Result<Self, String> {
-        Ok(Self {
-            overrides: parse_model_endpoints("probe-endpoint", specs)?,
-            probe_pod_ips,
-        })
-    }
-
-    /// Whether the model's pods can be probed at all.
-    pub fn reaches(&self, model: &Validated) -> bool {
-        self.probe_pod_ips
-            || self
-                .overrides
-                .contains_key(&(model.namespace.clone(), model.name.clone()))
-    }
-
-    /// The probe target for one serving pod; `None` while the pod has no IP.
-    pub fn target(&self, model: &Validated, pod: &Pod) -> Option<ProbeTarget> {
-        // A pod of the previous version, during a rollout, is asked for its own version.
-        let version = pod
-            .labels()
-            .get(LABEL_VERSION)
-            .cloned()
-            .unwrap_or_else(|| model.version.clone());
-        let key = (model.namespace.clone(), model.name.clone());
-        if let Some(endpoint) = self.overrides.get(&key) {
-            return Some(ProbeTarget {
-                runtime: model.runtime,
-                endpoint: endpoint.clone(),
-                model_name: model.model_name.clone(),
-                version: Some(version),
-            });
+impl ModelReadiness {
+    /// Readiness as the kubelet's probes see it, for when no model probe has answered: the
+    /// reason says so, so that nobody mistakes it for the model's own word.
+    pub fn from_pod_readiness(deployment: Option<&Deployment>) -> Self {
+        let ready = deployment
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        let (reason, message) = if ready > 0 {
+            (
+                reasons::PODS_READY,
+                format!("{ready} pod(s) pass the runtime's readiness probe; the model itself has not been probed"),
+            )
+        } else {
+            (
+                reasons::PODS_NOT_READY,
+                "no pod passes the runtime's readiness probe yet".to_owned(),
+            )
+        };
+        Self {
+            ready_replicas: ready,
+            reason,
+            message,
+            model: None,
         }
-        if !self.probe_pod_ips {
-            return None;
-        }
-        let ip = pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
-        Some(ProbeTarget::on_host(
-            model.runtime,
-            ip,
-            model.model_name.clone(),
-            Some(version),
-        ))
     }
 }
 
@@ -76,13 +59,7 @@ impl EndpointResolver {
 pub fn ready_pods(pods: &[Arc<Pod>]) -> Vec<&Pod> {
     pods.iter()
         .map(Arc::as_ref)
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            pod.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|pod| !is_terminating(pod) && is_ready(pod))
         .collect()
 }
 
@@ -152,7 +129,7 @@ fn count(n: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ModelInfo, Runtime};
+    use crate::vocabulary::Runtime;
 
     fn target(endpoint: &str) -> ProbeTarget {
         ProbeTarget {
@@ -205,20 +182,5 @@ mod tests {
         );
         assert!(readiness.model.is_some(), "metadata from the pod that answers");
         assert!(!decisive.unwrap().ready, "a silent pod decides when to look again");
-    }
-
-    #[test]
-    fn overrides_parse_and_bad_ones_name_the_flag() {
-        let resolver = EndpointResolver::new(&["ml/resnet=127.0.0.1:9001".into()], false).unwrap();
-        assert_eq!(resolver.overrides[&("ml".into(), "resnet".into())], "127.0.0.1:9001");
-        for bad in [
-            "resnet=127.0.0.1:9001",
-            "ml/resnet",
-            "ml/=127.0.0.1:1",
-            "ml/resnet=no-port",
-        ] {
-            let error = EndpointResolver::new(&[bad.into()], true).unwrap_err();
-            assert!(error.contains("--probe-endpoint"), "{error}");
-        }
     }
 }

@@ -10,10 +10,8 @@
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use crate::{
-    api::{ModelInfo, conditions::reasons},
-    probe::{ModelProbe, ProbeOutcome, ProbeTarget, http},
-};
+use super::{ModelProbe, ProbeOutcome, ProbeTarget, http};
+use crate::api::{ModelInfo, conditions::reasons};
 
 pub struct TorchserveProbe {
     http: reqwest::Client,

@@ -15,10 +15,8 @@ use self::kserve::{
     grpc_inference_service_client::GrpcInferenceServiceClient, model_metadata_response::TensorMetadata,
     repository_index_response::ModelIndex,
 };
-use crate::{
-    api::{ModelInfo, TensorInfo, conditions::reasons},
-    probe::{ModelProbe, ProbeOutcome, ProbeTarget},
-};
+use super::{ModelProbe, ProbeOutcome, ProbeTarget};
+use crate::api::{ModelInfo, TensorInfo, conditions::reasons};
 
 /// Client code generated from `proto/kserve/v2/grpc_predict_v2.proto`.
 #[allow(clippy::all, clippy::pedantic)]

@@ -1,14 +1,8 @@
 //! The project's FastAPI + PyTorch server (`inference/`): `POST /predict`, `/healthz`,
 //! `/v2/health/ready`, `/v2/models/{name}` and `/metrics`, on 8000.
 
-mod probe;
-
-pub use self::probe::FastapiProbe;
-
-use super::{
-    Probes, QueueTimeSeries, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe,
-};
-use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
+use super::{Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort, http_probe};
+use crate::vocabulary::{OperatorImages, QueueTimeSeries, Runtime, Validated};
 
 const HTTP: ServerPort = ServerPort {
     name: "http",
@@ -58,7 +52,7 @@ impl RuntimeProfile for FastapiPytorch {
     /// its `_sum` (seconds) and `_count` are the two totals.
     fn queue_time(&self) -> Option<QueueTimeSeries> {
         Some(QueueTimeSeries {
-            port: HTTP,
+            port: HTTP.port,
             path: "/metrics",
             queued: "inference_queue_duration_seconds_sum",
             queued_unit_us: 1_000_000.0,

@@ -1,9 +1,9 @@
-//! One module per inference runtime: its pinned image, command line, ports, kubelet probes,
-//! where it expects the model, and its `ModelProbe` (`<runtime>/probe.rs`). Adding a runtime is
-//! adding a module and a `Runtime` variant.
+//! One module per inference runtime: its pinned image, command line, ports, the kubelet's
+//! probes, where it expects the model, and where it reports queue time. How the operator asks a
+//! runtime whether the model answers is `crate::model_readiness` (one client per runtime there).
+//! Adding a runtime is adding a file here, one there, and a `Runtime` variant.
 
 mod fastapi;
-mod queue_time;
 mod torchserve;
 mod triton;
 
@@ -15,12 +15,11 @@ use k8s_openapi::{
 };
 
 pub use self::{
-    fastapi::{FastapiProbe, FastapiPytorch},
-    queue_time::{QueueCounters, QueueTimeSeries},
-    torchserve::{Torchserve, TorchserveProbe},
-    triton::{Triton, TritonProbe, kserve, triton_version},
+    fastapi::FastapiPytorch,
+    torchserve::{CONFIG_FILE as TORCHSERVE_CONFIG_FILE, Torchserve},
+    triton::Triton,
 };
-use crate::{api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated, settings::OperatorImages};
+use crate::vocabulary::{ArtifactShape, ModelLayout, OperatorImages, QueueTimeSeries, Runtime, Validated};
 
 /// Where fetched models live inside every model pod.
 pub const MODEL_ROOT: &str = "/models";
@@ -42,17 +41,6 @@ pub struct Probes {
     pub startup: Probe,
 }
 
-/// Where the fetcher writes the artifact and where the runtime reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelLayout {
-    /// Directory the fetcher writes into.
-    pub fetch_dir: String,
-    /// Name the fetcher gives a single-file artifact, when the runtime needs a fixed one.
-    pub file_name: Option<String>,
-    /// The model file or directory the runtime is pointed at (`MODEL_PATH`).
-    pub model_path: String,
-}
-
 pub trait RuntimeProfile: Sync {
     fn runtime(&self) -> Runtime;
     /// The image used when `runtimeImage` is not given; always a pinned tag.
@@ -60,7 +48,7 @@ pub trait RuntimeProfile: Sync {
     fn ports(&self) -> &'static [ServerPort];
     /// The port clients send inference requests to (`status.endpoint`).
     fn inference_port(&self) -> ServerPort;
-    /// The port the operator's model probe (`crate::probe`) speaks to.
+    /// The port the operator's model probe (`crate::model_readiness`) speaks to.
     fn probe_port(&self) -> ServerPort;
     /// Where the artifact goes, given its shape once fetched.
     fn layout(&self, model_name: &str, shape: &ArtifactShape) -> ModelLayout {
@@ -94,6 +82,11 @@ pub fn profile(runtime: Runtime) -> &'static dyn RuntimeProfile {
         Runtime::Torchserve => &Torchserve,
         Runtime::FastapiPytorch => &FastapiPytorch,
     }
+}
+
+/// The profile of the runtime a validated model chose.
+pub fn of(model: &Validated) -> &'static dyn RuntimeProfile {
+    profile(model.runtime)
 }
 
 /// A directory goes to `/models/<model>`, a file keeps its name directly under `/models`.

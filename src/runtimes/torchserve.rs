@@ -1,16 +1,12 @@
 //! PyTorch TorchServe: inference API on 8080, management API on 8081, metrics on 8082.
 
-mod probe;
-
-pub use self::probe::TorchserveProbe;
-
 use std::collections::BTreeMap;
 
 use super::{
-    CONFIG_DIR, MODEL_ROOT, Probes, QueueTimeSeries, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS,
-    ServerPort, http_probe,
+    CONFIG_DIR, MODEL_ROOT, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
+    http_probe,
 };
-use crate::{api::Runtime, reconcile::validate::Validated, settings::OperatorImages};
+use crate::vocabulary::{OperatorImages, QueueTimeSeries, Runtime, Validated};
 
 pub const TORCHSERVE_GPU_IMAGE: &str = "pytorch/torchserve:0.12.0-gpu";
 pub const TORCHSERVE_CPU_IMAGE: &str = "pytorch/torchserve:0.12.0-cpu";
@@ -132,7 +128,7 @@ impl RuntimeProfile for Torchserve {
     /// Frontend metrics, served whatever `metrics_mode` says.
     fn queue_time(&self) -> Option<QueueTimeSeries> {
         Some(QueueTimeSeries {
-            port: METRICS,
+            port: METRICS.port,
             path: "/metrics",
             queued: "ts_queue_latency_microseconds",
             queued_unit_us: 1.0,

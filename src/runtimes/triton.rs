@@ -1,14 +1,10 @@
 //! NVIDIA Triton Inference Server: KServe v2 over HTTP (8000) and gRPC (8001), metrics on 8002.
 
-mod probe;
-
-pub use self::probe::{TritonProbe, kserve, triton_version};
-
 use super::{
-    MODEL_ROOT, ModelLayout, Probes, QueueTimeSeries, RuntimeProfile, STARTUP_FAILURE_THRESHOLD,
-    STARTUP_PERIOD_SECONDS, ServerPort, grpc_health_probe, http_probe,
+    MODEL_ROOT, Probes, RuntimeProfile, STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS, ServerPort,
+    grpc_health_probe, http_probe,
 };
-use crate::{api::Runtime, model_source::ArtifactShape, reconcile::validate::Validated, settings::OperatorImages};
+use crate::vocabulary::{ArtifactShape, ModelLayout, OperatorImages, QueueTimeSeries, Runtime, Validated};
 
 /// Triton 2.51 (NGC release 24.10), the server the protocol tests run against.
 pub const TRITON_IMAGE: &str = "nvcr.io/nvidia/tritonserver:24.10-py3";
@@ -106,7 +102,7 @@ impl RuntimeProfile for Triton {
     /// Triton counts the wait of successful requests only (failed ones never reach a model).
     fn queue_time(&self) -> Option<QueueTimeSeries> {
         Some(QueueTimeSeries {
-            port: METRICS,
+            port: METRICS.port,
             path: "/metrics",
             queued: "nv_inference_queue_duration_us",
             queued_unit_us: 1.0,
