@@ -22,12 +22,27 @@ pub struct LabelSelector(Vec<Requirement>);
 #[error("labelSelector {selector:?}: {problem}")]
 pub struct SelectorError {
     selector: String,
-    problem: String,
+    problem: SelectorProblem,
+}
+
+/// What is wrong in one selector.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SelectorProblem {
+    #[error("unbalanced '{0}'")]
+    Unbalanced(char),
+    #[error("{0:?}: missing ')'")]
+    MissingClose(String),
+    #[error("{0:?}: expected `KEY in (...)` or `KEY notin (...)`")]
+    NotASetTerm(String),
+    #[error("{0:?} is not a label key")]
+    NotAKey(String),
+    #[error("{0:?} is not a label value")]
+    NotAValue(String),
 }
 
 impl LabelSelector {
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
-        let error = |problem: String| SelectorError {
+        let error = |problem: SelectorProblem| SelectorError {
             selector: text.to_owned(),
             problem,
         };
@@ -56,13 +71,13 @@ impl LabelSelector {
 }
 
 /// Splits on the commas that are not inside an `in (...)` value list.
-fn split_terms(text: &str) -> Result<Vec<&str>, String> {
+fn split_terms(text: &str) -> Result<Vec<&str>, SelectorProblem> {
     let mut terms = Vec::new();
     let (mut depth, mut start) = (0usize, 0);
     for (index, character) in text.char_indices() {
         match character {
             '(' => depth += 1,
-            ')' => depth = depth.checked_sub(1).ok_or("unbalanced ')'")?,
+            ')' => depth = depth.checked_sub(1).ok_or(SelectorProblem::Unbalanced(')'))?,
             ',' if depth == 0 => {
                 terms.push(&text[start..index]);
                 start = index + 1;
@@ -71,13 +86,13 @@ fn split_terms(text: &str) -> Result<Vec<&str>, String> {
         }
     }
     if depth != 0 {
-        return Err("unbalanced '('".to_owned());
+        return Err(SelectorProblem::Unbalanced('('));
     }
     terms.push(&text[start..]);
     Ok(terms)
 }
 
-fn parse_term(term: &str) -> Result<Requirement, String> {
+fn parse_term(term: &str) -> Result<Requirement, SelectorProblem> {
     if let Some(key) = term.strip_prefix('!') {
         return Ok(Requirement::DoesNotExist(key_of(key)?));
     }
@@ -91,7 +106,9 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
         }
     }
     if let Some(open) = term.find('(') {
-        let close = term.rfind(')').ok_or_else(|| format!("{term:?}: missing ')'"))?;
+        let close = term
+            .rfind(')')
+            .ok_or_else(|| SelectorProblem::MissingClose(term.to_owned()))?;
         let head: Vec<&str> = term[..open].split_whitespace().collect();
         let values = term[open + 1..close]
             .split(',')
@@ -100,13 +117,13 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
         return match head.as_slice() {
             [key, "in"] => Ok(Requirement::In(key_of(key)?, values)),
             [key, "notin"] => Ok(Requirement::NotIn(key_of(key)?, values)),
-            _ => Err(format!("{term:?}: expected `KEY in (...)` or `KEY notin (...)`")),
+            _ => Err(SelectorProblem::NotASetTerm(term.to_owned())),
         };
     }
     Ok(Requirement::Exists(key_of(term)?))
 }
 
-fn key_of(text: &str) -> Result<String, String> {
+fn key_of(text: &str) -> Result<String, SelectorProblem> {
     let key = text.trim();
     let valid = !key.is_empty()
         && key
@@ -115,11 +132,11 @@ fn key_of(text: &str) -> Result<String, String> {
     if valid {
         Ok(key.to_owned())
     } else {
-        Err(format!("{key:?} is not a label key"))
+        Err(SelectorProblem::NotAKey(key.to_owned()))
     }
 }
 
-fn value_of(text: &str) -> Result<String, String> {
+fn value_of(text: &str) -> Result<String, SelectorProblem> {
     let value = text.trim();
     if value
         .chars()
@@ -127,7 +144,7 @@ fn value_of(text: &str) -> Result<String, String> {
     {
         Ok(value.to_owned())
     } else {
-        Err(format!("{value:?} is not a label value"))
+        Err(SelectorProblem::NotAValue(value.to_owned()))
     }
 }
 

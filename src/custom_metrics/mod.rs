@@ -1,18 +1,20 @@
-//! The operator's `custom.metrics.k8s.io` aggregated API: kube-apiserver proxies
-//! `/apis/custom.metrics.k8s.io/...` here (an `APIService` names this server's Service), and the
-//! HPA controller reads `pods/*/gpu_utilization` and `pods/*/inference_queue_duration_us` from
-//! it. GPU utilisation comes from the node agents' `/v1/samples` of the GPUs each pod holds;
-//! queue time from each pod's runtime metrics endpoint. Only the API server's front proxy is
-//! served: TLS with its client certificate checked against the requestheader CA the cluster
-//! publishes.
+//! The operator's `custom.metrics.k8s.io` aggregated API, everything the HPA scales on: kube-
+//! apiserver proxies `/apis/custom.metrics.k8s.io/...` here (an `APIService` names this server's
+//! Service), and the HPA controller reads two metrics from it, each from its own folder:
+//!
+//! - [`gpu_utilization`]: from the node agents' `/v1/samples` of the GPUs each pod holds;
+//! - [`queue_time`]: `inference_queue_duration_us`, from each pod's runtime metrics endpoint.
+//!
+//! [`routes`] answers the requests in the [`wire`] formats; [`front_proxy`] lets only the API
+//! server's front proxy in (TLS with its client certificate checked against the requestheader CA
+//! the cluster publishes). This file binds and serves.
 
-pub mod agents;
-pub mod api;
-pub mod authorization;
+pub mod front_proxy;
+pub mod gpu_utilization;
+pub mod label_selector;
 pub mod queue_time;
-pub mod reload;
-pub mod selector;
-pub mod tls;
+pub mod routes;
+pub mod wire;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -30,13 +32,17 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::{debug, info};
 
-pub use self::agents::AgentEndpoint;
+pub use self::gpu_utilization::node_agents::AgentEndpoint;
 use self::{
-    agents::{AgentDirectory, SampleSource},
-    api::{ApiState, ClientCertificate},
-    authorization::DelegatedAuthorizer,
+    front_proxy::{
+        ClientCertificate,
+        authorization::DelegatedAuthorizer,
+        reload::{IdentitySource, LiveTls, TrustSource},
+        tls,
+    },
+    gpu_utilization::node_agents::{AgentDirectory, SampleSource},
     queue_time::QueueTimeSource,
-    reload::{IdentitySource, LiveTls, TrustSource},
+    routes::ApiState,
 };
 
 /// A client that has not finished its handshake by then is dropped.
@@ -150,7 +156,7 @@ impl CustomMetricsServer {
             listener,
             tls,
             tls_reload_interval,
-            app: api::router(state),
+            app: routes::router(state),
         })
     }
 

@@ -15,7 +15,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::{Api, Client, api::PostParams};
 
-use super::api::GROUP;
+use crate::vocabulary::names::CUSTOM_METRICS_GROUP as GROUP;
 
 /// How long an allowed decision is reused; a revoked permission takes at most this long.
 const ALLOWED_TTL: Duration = Duration::from_secs(10);

@@ -10,7 +10,7 @@ use kube::runtime::reflector::Store;
 use node_agent::samples::{NodeSamples, SAMPLES_PATH};
 use tracing::debug;
 
-use crate::probe::host_port;
+use crate::vocabulary::host_port;
 
 /// One `NODE=HOST:PORT` of `--agent-endpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,16 +19,20 @@ pub struct AgentEndpoint {
     pub address: String,
 }
 
+/// An `--agent-endpoints` entry that is not `NODE=HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not NODE=HOST:PORT")]
+pub struct InvalidAgentEndpoint(pub String);
+
 impl FromStr for AgentEndpoint {
-    type Err = String;
+    type Err = InvalidAgentEndpoint;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (node, address) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not NODE=HOST:PORT"))?;
+        let invalid = || InvalidAgentEndpoint(text.to_owned());
+        let (node, address) = text.split_once('=').ok_or_else(invalid)?;
         let port = address.rsplit_once(':').map(|(_, port)| port);
         if node.is_empty() || port.is_none_or(|p| p.parse::<u16>().is_err()) {
-            return Err(format!("{text:?} is not NODE=HOST:PORT"));
+            return Err(invalid());
         }
         Ok(Self {
             node: node.to_owned(),
@@ -128,7 +132,7 @@ impl SampleSource {
     pub fn new(directory: AgentDirectory, timeout: Duration, max_age: Duration) -> Self {
         Self {
             directory,
-            http: super::http_client(timeout),
+            http: super::super::http_client(timeout),
             max_age,
         }
     }
@@ -192,7 +196,7 @@ mod tests {
         assert_eq!("n=[::1]:9400".parse::<AgentEndpoint>().unwrap().address, "[::1]:9400");
         for bad in ["gpu-a100-0", "=127.0.0.1:1", "n=127.0.0.1", "n=host:port"] {
             let error = bad.parse::<AgentEndpoint>().unwrap_err();
-            assert_eq!(error, format!("{bad:?} is not NODE=HOST:PORT"));
+            assert_eq!(error.to_string(), format!("{bad:?} is not NODE=HOST:PORT"));
         }
     }
 

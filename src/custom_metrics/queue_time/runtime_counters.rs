@@ -1,25 +1,10 @@
-//! Where a runtime reports the time requests wait in its queue, for `inference-queue` scaling.
-//! Every runtime reports it as two cumulative series on its Prometheus endpoint: the total time
-//! queued and the number of requests that were queued. Their growth between two reads gives the
-//! mean wait per request over that interval.
+//! The two cumulative totals a runtime reports its queue time in (the series each runtime uses
+//! are `crate::runtimes`' `queue_time()`), read from its Prometheus text. Their growth between
+//! two reads gives the mean wait per request over that interval.
 
 use prometheus_parse::{Scrape, Value};
 
-use super::ServerPort;
-
-/// The Prometheus series one runtime reports its queue time in.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QueueTimeSeries {
-    /// The runtime's Prometheus endpoint.
-    pub port: ServerPort,
-    pub path: &'static str,
-    /// Cumulative time requests spent queued, summed over every model and version.
-    pub queued: &'static str,
-    /// What one unit of `queued` is in microseconds.
-    pub queued_unit_us: f64,
-    /// Cumulative count of the requests whose wait `queued` adds up.
-    pub requests: &'static str,
-}
+use crate::vocabulary::QueueTimeSeries;
 
 /// The two cumulative totals at one read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,38 +27,47 @@ impl QueueCounters {
     }
 }
 
-impl QueueTimeSeries {
-    /// The totals in a scrape of the runtime's endpoint. A runtime that has served nothing yet
-    /// may not list its series at all, so a missing series reads as 0; the error is for text
-    /// that is not Prometheus exposition or a series whose value is not a number.
-    pub fn read(&self, exposition: &str) -> Result<QueueCounters, String> {
-        let lines = exposition.lines().map(|line| Ok(line.to_owned()));
-        let scrape = Scrape::parse(lines).map_err(|error| format!("not Prometheus text: {error}"))?;
-        let total = |name: &str| -> Result<f64, String> {
-            let mut sum = 0.0;
-            for sample in scrape.samples.iter().filter(|s| s.metric == name) {
-                let value = match sample.value {
-                    Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-                    _ => return Err(format!("{name} is a histogram or summary, not a total")),
-                };
-                if !value.is_finite() {
-                    return Err(format!("{name} is {value}"));
-                }
-                sum += value;
+/// Why a runtime's metrics give no totals.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CountersError {
+    #[error("not Prometheus text: {0}")]
+    NotPrometheus(String),
+    #[error("{series} is a histogram or summary, not a total")]
+    NotATotal { series: &'static str },
+    #[error("{series} is {value}")]
+    NotFinite { series: &'static str, value: f64 },
+}
+
+/// The totals in a scrape of the runtime's endpoint. A runtime that has served nothing yet may
+/// not list its series at all, so a missing series reads as 0; the error is for text that is not
+/// Prometheus exposition or a series whose value is not a number.
+pub fn read_counters(series: &QueueTimeSeries, exposition: &str) -> Result<QueueCounters, CountersError> {
+    let lines = exposition.lines().map(|line| Ok(line.to_owned()));
+    let scrape = Scrape::parse(lines).map_err(|error| CountersError::NotPrometheus(error.to_string()))?;
+    let total = |name: &'static str| -> Result<f64, CountersError> {
+        let mut sum = 0.0;
+        for sample in scrape.samples.iter().filter(|s| s.metric == name) {
+            let value = match sample.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => return Err(CountersError::NotATotal { series: name }),
+            };
+            if !value.is_finite() {
+                return Err(CountersError::NotFinite { series: name, value });
             }
-            Ok(sum)
-        };
-        Ok(QueueCounters {
-            queued_us: total(self.queued)? * self.queued_unit_us,
-            requests: total(self.requests)?,
-        })
-    }
+            sum += value;
+        }
+        Ok(sum)
+    };
+    Ok(QueueCounters {
+        queued_us: total(series.queued)? * series.queued_unit_us,
+        requests: total(series.requests)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::Runtime, runtimes::profile};
+    use crate::{runtimes::profile, vocabulary::Runtime};
 
     fn series(runtime: Runtime) -> QueueTimeSeries {
         profile(runtime).queue_time().expect("the runtime reports queue time")
@@ -120,17 +114,17 @@ inference_queue_duration_seconds_created 1.7641e+09
     #[test]
     fn each_runtime_totals_every_model_it_serves() {
         assert_eq!(
-            series(Runtime::Triton).read(TRITON),
+            read_counters(&series(Runtime::Triton), TRITON),
             Ok(QueueCounters {
                 queued_us: 1_000_000.0,
                 requests: 8.0
             })
         );
-        let torchserve = series(Runtime::Torchserve).read(TORCHSERVE).unwrap();
+        let torchserve = read_counters(&series(Runtime::Torchserve), TORCHSERVE).unwrap();
         assert_eq!(torchserve.requests, 6.0);
         assert!((torchserve.queued_us - 6_870_193.46).abs() < 0.01, "{torchserve:?}");
         assert_eq!(
-            series(Runtime::FastapiPytorch).read(FASTAPI),
+            read_counters(&series(Runtime::FastapiPytorch), FASTAPI),
             Ok(QueueCounters {
                 queued_us: 250_000.0,
                 requests: 4.0
@@ -140,7 +134,7 @@ inference_queue_duration_seconds_created 1.7641e+09
 
     #[test]
     fn a_runtime_that_served_nothing_reads_as_zero() {
-        let empty = series(Runtime::Triton).read("# no models yet\n").unwrap();
+        let empty = read_counters(&series(Runtime::Triton), "# no models yet\n").unwrap();
         assert_eq!(
             empty,
             QueueCounters {
