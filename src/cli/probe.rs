@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::{
     api::{ModelInfo, Runtime, TensorInfo},
-    probe::{ProbeOutcome, ProbeSettings, ProbeTarget, Prober, parse_endpoint},
+    model_readiness::{ProbeOutcome, ProbeSettings, ProbeTarget, Prober},
+    vocabulary::parse_endpoint,
 };
 
 /// Exit status when the model is not ready.
@@ -108,7 +109,7 @@ impl ProbeArgs {
         let token = match token_file {
             Some(path) => match read_token_file(&path) {
                 Ok(token) => Some(token),
-                Err(problem) => return usage_error(&problem),
+                Err(problem) => return usage_error(&problem.to_string()),
             },
             None => token,
         };
@@ -170,20 +171,32 @@ fn usage_error(problem: &str) -> ExitCode {
     ExitCode::from(EXIT_ERROR)
 }
 
+/// Why `--token-file` gives no key.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("--token-file {path}: {source}")]
+    Unreadable { path: String, source: std::io::Error },
+    #[error("--token-file {path}: JSON without a management.key entry")]
+    NoManagementKey { path: String },
+    #[error("--token-file {path} is empty")]
+    Empty { path: String },
+}
+
 /// Reads a TorchServe key: its `key_file.json` (the `management.key` entry), or a file that
 /// holds only the key.
-fn read_token_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|err| format!("--token-file {}: {err}", path.display()))?;
+fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Unreadable { path: shown(), source })?;
     if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
         return json
             .pointer("/management/key")
             .and_then(|key| key.as_str())
             .map(str::to_owned)
-            .ok_or_else(|| format!("--token-file {}: JSON without a management.key entry", path.display()));
+            .ok_or_else(|| TokenFileError::NoManagementKey { path: shown() });
     }
     let key = text.trim();
     if key.is_empty() {
-        return Err(format!("--token-file {} is empty", path.display()));
+        return Err(TokenFileError::Empty { path: shown() });
     }
     Ok(key.to_owned())
 }
@@ -284,12 +297,18 @@ mod tests {
         std::fs::write(&bare, "abc123\n").unwrap();
         assert_eq!(read_token_file(&bare).unwrap(), "abc123");
         std::fs::write(&bare, "\n").unwrap();
-        assert!(read_token_file(&bare).unwrap_err().ends_with("is empty"));
+        assert!(read_token_file(&bare).unwrap_err().to_string().ends_with("is empty"));
         std::fs::write(&bare, "{\"inference\": {}}").unwrap();
-        assert!(read_token_file(&bare).unwrap_err().contains("management.key"));
+        assert!(
+            read_token_file(&bare)
+                .unwrap_err()
+                .to_string()
+                .contains("management.key")
+        );
         assert!(
             read_token_file(&dir.path().join("absent"))
                 .unwrap_err()
+                .to_string()
                 .starts_with("--token-file")
         );
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::ImageArgs;
 use crate::{
     reconcile::{build::build, validate::check},
-    settings::OperatorImages,
+    vocabulary::OperatorImages,
 };
 
 #[derive(Debug, Args)]

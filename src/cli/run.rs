@@ -10,8 +10,8 @@ use super::ImageArgs;
 use crate::{
     controller::{self, LeaseSettings, Settings},
     custom_metrics::{self, AgentEndpoint},
-    probe::{ProbeSettings, parse_model_endpoints},
-    reconcile::readiness::EndpointResolver,
+    model_readiness::{EndpointResolver, ProbeSettings},
+    vocabulary::parse_model_endpoints,
 };
 
 #[derive(Debug, Args)]

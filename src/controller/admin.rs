@@ -12,18 +12,19 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
 
-use super::metrics::Metrics;
+use crate::telemetry::Metrics;
 
-/// Flipped once the caches are warm; shared with the admin server.
+/// What `/readyz` answers: true once every watch cache has listed. (Whether a *model* is ready
+/// is `crate::model_readiness`.)
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct CachesSynced(Arc<AtomicBool>);
 
-impl Readiness {
-    pub fn set_ready(&self) {
+impl CachesSynced {
+    pub fn set(&self) {
         self.0.store(true, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub fn get(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
@@ -47,7 +48,7 @@ fn with_addr(error: std::io::Error, addr: SocketAddr) -> std::io::Error {
 pub async fn serve<F>(
     (metrics_listener, health_listener): (TcpListener, TcpListener),
     metrics: Metrics,
-    readiness: Readiness,
+    caches_synced: CachesSynced,
     shutdown: impl Fn() -> F,
 ) -> std::io::Result<()>
 where
@@ -57,7 +58,7 @@ where
     let health_app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(readiness);
+        .with_state(caches_synced);
     let metrics_server = axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown());
     let health_server = axum::serve(health_listener, health_app).with_graceful_shutdown(shutdown());
     tokio::try_join!(async { metrics_server.await }, async { health_server.await })?;
@@ -71,8 +72,8 @@ async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
     )
 }
 
-async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
-    if readiness.is_ready() {
+async fn ready(State(caches_synced): State<CachesSynced>) -> impl IntoResponse {
+    if caches_synced.get() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "watch caches not synced yet")

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use kube_leader_election::{Error as LeaseError, LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 pub struct LeaseSettings {
     pub namespace: String,
@@ -46,6 +46,8 @@ pub fn spawn(
     let renew_every = lease_duration / 3;
     let task = tokio::spawn(async move {
         let mut last_renewed: Option<Instant> = None;
+        // Said once: repeating it every renewal period would bury it.
+        let mut told_namespace_missing = false;
         loop {
             let leading = match lock.try_acquire_or_renew().await {
                 Ok(LeaseLockResult::Acquired(_)) => {
@@ -61,6 +63,22 @@ pub fn spawn(
                         warn!(%holder, lease = %lease_name, "lost the leader lease");
                     }
                     last_renewed = None;
+                    false
+                }
+                Err(error) if namespace_missing(&error) => {
+                    if !told_namespace_missing {
+                        error!(
+                            lease = %lease_name,
+                            namespace = %namespace,
+                            "the leader Lease cannot be created: namespace {namespace} does not exist, so this \
+                             replica will never reconcile. Create it (kubectl create namespace {namespace}), \
+                             point --lease-namespace at an existing namespace, or run a single local replica \
+                             with --disable-leader-election"
+                        );
+                        told_namespace_missing = true;
+                    } else {
+                        debug!(%error, lease = %lease_name, "the lease namespace is still missing");
+                    }
                     false
                 }
                 Err(error) => {
@@ -93,4 +111,10 @@ pub fn spawn(
         }
     });
     (leader_rx, task)
+}
+
+/// Creating the Lease failed with NotFound: its namespace does not exist (the Lease itself is
+/// what is being created).
+fn namespace_missing(error: &LeaseError) -> bool {
+    matches!(error, LeaseError::CreateLease(kube::Error::Api(status)) if status.code == 404)
 }

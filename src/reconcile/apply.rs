@@ -1,5 +1,5 @@
-//! Apply: server-side apply of the desired children, in a fixed order, with one field manager;
-//! removal of the optional children the spec no longer wants; the status write.
+//! Apply (writes): server-side apply of the desired children, in a fixed order, with one field
+//! manager; removal of the optional children the spec no longer wants; the status write.
 
 use std::fmt::Debug;
 
@@ -11,11 +11,11 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{
-    build::{Desired, FIELD_MANAGER},
-    fetch::Observed,
+use super::{build::Desired, fetch::Observed};
+use crate::{
+    api::{ModelDeployment, ModelDeploymentStatus},
+    vocabulary::names::FIELD_MANAGER,
 };
-use crate::api::{ModelDeployment, ModelDeploymentStatus};
 
 /// What failed while writing to the API server. `reason` is a fixed label for metrics/Events.
 #[derive(Debug, thiserror::Error)]

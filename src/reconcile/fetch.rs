@@ -1,5 +1,5 @@
-//! Fetch: reads what exists for one ModelDeployment from the operator's watch caches, never
-//! from the API server, so that a thousand ModelDeployments cost no list calls per resync.
+//! Fetch (reads only): what exists now for one ModelDeployment, read from the operator's watch
+//! caches, never from the API server, so that a thousand ModelDeployments cost no list calls.
 
 use std::sync::Arc;
 
@@ -14,17 +14,23 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::{
-    build::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME},
-    validate::{Scaling, Validated},
-};
+use super::build::pod_tolerations;
 use crate::{
     api::ModelDeployment,
-    gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, is_finished, requested_per_node},
+    gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, requested_per_node},
+    vocabulary::{
+        Scaling, Validated,
+        names::{
+            COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
+            validation_job_name,
+        },
+        pods::{is_finished, is_terminating, node_name},
+    },
 };
 
-/// The watch caches the reconciler reads. Children are cached by the operator's
-/// `managed-by` label; nodes and pods in full, because GPU capacity depends on every pod.
+/// The watch caches the reconciler reads; the process (`crate::controller`) fills them.
+/// Children are cached by the operator's `managed-by` label; nodes and pods in full, because GPU
+/// capacity depends on every pod.
 #[derive(Clone)]
 pub struct Caches {
     pub models: Store<ModelDeployment>,
@@ -37,13 +43,13 @@ pub struct Caches {
     pub nodes: Store<Node>,
 }
 
-/// The children of one ModelDeployment as they are now.
+/// The children of one ModelDeployment as they are now; only those it controls.
 #[derive(Debug, Default)]
 pub struct Observed {
     pub deployment: Option<Arc<Deployment>>,
-    /// The validation Job of the spec's version and URI.
+    pub service: Option<Arc<Service>>,
+    /// The validation Job of the spec's version and URI, when the spec asks for validation.
     pub validation_job: Option<Arc<Job>>,
-    /// An HPA that exists while the spec no longer wants one.
     pub hpa: Option<Arc<HorizontalPodAutoscaler>>,
     pub runtime_config: Option<Arc<ConfigMap>>,
     /// The serving pods, for the capacity check and the model probes.
@@ -54,23 +60,40 @@ pub struct Observed {
 }
 
 impl Caches {
-    pub fn observe(&self, model: &Validated, runtime_config_name: Option<&str>) -> Observed {
-        let namespace = model.namespace.as_str();
+    /// Reads every child `model` may have, by the names the builders give them.
+    pub fn observe(&self, model: &ModelDeployment) -> Observed {
+        let name = model.name_any();
+        let namespace = model.namespace().unwrap_or_default();
+        let owner_uid = model.uid();
         let cluster_pods = self.pods.state();
+        let validation_job_name = model
+            .spec
+            .validate_script
+            .as_ref()
+            .map(|_| validation_job_name(&name, &model.spec.version, &model.spec.model_uri));
         Observed {
-            deployment: owned_child(&self.deployments, namespace, &model.name, model),
-            validation_job: model
-                .validation
-                .as_ref()
-                .and_then(|plan| owned_child(&self.jobs, namespace, &plan.job_name, model)),
-            hpa: owned_child(&self.hpas, namespace, &model.name, model),
-            runtime_config: runtime_config_name.and_then(|name| owned_child(&self.config_maps, namespace, name, model)),
+            deployment: owned_child(
+                &self.deployments,
+                &namespace,
+                &deployment_name(&name),
+                owner_uid.as_deref(),
+            ),
+            service: owned_child(&self.services, &namespace, &service_name(&name), owner_uid.as_deref()),
+            validation_job: validation_job_name
+                .and_then(|job| owned_child(&self.jobs, &namespace, &job, owner_uid.as_deref())),
+            hpa: owned_child(&self.hpas, &namespace, &deployment_name(&name), owner_uid.as_deref()),
+            runtime_config: owned_child(
+                &self.config_maps,
+                &namespace,
+                &runtime_config_name(&name),
+                owner_uid.as_deref(),
+            ),
             pods: cluster_pods
                 .iter()
-                .filter(|pod| pod.namespace().as_deref() == Some(namespace))
+                .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
                 .filter(|pod| {
                     let labels = pod.labels();
-                    labels.get(LABEL_NAME) == Some(&model.name)
+                    labels.get(LABEL_NAME) == Some(&name)
                         && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER)
                 })
                 .cloned()
@@ -96,9 +119,9 @@ impl Caches {
             .pods
             .iter()
             .map(Arc::as_ref)
-            .filter(|pod| pod.metadata.deletion_timestamp.is_none() && !is_finished(pod))
+            .filter(|pod| !is_terminating(pod) && !is_finished(pod))
             .collect();
-        let bound = live.iter().filter(|pod| node_of(pod).is_some()).count();
+        let bound = live.iter().filter(|pod| node_name(pod).is_some()).count();
         let pending = live.len() - bound;
         let unscheduled = (usize::try_from(wanted).unwrap_or(0).saturating_sub(bound)).max(pending);
 
@@ -119,7 +142,7 @@ impl Caches {
                 .as_ref()
                 .and_then(|a| a.node_affinity.as_ref())
                 .and_then(|n| n.required_during_scheduling_ignored_during_execution.clone()),
-            tolerations: crate::reconcile::build::pod_tolerations(model),
+            tolerations: pod_tolerations(model),
         };
         Some(check_capacity(
             placement,
@@ -130,18 +153,13 @@ impl Caches {
     }
 }
 
-fn node_of(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
-}
-
 /// A cached child by name, only if this ModelDeployment controls it: an object of the same
 /// name that belongs to someone else is never adopted or changed.
-fn owned_child<K>(store: &Store<K>, namespace: &str, name: &str, model: &Validated) -> Option<Arc<K>>
+fn owned_child<K>(store: &Store<K>, namespace: &str, name: &str, owner_uid: Option<&str>) -> Option<Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
     let child = store.get(&ObjectRef::new(name).within(namespace))?;
-    let owner_uid = model.owner.as_ref().map(|o| o.uid.as_str());
     let controlled = child
         .meta()
         .owner_references

@@ -1,12 +1,250 @@
-//! The reconcile pipeline, one module per step: `fetch` reads the children from the watch
-//! caches, `validate` (pure) turns a `ModelDeployment` into the validated view every builder
-//! reads, `build` (pure) renders the desired children, `apply` writes them with server-side
-//! apply, `readiness` asks the runtimes whether the model answers, and `status` (pure) computes
-//! what is written back. `crate::controller` runs it.
+//! The reconcile driver: one `ModelDeployment` brought to its desired state, one step per
+//! module, read top to bottom in [`reconcile`]:
+//!
+//! 1. [`fetch`] (reads): the children that exist, from the watch caches;
+//! 2. [`validate`] (pure): the spec resolved into `Validated`, or the fields that are wrong;
+//! 3. [`build`] (pure): the desired children, one file per kind;
+//! 4. [`apply`] (writes): server-side apply in a fixed order, prune what is no longer wanted;
+//! 5. readiness (`crate::model_readiness`): does the model itself answer in each ready pod;
+//! 6. [`status`] (pure, then one write): the status computed from all of the above.
+//!
+//! The driver returns an [`Outcome`], plain data saying what it found and did; [`report`]
+//! publishes metrics and Events from it, and the process (`crate::controller`) requeues by it.
 
 pub mod apply;
 pub mod build;
+mod context;
 pub mod fetch;
-pub mod readiness;
+mod outcome;
+pub mod report;
 pub mod status;
 pub mod validate;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+use std::time::Duration;
+
+use self::{
+    apply::ApplyError,
+    status::{StatusInputs, ValidationState},
+};
+pub use self::{
+    context::Context,
+    fetch::Caches,
+    outcome::{Outcome, Reconciled, Skipped, ValidationVerdict, Work},
+};
+use crate::{
+    api::{ModelDeployment, ModelDeploymentStatus, conditions},
+    model_readiness::{self, ModelReadiness},
+};
+
+/// Without any event, every ModelDeployment is looked at again this often: a safety net for
+/// a missed watch event, not how the operator normally reacts.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// A reconcile that arrives before the caches have listed comes back after this.
+const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
+
+/// What a reconcile can fail with; `reason` is a fixed label for metrics and logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Apply(error) => error.reason(),
+        }
+    }
+
+    /// A conflict or a vanished object: the next watch event brings a fresher view.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Apply(error) => error.is_transient(),
+        }
+    }
+}
+
+/// Reconciles one ModelDeployment: fetch → validate → build → apply → readiness → status.
+pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome, ReconcileError> {
+    // Until every cache has listed, "not in the cache" would read as "does not exist". The
+    // reconcile must not wait here: a waiting reconcile holds a concurrency slot, and the
+    // Controller stops polling the watches (and so the caches) while its slots are full.
+    if !ctx.caches_synced() {
+        return Ok(Outcome::skipped(
+            model,
+            Skipped::CachesNotSynced,
+            Some(CACHE_SYNC_RETRY),
+        ));
+    }
+    if !ctx.is_leader() {
+        return Ok(Outcome::skipped(model, Skipped::NotLeader, None));
+    }
+    if model.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove every child.
+        return Ok(Outcome::skipped(model, Skipped::Deleting, None));
+    }
+    let previous = model.status.as_ref();
+    let now = Timestamp::now();
+
+    // 1. fetch
+    let observed = ctx.caches.observe(model);
+
+    // 2. validate
+    let spec = match validate::validate(model, &ctx.images) {
+        Ok(spec) => spec,
+        Err(errors) => {
+            let next = status::compute(StatusInputs {
+                generation: model.metadata.generation,
+                previous,
+                spec: Err(&errors),
+                validation: ValidationState::NotRequired,
+                deployment: None,
+                capacity: None,
+                model: ModelReadiness::from_pod_readiness(None),
+                now,
+            });
+            let status_written = write_status_if_changed(ctx, model, previous, &next).await?;
+            return Ok(Outcome::reconciled(
+                model,
+                Some(RESYNC_INTERVAL),
+                Reconciled {
+                    runtime: None,
+                    previous: previous.cloned(),
+                    status: next,
+                    status_written,
+                    created_deployment: None,
+                    started_validation: None,
+                    validation_verdict: None,
+                },
+            ));
+        }
+    };
+
+    // 3. build
+    let desired = build::build(&spec);
+
+    // 4. apply: the validation Job gates the Deployment's rollout; the GPU pre-flight reads
+    // what fetch saw, before any pod of this apply exists.
+    let validation = match (&spec.validation, &observed.validation_job) {
+        (None, _) => ValidationState::NotRequired,
+        (Some(plan), None) => ValidationState::Running {
+            job: plan.job_name.clone(),
+        },
+        (Some(_), Some(job)) => ValidationState::of_job(job),
+    };
+    let capacity = ctx.caches.gpu_capacity(&spec, &observed);
+    let applied = apply::apply(&ctx.client, &desired, &observed, validation.allows_rollout()).await?;
+    let deployment = applied.deployment.as_ref().or(observed.deployment.as_deref());
+
+    // 5. readiness: the runtimes' own word where the operator can reach them, else the kubelet's.
+    let (readiness, recheck) = if deployment.is_some() && ctx.endpoints.reaches(&spec) {
+        let (readiness, decisive) =
+            model_readiness::probe_models(&ctx.prober, &ctx.endpoints, &spec, &observed.pods).await;
+        let recheck = decisive.map(|outcome| ctx.probe_schedule.next(&spec.namespace, &spec.name, &outcome));
+        (readiness, recheck)
+    } else {
+        (ModelReadiness::from_pod_readiness(deployment), None)
+    };
+
+    // 6. status
+    let next = status::compute(StatusInputs {
+        generation: model.metadata.generation,
+        previous,
+        spec: Ok(&spec),
+        validation,
+        deployment,
+        capacity,
+        model: readiness,
+        now,
+    });
+    let status_written = write_status_if_changed(ctx, model, previous, &next).await?;
+
+    let created_deployment = applied
+        .deployment
+        .as_ref()
+        .filter(|_| applied.created_deployment)
+        .and_then(|d| d.metadata.uid.clone());
+    let started_validation = spec
+        .validation
+        .as_ref()
+        .filter(|_| applied.started_validation)
+        .map(|plan| plan.job_name.clone());
+    let validation_verdict = spec
+        .validation
+        .as_ref()
+        .and_then(|plan| validation_verdict(previous, &next, &plan.job_name));
+    // Model probes are polled on their schedule (soon while loading, every 30 s once served,
+    // so that a model that stops answering is noticed). Everything else ends with a change a
+    // watch reports (a Job finishing, pods becoming ready, GPUs freed), so only the safety
+    // resync is timed.
+    let requeue = recheck.unwrap_or(RESYNC_INTERVAL).min(RESYNC_INTERVAL);
+    Ok(Outcome::reconciled(
+        model,
+        Some(requeue),
+        Reconciled {
+            runtime: Some(spec.runtime),
+            previous: previous.cloned(),
+            status: next,
+            status_written,
+            created_deployment,
+            started_validation,
+            validation_verdict,
+        },
+    ))
+}
+
+/// The status is written only when it differs from what the object carries: an unchanged
+/// model costs no write.
+async fn write_status_if_changed(
+    ctx: &Context,
+    model: &ModelDeployment,
+    previous: Option<&ModelDeploymentStatus>,
+    next: &ModelDeploymentStatus,
+) -> Result<bool, ApplyError> {
+    if previous == Some(next) {
+        return Ok(false);
+    }
+    apply::write_status(&ctx.client, model, next).await?;
+    Ok(true)
+}
+
+/// The Job's verdict, when this status is the first to carry it: the `Validated` condition
+/// leaving ValidationRunning for ValidationSucceeded or ValidationFailed.
+fn validation_verdict(
+    previous: Option<&ModelDeploymentStatus>,
+    next: &ModelDeploymentStatus,
+    job: &str,
+) -> Option<ValidationVerdict> {
+    let reason_of = |status: Option<&ModelDeploymentStatus>| {
+        status.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == conditions::VALIDATED)
+                .map(|c| c.reason.clone())
+        })
+    };
+    let before = reason_of(previous);
+    let after = reason_of(Some(next));
+    if before.as_deref() != Some(conditions::reasons::VALIDATION_RUNNING) || before == after {
+        return None;
+    }
+    let succeeded = match after.as_deref() {
+        Some(conditions::reasons::VALIDATION_SUCCEEDED) => true,
+        Some(conditions::reasons::VALIDATION_FAILED) => false,
+        _ => return None,
+    };
+    Some(ValidationVerdict {
+        job: job.to_owned(),
+        succeeded,
+    })
+}
+
+/// `namespace/name` of a model, for logs.
+pub fn display_name(model: &ModelDeployment) -> String {
+    format!("{}/{}", model.namespace().unwrap_or_default(), model.name_any())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
-//! Pure: computes a ModelDeployment's status from what the reconcile observed and applied.
+//! Status (pure): computes a ModelDeployment's status from what the reconcile observed and applied.
 //! Conditions keep their `lastTransitionTime` unless their status flips; the phase, message and
 //! counts are derived from the conditions, so they can never disagree with them.
 
@@ -8,14 +8,19 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use super::{build::LABEL_VERSION, validate::Validated};
 use crate::{
     api::{
-        ModelDeploymentStatus, ModelInfo, Phase,
+        ModelDeploymentStatus, Phase,
         admission::FieldErrors,
         conditions::{self, reasons},
     },
     gpu::CapacityReport,
+    model_readiness::ModelReadiness,
+    runtimes,
+    vocabulary::{
+        Validated,
+        names::{LABEL_VERSION, service_name},
+    },
 };
 
 /// Where the version's validation Job stands.
@@ -63,43 +68,6 @@ impl ValidationState {
     /// Whether the spec's version may be rolled out to the Deployment.
     pub fn allows_rollout(&self) -> bool {
         matches!(self, Self::NotRequired | Self::Succeeded { .. })
-    }
-}
-
-/// How many replicas' models answer, and why (or why not), as the model probes report it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelReadiness {
-    pub ready_replicas: i32,
-    pub reason: &'static str,
-    pub message: String,
-    pub model: Option<ModelInfo>,
-}
-
-impl ModelReadiness {
-    /// Readiness as the kubelet's probes see it, for when no model probe has answered: the
-    /// reason says so, so that nobody mistakes it for the model's own word.
-    pub fn from_pod_readiness(deployment: Option<&Deployment>) -> Self {
-        let ready = deployment
-            .and_then(|d| d.status.as_ref())
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        let (reason, message) = if ready > 0 {
-            (
-                reasons::PODS_READY,
-                format!("{ready} pod(s) pass the runtime's readiness probe; the model itself has not been probed"),
-            )
-        } else {
-            (
-                reasons::PODS_NOT_READY,
-                "no pod passes the runtime's readiness probe yet".to_owned(),
-            )
-        };
-        Self {
-            ready_replicas: ready,
-            reason,
-            message,
-            model: None,
-        }
     }
 }
 
@@ -321,9 +289,9 @@ pub fn serving_version(deployment: &Deployment) -> Option<String> {
 pub fn endpoint(model: &Validated) -> String {
     format!(
         "{}.{}.svc:{}",
-        super::build::service_name(&model.name),
+        service_name(&model.name),
         model.namespace,
-        model.profile.inference_port().port
+        runtimes::of(model).inference_port().port
     )
 }
 

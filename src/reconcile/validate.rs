@@ -1,96 +1,27 @@
-//! Pure: turns a `ModelDeployment` into `Validated`, the resolved view every builder reads
-//! (defaults filled, URI parsed, GPU placement and scaling decided), or says which fields are
-//! wrong. The API server has already applied the CRD's schema and CEL rules to anything read
+//! Validate (pure): turns a `ModelDeployment` into `Validated`, the resolved view every builder
+//! reads (defaults filled, URI parsed, GPU placement and scaling decided), or says which fields
+//! are wrong. The API server has already applied the CRD's schema and CEL rules to anything read
 //! from a cluster; `check` applies them here too for objects read from files.
 
-use std::{collections::BTreeMap, fmt};
-
-use k8s_openapi::{
-    api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration},
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::{
     api::{
-        GpuSharing, ModelDeployment, Runtime, ScalingMetric,
+        ModelDeployment,
         admission::{self, FieldError, FieldErrors},
     },
-    gpu::GpuPlacement,
-    model_source::{ModelSource, ModelUri},
-    runtimes::{self, ModelLayout, RuntimeProfile},
-    settings::OperatorImages,
+    runtimes,
+    vocabulary::{
+        AutoscalingPlan, GpuPlacement, GpuSharing, ModelSource, ModelUri, OperatorImages, Scaling, ScalingMetric,
+        Validated, ValidationPlan, names::validation_job_name,
+    },
 };
 
 /// Default HPA targets when `autoscaling.target` is not given.
 pub const DEFAULT_GPU_UTILIZATION_TARGET: i32 = 70;
 pub const DEFAULT_CPU_UTILIZATION_TARGET: i32 = 80;
 pub const DEFAULT_QUEUE_TIME_TARGET_US: i32 = 50_000;
-
-/// Everything the builders need, resolved once.
-#[derive(Clone)]
-pub struct Validated {
-    pub name: String,
-    pub namespace: String,
-    /// Controller reference to the ModelDeployment; absent for objects never stored (render).
-    pub owner: Option<OwnerReference>,
-    pub runtime: Runtime,
-    pub profile: &'static dyn RuntimeProfile,
-    pub model_name: String,
-    pub version: String,
-    pub image: String,
-    pub fetcher_image: String,
-    /// `modelURI` as written, checksum fragment included (the fetcher verifies it).
-    pub model_uri: String,
-    pub source: ModelUri,
-    pub layout: ModelLayout,
-    /// The user's CPU and memory; the GPU resource is added from `gpu`.
-    pub resources: ResourceRequirements,
-    pub gpu: Option<GpuPlacement>,
-    pub scaling: Scaling,
-    pub validation: Option<ValidationPlan>,
-    pub node_selector: BTreeMap<String, String>,
-    pub tolerations: Vec<Toleration>,
-    pub affinity: Option<Affinity>,
-    pub env: Vec<EnvVar>,
-    pub runtime_args: Vec<String>,
-}
-
-impl fmt::Debug for Validated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Validated")
-            .field("namespace", &self.namespace)
-            .field("name", &self.name)
-            .field("runtime", &self.runtime)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scaling {
-    Fixed { replicas: i32 },
-    Autoscaled(AutoscalingPlan),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AutoscalingPlan {
-    pub min_replicas: i32,
-    pub max_replicas: i32,
-    pub metric: ScalingMetric,
-    pub target: i32,
-    pub scale_down_stabilization_seconds: Option<i32>,
-}
-
-/// The validation Job for the spec's version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidationPlan {
-    pub script: String,
-    /// `NAME-validate-<8 hex of sha256(version, modelURI)>`: a new version or URI is a new Job.
-    pub job_name: String,
-}
 
 /// Admission (schema and CEL, as the API server applies them) followed by `validate`: for
 /// objects that come from files rather than from the API server.
@@ -207,7 +138,6 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
         owner: model.controller_owner_ref(&()),
         namespace,
         runtime: spec.runtime,
-        profile,
         model_name,
         version: spec.version.clone(),
         image,
@@ -226,15 +156,6 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
         runtime_args: spec.runtime_args.clone(),
         name,
     })
-}
-
-pub fn validation_job_name(name: &str, version: &str, model_uri: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(version.as_bytes());
-    hasher.update([0]);
-    hasher.update(model_uri.as_bytes());
-    let digest = hex::encode(hasher.finalize());
-    format!("{name}-validate-{}", &digest[..8])
 }
 
 /// Kubernetes' quantity grammar: a signed decimal number, then a binary-SI (Ki…Ei),
@@ -269,17 +190,5 @@ mod tests {
         for bad in ["", "five", "1.2.3", "4GB", "Mi", "1e", "5 cores"] {
             assert!(!is_quantity(bad), "{bad} should not be a quantity");
         }
-    }
-
-    #[test]
-    fn validation_job_name_changes_with_version_and_uri() {
-        let a = validation_job_name("bert", "v1", "s3://m/bert.mar");
-        assert!(
-            a.starts_with("bert-validate-") && a.len() == "bert-validate-".len() + 8,
-            "{a}"
-        );
-        assert_ne!(a, validation_job_name("bert", "v2", "s3://m/bert.mar"));
-        assert_ne!(a, validation_job_name("bert", "v1", "s3://m/bert2.mar"));
-        assert_eq!(a, validation_job_name("bert", "v1", "s3://m/bert.mar"));
     }
 }

@@ -19,16 +19,19 @@ use k8s_openapi::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    COMPONENT_SERVER, LABEL_RUNTIME, LABEL_VERSION, common_labels, object_meta,
+    common_labels, object_meta,
     pod::{
         container_security_context, fetch_init_container, model_env, model_mount, model_volume, pod_security_context,
     },
     server_selector,
 };
 use crate::{
-    gpu::{GpuPlacement, merge_node_requirements},
-    reconcile::validate::{Scaling, Validated},
-    runtimes::CONFIG_DIR,
+    gpu::merge_node_requirements,
+    runtimes::{self, CONFIG_DIR},
+    vocabulary::{
+        GpuPlacement, Scaling, Validated,
+        names::{COMPONENT_SERVER, LABEL_RUNTIME, LABEL_VERSION, deployment_name},
+    },
 };
 
 pub const SERVER_CONTAINER: &str = "model-server";
@@ -55,9 +58,10 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
         Scaling::Autoscaled(_) => None,
     };
 
+    let profile = runtimes::of(model);
     let mut volumes = vec![model_volume(model)];
     let mut mounts = vec![model_mount(model)];
-    if model.profile.needs_shared_memory() {
+    if profile.needs_shared_memory() {
         volumes.push(Volume {
             name: SHM_VOLUME.to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -89,17 +93,16 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
         });
     }
 
-    let (command, mut args) = model.profile.command(model);
+    let (command, mut args) = profile.command(model);
     args.extend(model.runtime_args.iter().cloned());
-    let probes = model.profile.probes();
+    let probes = profile.probes();
     let server = Container {
         name: SERVER_CONTAINER.to_owned(),
         image: Some(model.image.clone()),
         command: (!command.is_empty()).then_some(command),
         args: (!args.is_empty()).then_some(args),
         ports: Some(
-            model
-                .profile
+            profile
                 .ports()
                 .iter()
                 .map(|p| ContainerPort {
@@ -110,7 +113,7 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
                 })
                 .collect(),
         ),
-        env: Some(model_env(model, model.profile.env(model))),
+        env: Some(model_env(model, profile.env(model))),
         resources: Some(runtime_resources(model)),
         readiness_probe: Some(probes.readiness),
         liveness_probe: Some(probes.liveness),
@@ -128,7 +131,7 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
         .unwrap_or_default();
 
     Deployment {
-        metadata: object_meta(model, model.name.clone(), COMPONENT_SERVER),
+        metadata: object_meta(model, deployment_name(&model.name), COMPONENT_SERVER),
         spec: Some(DeploymentSpec {
             replicas,
             selector: LabelSelector {

@@ -9,16 +9,11 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use super::{COMPONENT_SERVER, object_meta};
-use crate::{
-    api::ScalingMetric,
-    reconcile::validate::{Scaling, Validated},
+use super::object_meta;
+use crate::vocabulary::{
+    GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC, Scaling, ScalingMetric, Validated,
+    names::{COMPONENT_SERVER, deployment_name},
 };
-
-/// Per-pod GPU utilisation (percent), served by the operator's custom-metrics API.
-pub const GPU_UTILIZATION_METRIC: &str = "gpu_utilization";
-/// Per-pod time requests spend queued in the runtime (microseconds), same API.
-pub const QUEUE_TIME_METRIC: &str = "inference_queue_duration_us";
 
 pub fn build(model: &Validated) -> Option<HorizontalPodAutoscaler> {
     let Scaling::Autoscaled(plan) = &model.scaling else {
@@ -65,12 +60,12 @@ pub fn build(model: &Validated) -> Option<HorizontalPodAutoscaler> {
             scale_up: None,
         });
     Some(HorizontalPodAutoscaler {
-        metadata: object_meta(model, model.name.clone(), COMPONENT_SERVER),
+        metadata: object_meta(model, deployment_name(&model.name), COMPONENT_SERVER),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".to_owned()),
                 kind: "Deployment".to_owned(),
-                name: model.name.clone(),
+                name: deployment_name(&model.name),
             },
             min_replicas: Some(plan.min_replicas),
             max_replicas: plan.max_replicas,

@@ -24,26 +24,15 @@ use serde::Serialize;
 
 pub use self::{
     deployment::{build as build_deployment, pod_tolerations},
-    hpa::{GPU_UTILIZATION_METRIC, QUEUE_TIME_METRIC, build as build_hpa},
+    hpa::build as build_hpa,
     runtime_config::build as build_runtime_config,
     service::build as build_service,
     validation_job::build as build_validation_job,
 };
-use super::validate::Validated;
-
-/// The one field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "model-operator";
-
-pub const LABEL_NAME: &str = "app.kubernetes.io/name";
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-/// The original project's label, kept so its selectors and dashboards keep working.
-pub const LABEL_MODEL: &str = "model";
-pub const LABEL_VERSION: &str = "mlops.sathvik.dev/version";
-pub const LABEL_RUNTIME: &str = "mlops.sathvik.dev/runtime";
-pub const MANAGED_BY: &str = "model-operator";
-pub const COMPONENT_SERVER: &str = "model-server";
-pub const COMPONENT_VALIDATION: &str = "validation";
+use crate::vocabulary::{
+    Validated,
+    names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_MODEL, LABEL_NAME, MANAGED_BY},
+};
 
 /// Everything the operator owns for one ModelDeployment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -131,11 +120,6 @@ fn object_meta(model: &Validated, name: String, component: &str) -> ObjectMeta {
         owner_references: model.owner.clone().map(|owner| vec![owner]),
         ..ObjectMeta::default()
     }
-}
-
-/// The Service's name, as the original project named it.
-pub fn service_name(model_name: &str) -> String {
-    format!("{model_name}-service")
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use crate::{model_source::ModelSource, reconcile::validate::Validated, runtimes::MODEL_ROOT};
+use crate::{
+    runtimes::MODEL_ROOT,
+    vocabulary::{ModelSource, Validated},
+};
 
 pub const MODEL_VOLUME: &str = "model-store";
 pub const FETCH_CONTAINER: &str = "model-fetch";

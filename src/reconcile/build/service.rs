@@ -5,12 +5,17 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{COMPONENT_SERVER, object_meta, server_selector, service_name};
-use crate::reconcile::validate::Validated;
+use super::{object_meta, server_selector};
+use crate::{
+    runtimes,
+    vocabulary::{
+        Validated,
+        names::{COMPONENT_SERVER, service_name},
+    },
+};
 
 pub fn build(model: &Validated) -> Service {
-    let ports = model
-        .profile
+    let ports = runtimes::of(model)
         .ports()
         .iter()
         .map(|port| ServicePort {

@@ -9,7 +9,10 @@ use super::*;
 use crate::{
     api::admission::FieldErrors,
     reconcile::validate::check,
-    settings::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, OperatorImages},
+    vocabulary::{
+        DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, OperatorImages,
+        names::{COMPONENT_SERVER, COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_VERSION},
+    },
 };
 
 fn render(yaml: &str) -> Desired {

@@ -10,12 +10,15 @@ use k8s_openapi::{
 };
 
 use super::{
-    COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_VERSION, common_labels, object_meta,
+    common_labels, object_meta,
     pod::{
         container_security_context, fetch_init_container, model_env, model_mount, model_volume, pod_security_context,
     },
 };
-use crate::reconcile::validate::Validated;
+use crate::vocabulary::{
+    Validated,
+    names::{COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_VERSION},
+};
 
 pub const VALIDATE_CONTAINER: &str = "validate";
 /// A validation that runs longer than this has hung; the Job fails and the old version stays.

@@ -12,7 +12,7 @@ use crate::{
     api::ModelDeployment,
     gpu::CapacityReport,
     reconcile::validate::{check, validate},
-    settings::OperatorImages,
+    vocabulary::OperatorImages,
 };
 
 const TRITON: &str = r#"

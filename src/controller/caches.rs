@@ -1,0 +1,199 @@
+//! The watch caches: one reflector per kind, each filled by its own task, and the wait for all
+//! of them to list once (until then `/readyz` says 503 and reconciles do nothing).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt, StreamExt, future};
+use k8s_openapi::{
+    ClusterResourceScope, NamespaceResourceScope,
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::Job,
+        core::v1::{ConfigMap, Node, Pod, Service},
+    },
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::admin::CachesSynced;
+use crate::{
+    api::ModelDeployment,
+    reconcile::Caches,
+    vocabulary::names::{LABEL_MANAGED_BY, MANAGED_BY},
+};
+
+/// A watch event stream that triggers reconciles.
+pub type Triggers<K> = futures::channel::mpsc::UnboundedReceiver<Result<K, watcher::Error>>;
+
+/// The caches and the event streams the Controller is built from.
+pub struct Watches {
+    pub caches: Caches,
+    pub models: Triggers<ModelDeployment>,
+    pub deployments: Triggers<Deployment>,
+    pub services: Triggers<Service>,
+    pub hpas: Triggers<HorizontalPodAutoscaler>,
+    pub jobs: Triggers<Job>,
+    pub config_maps: Triggers<ConfigMap>,
+    pub pods: Triggers<Pod>,
+    pub nodes: Triggers<Node>,
+}
+
+/// Starts every watch: ModelDeployments and the operator's children in `namespace` (all when
+/// `None`); pods and nodes everywhere, since every pod counts toward GPU capacity.
+pub fn start(client: &Client, namespace: Option<&str>) -> Watches {
+    let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let (models, model_stream) = namespaced::<ModelDeployment>(client, namespace, watcher::Config::default());
+    let (deployments, deployment_stream) = namespaced::<Deployment>(client, namespace, children.clone());
+    let (services, service_stream) = namespaced::<Service>(client, namespace, children.clone());
+    let (hpas, hpa_stream) = namespaced::<HorizontalPodAutoscaler>(client, namespace, children.clone());
+    let (jobs, job_stream) = namespaced::<Job>(client, namespace, children.clone());
+    let (config_maps, config_map_stream) = namespaced::<ConfigMap>(client, namespace, children);
+    let (pods, pod_stream) = namespaced::<Pod>(client, None, watcher::Config::default());
+    let (nodes, node_stream) = cluster_wide::<Node>(client);
+    Watches {
+        caches: Caches {
+            models,
+            deployments,
+            services,
+            hpas,
+            jobs,
+            config_maps,
+            pods,
+            nodes,
+        },
+        models: model_stream,
+        deployments: deployment_stream,
+        services: service_stream,
+        hpas: hpa_stream,
+        jobs: job_stream,
+        config_maps: config_map_stream,
+        pods: pod_stream,
+        nodes: node_stream,
+    }
+}
+
+/// Waits (in its own task) until every cache has listed once, then flips `/readyz` and the
+/// reconcile gate; says every 10 s which caches are still waiting.
+pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool> {
+    let (synced_tx, synced_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let Caches {
+            models,
+            deployments,
+            services,
+            hpas,
+            jobs,
+            config_maps,
+            pods,
+            nodes,
+        } = caches;
+        let waits = [
+            ("modeldeployments", models.wait_until_ready().boxed()),
+            ("deployments", deployments.wait_until_ready().boxed()),
+            ("services", services.wait_until_ready().boxed()),
+            ("horizontalpodautoscalers", hpas.wait_until_ready().boxed()),
+            ("jobs", jobs.wait_until_ready().boxed()),
+            ("configmaps", config_maps.wait_until_ready().boxed()),
+            ("pods", pods.wait_until_ready().boxed()),
+            ("nodes", nodes.wait_until_ready().boxed()),
+        ];
+        let waiting: Arc<Mutex<Vec<&str>>> = Arc::new(Mutex::new(waits.iter().map(|(name, _)| *name).collect()));
+        let all = future::join_all(waits.into_iter().map(|(name, wait)| {
+            let waiting = waiting.clone();
+            async move {
+                let listed = wait.await.is_ok();
+                waiting.lock().expect("waiting lock").retain(|w| *w != name);
+                if !listed {
+                    error!(cache = name, "the watch ended before its first list");
+                }
+                listed
+            }
+        }));
+        tokio::pin!(all);
+        loop {
+            tokio::select! {
+                listed = &mut all => {
+                    if listed.iter().all(|ok| *ok) {
+                        info!("watch caches synced");
+                        ready.set();
+                        synced_tx.send_replace(true);
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_secs(10)) => {
+                    let waiting = waiting.lock().expect("waiting lock").clone();
+                    warn!(?waiting, "watch caches not synced after 10 s more");
+                }
+            }
+        }
+    });
+    synced_rx
+}
+
+/// A reflector-backed watch of `K` in one namespace or all.
+fn namespaced<K>(client: &Client, namespace: Option<&str>, config: watcher::Config) -> (Store<K>, Triggers<K>)
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    reflect(api, config)
+}
+
+fn cluster_wide<K>(client: &Client) -> (Store<K>, Triggers<K>)
+where
+    K: Resource<DynamicType = (), Scope = ClusterResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect(Api::all(client.clone()), watcher::Config::default())
+}
+
+/// Managed fields are dropped: nobody reads them and they are a large part of every object.
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Triggers<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let reflector = watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    // The cache is kept by its own task, so that it fills whatever the Controller does: the
+    // Controller polls its triggers only as its scheduler asks, and a cache that waits on it
+    // can wait on a reconcile that waits on the cache. Events reach the Controller through an
+    // unbounded channel; it drains it continuously, so the channel holds only a burst.
+    let (events, triggers) = futures::channel::mpsc::unbounded();
+    tokio::spawn(reflector.for_each(move |event| {
+        // A closed channel means the Controller has stopped; the cache keeps serving reads.
+        let _ = events.unbounded_send(event);
+        future::ready(())
+    }));
+    (store, triggers)
+}

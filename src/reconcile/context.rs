@@ -1,0 +1,35 @@
+//! What every reconcile shares: the client it writes with, the caches it reads, the prober, and
+//! the process's two gates (caches synced, leadership), which the process sets.
+
+use kube::Client;
+use tokio::sync::watch;
+
+use super::fetch::Caches;
+use crate::{
+    model_readiness::{EndpointResolver, ProbeSchedule, Prober},
+    vocabulary::OperatorImages,
+};
+
+pub struct Context {
+    pub client: Client,
+    pub caches: Caches,
+    pub images: OperatorImages,
+    pub prober: Prober,
+    pub endpoints: EndpointResolver,
+    /// When to probe each model again (its backoff while silent).
+    pub probe_schedule: ProbeSchedule,
+    /// True while this replica holds the leader Lease (always, without leader election).
+    pub leader: watch::Receiver<bool>,
+    /// True once every watch cache has listed.
+    pub caches_synced: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    pub fn caches_synced(&self) -> bool {
+        *self.caches_synced.borrow()
+    }
+}

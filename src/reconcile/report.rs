@@ -1,0 +1,113 @@
+//! Report: publishes what a reconcile's [`Outcome`] says, as Prometheus metrics and Kubernetes
+//! Events. Nothing here changes a child or a status.
+
+use std::{collections::HashSet, sync::Mutex};
+
+use kube::{
+    Client, Resource,
+    runtime::events::{Event, EventType, Recorder, Reporter as EventSource},
+};
+use tracing::warn;
+
+use super::{Outcome, ReconcileError, status};
+use crate::{api::ModelDeployment, telemetry::Metrics, vocabulary::names::CONTROLLER_NAME};
+
+pub struct Reporter {
+    metrics: Metrics,
+    recorder: Recorder,
+    /// Deployments and validation verdicts already counted, by UID or Job: two reconciles in a
+    /// row may both read the cache from before the first one's writes.
+    counted: Mutex<HashSet<String>>,
+}
+
+impl Reporter {
+    /// Events name this replica (`instance`, the pod name) as their source.
+    pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+        Self {
+            metrics,
+            recorder: Recorder::new(
+                client,
+                EventSource {
+                    controller: CONTROLLER_NAME.to_owned(),
+                    instance,
+                },
+            ),
+            counted: Mutex::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts, sets gauges and publishes an Event per condition transition.
+    pub async fn publish(&self, model: &ModelDeployment, outcome: &Outcome) {
+        let Some(work) = outcome.reconciled_work() else {
+            return;
+        };
+        if let Some(uid) = &work.created_deployment
+            && self.first_time(format!("deployment/{uid}"))
+        {
+            self.metrics.deployments_created.inc();
+        }
+        if let Some(job) = &work.started_validation
+            && self.first_time(format!("started/{}/{job}", outcome.namespace))
+        {
+            self.metrics.validations.with_label_values(&["started"]).inc();
+        }
+        if let Some(verdict) = &work.validation_verdict
+            && self.first_time(format!("verdict/{}/{}", outcome.namespace, verdict.job))
+        {
+            let label = if verdict.succeeded { "success" } else { "failure" };
+            self.metrics.validations.with_label_values(&[label]).inc();
+        }
+        if let Some(runtime) = work.runtime {
+            let labels = [outcome.namespace.as_str(), outcome.name.as_str(), runtime.as_str()];
+            let model_ready_replicas = work.status.model_ready_replicas.unwrap_or(0);
+            self.metrics
+                .model_ready
+                .with_label_values(&labels)
+                .set(i64::from(model_ready_replicas > 0));
+            self.metrics
+                .model_ready_replicas
+                .with_label_values(&labels)
+                .set(i64::from(model_ready_replicas));
+        }
+        if work.status_written {
+            self.publish_transitions(model, work).await;
+        }
+    }
+
+    /// Counts a failed reconcile by its fixed reason.
+    pub fn failed(&self, error: &ReconcileError) {
+        self.metrics.reconcile_errors.with_label_values(&[error.reason()]).inc();
+    }
+
+    async fn publish_transitions(&self, model: &ModelDeployment, work: &super::Reconciled) {
+        let reference = model.object_ref(&());
+        for transition in status::transitions(work.previous.as_ref(), &work.status) {
+            let event = Event {
+                type_: if transition.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: transition.reason.clone(),
+                note: Some(format!(
+                    "{} is {}: {}",
+                    transition.type_, transition.status, transition.message
+                )),
+                action: transition.type_.clone(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &reference).await {
+                warn!(%error, reason = %transition.reason, "could not publish an Event");
+            }
+        }
+    }
+
+    /// True the first time `key` is seen by this process.
+    fn first_time(&self, key: String) -> bool {
+        self.counted.lock().expect("counted lock").insert(key)
+    }
+}

@@ -1,0 +1,420 @@
+//! Driver tests through a mock API server (kube-rs controller-rs's tier): the reconcile runs
+//! against a `Client` whose every request this file answers, in the order the driver must make
+//! them, so a test fails on a request too many, too few or out of order. Fixtures are the
+//! ModelDeployments a user writes, as YAML.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::{Client, client::Body, runtime::reflector};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tower_test::mock::{self, Handle};
+
+use super::*;
+use crate::{
+    api::conditions::reasons,
+    model_readiness::{EndpointResolver, ProbeSchedule, ProbeSettings, Prober},
+    telemetry::Metrics,
+    vocabulary::OperatorImages,
+};
+
+/// The original project's `dummy-model`, as the API server stores it.
+const DUMMY: &str = r#"
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {name: dummy-model, namespace: ml, uid: 4c1d-uid, generation: 1}
+spec:
+  modelURI: https://example.com/dummy_model.pt
+  runtime: fastapi-pytorch
+"#;
+
+/// A version that must pass its validation Job before it serves.
+const VALIDATED: &str = r#"
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {name: bert, namespace: ml, uid: 7e2a-uid, generation: 2}
+spec:
+  modelURI: s3://models/bert.mar
+  runtime: torchserve
+  version: v2
+  validateScript: check.py
+"#;
+
+/// Admitted by the schema, refused by the operator: a path on the operator's own machine.
+const LOCAL_FILE: &str = r#"
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {name: local, namespace: ml, uid: 11aa-uid, generation: 1}
+spec:
+  modelURI: file:///tmp/model.pt
+  runtime: fastapi-pytorch
+"#;
+
+fn model(yaml: &str) -> ModelDeployment {
+    serde_yaml_ng::from_str(yaml).expect("fixture is a ModelDeployment")
+}
+
+/// A context whose caches are empty (listed, nothing in them), with the gates as given.
+fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
+    let (models, _) = reflector::store();
+    let (deployments, _) = reflector::store();
+    let (services, _) = reflector::store();
+    let (hpas, _) = reflector::store();
+    let (jobs, _) = reflector::store();
+    let (config_maps, _) = reflector::store();
+    let (pods, _) = reflector::store();
+    let (nodes, _) = reflector::store();
+    Context {
+        client,
+        caches: Caches {
+            models,
+            deployments,
+            services,
+            hpas,
+            jobs,
+            config_maps,
+            pods,
+            nodes,
+        },
+        images: OperatorImages::default(),
+        prober: Prober::new(ProbeSettings::default()).expect("a prober"),
+        // The pods of these tests have no IPs: readiness is the kubelet's word.
+        endpoints: EndpointResolver::new(&[], false).expect("no overrides"),
+        probe_schedule: ProbeSchedule::default(),
+        leader: watch::channel(leader).1,
+        caches_synced: watch::channel(caches_synced).1,
+    }
+}
+
+/// The API server's side of the mock: answers one expected request at a time.
+struct ApiServer(Handle<Request<Body>, Response<Body>>);
+
+/// One request as the operator sent it.
+struct Received {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+impl ApiServer {
+    fn new() -> (Client, Self) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), Self(handle))
+    }
+
+    /// Waits (bounded) for the next request, checks its method and path, and answers `reply`
+    /// of what was sent with status `code`.
+    async fn expect(&mut self, method: Method, path: &str, code: u16, reply: impl FnOnce(&Value) -> Value) -> Received {
+        let (request, respond) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+            .unwrap_or_else(|| panic!("the client hung up; expected {method} {path}"));
+        let received_method = request.method().clone();
+        let received_path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request.into_body().collect_bytes().await.expect("a request body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("a JSON body")
+        };
+        assert_eq!(
+            (&received_method, received_path.as_str()),
+            (&method, path),
+            "unexpected request, body: {body:#}"
+        );
+        let answer = reply(&body);
+        respond.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).expect("JSON")))
+                .expect("a response"),
+        );
+        Received {
+            method: received_method,
+            path: received_path,
+            query,
+            body,
+        }
+    }
+
+    /// A server-side apply by the operator's field manager, answered with the object as stored
+    /// (a UID added).
+    async fn expect_apply(&mut self, path: &str) -> Received {
+        let received = self
+            .expect(Method::PATCH, path, 200, |sent| {
+                let mut stored = sent.clone();
+                stored["metadata"]["uid"] =
+                    json!(format!("uid-of-{}", sent["metadata"]["name"].as_str().unwrap_or("")));
+                stored
+            })
+            .await;
+        assert!(
+            received.query.contains("fieldManager=model-operator") && received.query.contains("force=true"),
+            "{} {}?{}: every write is a forced apply by the one field manager",
+            received.method,
+            received.path,
+            received.query
+        );
+        received
+    }
+
+    /// The status write: a forced apply on the status subresource, answered with `model`
+    /// carrying what was sent.
+    async fn expect_status_write(&mut self, model: &ModelDeployment) -> Received {
+        let path = format!(
+            "/apis/mlops.sathvik.dev/v1/namespaces/{}/modeldeployments/{}/status",
+            model.namespace().unwrap_or_default(),
+            model.name_any()
+        );
+        let stored = serde_json::to_value(model).expect("a ModelDeployment serializes");
+        let received = self
+            .expect(Method::PATCH, &path, 200, |sent| {
+                let mut stored = stored;
+                stored["status"] = sent["status"].clone();
+                stored
+            })
+            .await;
+        assert!(
+            received.query.contains("fieldManager=model-operator") && received.query.contains("force=true"),
+            "{}?{}: the status is a forced apply by the one field manager",
+            received.path,
+            received.query
+        );
+        received
+    }
+
+    /// Nothing more is asked of the API server once the client is gone.
+    async fn expect_nothing_more(mut self) {
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await {
+            panic!("one request too many: {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+fn condition<'a>(
+    status: &'a ModelDeploymentStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:#?}"))
+}
+
+#[tokio::test]
+async fn a_new_model_gets_its_deployment_and_service_then_one_status_write() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client, true, true);
+    let model = model(DUMMY);
+    let script = async {
+        let deployment = api
+            .expect_apply("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        assert_eq!(deployment.body["kind"], "Deployment");
+        assert_eq!(
+            deployment.body["metadata"]["ownerReferences"][0]["uid"], "4c1d-uid",
+            "the model owns its Deployment"
+        );
+        let service = api
+            .expect_apply("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
+        assert_eq!(service.body["spec"]["ports"][0]["port"], 8000);
+        let status = api.expect_status_write(&model).await;
+        assert_eq!(status.body["status"]["phase"], "Deploying", "{:#}", status.body);
+        api
+    };
+    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    drop(ctx);
+    api.expect_nothing_more().await;
+
+    let outcome = outcome.expect("the reconcile succeeds");
+    let work = outcome.reconciled_work().expect("reconciled");
+    assert_eq!(work.created_deployment.as_deref(), Some("uid-of-dummy-model"));
+    assert!(work.status_written);
+    assert_eq!(work.runtime, Some(crate::vocabulary::Runtime::FastapiPytorch));
+    assert_eq!(
+        condition(&work.status, conditions::AVAILABLE).reason,
+        reasons::DEPLOYMENT_UNAVAILABLE
+    );
+    assert_eq!(outcome.requeue_after, Some(RESYNC_INTERVAL));
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client, true, true);
+    let first = model(DUMMY);
+    let script = async {
+        api.expect_apply("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        api.expect_apply("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
+        api.expect_status_write(&first).await;
+        api
+    };
+    let (outcome, mut api) = tokio::join!(reconcile(&first, &ctx), script);
+    let written = outcome.unwrap().reconciled_work().unwrap().status.clone();
+
+    // The same model, now carrying the status the first reconcile wrote.
+    let mut second = model(DUMMY);
+    second.status = Some(written);
+    let script = async {
+        api.expect_apply("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        api.expect_apply("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
+        api
+    };
+    let (outcome, api) = tokio::join!(reconcile(&second, &ctx), script);
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let work = outcome.unwrap();
+    let work = work.reconciled_work().unwrap();
+    assert!(!work.status_written, "{:#?}", work.status);
+}
+
+#[tokio::test]
+async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client, true, true);
+    let model = model(VALIDATED);
+    let job_name = crate::vocabulary::names::validation_job_name("bert", "v2", "s3://models/bert.mar");
+    let script = async {
+        // Configuration first, then the Job that gates the Deployment; the Deployment waits.
+        api.expect_apply("/api/v1/namespaces/ml/configmaps/bert-runtime-config")
+            .await;
+        let job = api
+            .expect_apply(&format!("/apis/batch/v1/namespaces/ml/jobs/{job_name}"))
+            .await;
+        assert_eq!(job.body["spec"]["backoffLimit"], 0);
+        api.expect_apply("/api/v1/namespaces/ml/services/bert-service").await;
+        let status = api.expect_status_write(&model).await;
+        assert_eq!(status.body["status"]["phase"], "Validating", "{:#}", status.body);
+        api
+    };
+    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let outcome = outcome.unwrap();
+    let work = outcome.reconciled_work().unwrap();
+    assert_eq!(work.started_validation.as_deref(), Some(job_name.as_str()));
+    assert_eq!(work.created_deployment, None);
+    assert_eq!(
+        condition(&work.status, conditions::VALIDATED).reason,
+        reasons::VALIDATION_RUNNING
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_writes_only_its_status() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client, true, true);
+    let model = model(LOCAL_FILE);
+    let script = async {
+        let status = api.expect_status_write(&model).await;
+        let message = status.body["status"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            message.contains("spec.modelURI"),
+            "the message names the field: {message}"
+        );
+        api
+    };
+    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let outcome = outcome.unwrap();
+    let work = outcome.reconciled_work().unwrap();
+    assert_eq!(work.runtime, None);
+    assert_eq!(condition(&work.status, conditions::READY).reason, reasons::SPEC_INVALID);
+}
+
+#[tokio::test]
+async fn a_refused_apply_fails_the_reconcile_with_a_fixed_reason() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client, true, true);
+    let model = model(DUMMY);
+    let script = async {
+        api.expect(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/ml/deployments/dummy-model",
+            422,
+            |_| {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                       "reason": "Invalid", "message": "Deployment.apps \"dummy-model\" is invalid"})
+            },
+        )
+        .await;
+        api
+    };
+    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let error = outcome.expect_err("the API server refused the Deployment");
+    assert_eq!(error.reason(), "ApplyFailed");
+    assert!(!error.is_transient());
+}
+
+#[tokio::test]
+async fn a_standby_and_an_unsynced_cache_write_nothing() {
+    let (client, api) = ApiServer::new();
+    let standby = context(client.clone(), false, true);
+    let outcome = reconcile(&model(DUMMY), &standby).await.unwrap();
+    assert_eq!(outcome.work, Work::Skipped(Skipped::NotLeader));
+    assert_eq!(
+        outcome.requeue_after, None,
+        "the standby waits for leadership, not a timer"
+    );
+
+    let unsynced = context(client, true, false);
+    let outcome = reconcile(&model(DUMMY), &unsynced).await.unwrap();
+    assert_eq!(outcome.work, Work::Skipped(Skipped::CachesNotSynced));
+    assert_eq!(outcome.requeue_after, Some(CACHE_SYNC_RETRY));
+    drop((standby, unsynced));
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn the_report_publishes_a_warning_event_per_condition_of_a_refused_spec() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client.clone(), true, true);
+    let model = model(LOCAL_FILE);
+    let script = async {
+        api.expect_status_write(&model).await;
+        api
+    };
+    let (outcome, mut api) = tokio::join!(reconcile(&model, &ctx), script);
+    let outcome = outcome.unwrap();
+
+    let reporter = report::Reporter::new(client, Metrics::new(), Some("operator-0".into()));
+    let script = async {
+        // Validated, GPUCapacity, ModelReady, Available and Ready all turn False for SpecInvalid,
+        // a problem reason: one Warning each.
+        let mut notes = Vec::new();
+        for _ in 0..5 {
+            let event = api
+                .expect(
+                    Method::POST,
+                    "/apis/events.k8s.io/v1/namespaces/ml/events",
+                    201,
+                    Value::clone,
+                )
+                .await;
+            assert_eq!(event.body["type"], "Warning", "{:#}", event.body);
+            assert_eq!(event.body["reason"], "SpecInvalid");
+            assert_eq!(event.body["reportingInstance"], "operator-0");
+            notes.push(event.body["note"].as_str().unwrap_or_default().to_owned());
+        }
+        assert!(
+            notes[0].starts_with("Validated is False: the spec is invalid"),
+            "{notes:#?}"
+        );
+        api
+    };
+    let ((), api) = tokio::join!(reporter.publish(&model, &outcome), script);
+    drop((ctx, reporter));
+    api.expect_nothing_more().await;
+}
