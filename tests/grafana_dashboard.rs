@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use model_operator::controller::Metrics;
+use model_operator::telemetry::Metrics;
 use serde_json::{Value, json};
 
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana/model-operator.json");

@@ -290,7 +290,7 @@ fn every_kustomization_lists_what_exists() {
 /// kustomize tree and in the chart: a metric left out would read as forbidden in the HPA.
 #[test]
 fn the_hpa_may_read_every_served_metric() {
-    let wanted: Vec<String> = model_operator::custom_metrics::api::POD_METRICS
+    let wanted: Vec<String> = model_operator::vocabulary::POD_METRICS
         .iter()
         .map(|metric| format!("pods/{metric}"))
         .collect();

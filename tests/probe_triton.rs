@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 
 use model_operator::{
     api::{Runtime, conditions::reasons},
-    probe::{ProbeSettings, ProbeTarget, Prober},
+    model_readiness::{ProbeSettings, ProbeTarget, Prober},
 };
 use support::{TestServers, Triton, probe_cli, probe_cli_until, queue_time_around, series_total};
 

@@ -13,26 +13,38 @@
 //!
 //! With `default-features = false` only [`samples`] is built (serde alone), for the operator.
 
+// In layers, each using only the layers above it (`tests/module_layering.rs` checks this).
+
+// What the operator reads too: built without the `agent` feature.
 pub mod samples;
 
-#[cfg(feature = "agent")]
-pub mod attribution;
-#[cfg(feature = "agent")]
-mod cli;
+// Words: device IDs as the device plugin writes them, and the snapshot the loops share.
 #[cfg(feature = "agent")]
 pub mod device_id;
 #[cfg(feature = "agent")]
+pub mod snapshot;
+
+// The agent's own health metrics, read from the snapshot.
+#[cfg(feature = "agent")]
+pub mod telemetry;
+
+// Who holds which GPU, and the dcgm-compatible exposition of it.
+#[cfg(feature = "agent")]
+pub mod attribution;
+#[cfg(feature = "agent")]
 pub mod exposition;
+
+// The three loops: the kubelet refresher, the NVML sampler, the HTTP server.
 #[cfg(feature = "agent")]
 pub mod pod_resources;
 #[cfg(feature = "agent")]
 pub mod sampler;
 #[cfg(feature = "agent")]
 pub mod server;
+
+// The command line that starts them.
 #[cfg(feature = "agent")]
-pub mod snapshot;
-#[cfg(feature = "agent")]
-pub mod telemetry;
+mod cli;
 
 #[cfg(feature = "agent")]
 pub use cli::Args;

@@ -18,7 +18,7 @@ use kube::{
 use model_operator::{
     api::{ModelDeployment, Phase, conditions},
     reconcile::{build::build, validate::check},
-    settings::OperatorImages,
+    vocabulary::OperatorImages,
 };
 use serde_json::Value;
 
@@ -492,6 +492,36 @@ async fn a_restarted_operator_converges_without_duplicates() {
         "one ReplicaSet per Deployment: {:?}",
         replica_sets.items.iter().map(|r| r.name_any()).collect::<Vec<_>>()
     );
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_missing_lease_namespace_is_one_error_naming_the_way_out() {
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-no-lease-ns").await;
+    let missing = format!("{}-absent", ns.name);
+    let operator = Operator::start_with_lease(&ns.name, "no-lease-ns", &missing, &[]);
+    ns.apply_model(&example("dummy-model.yaml")).await.unwrap();
+    // The 4 s lease renews every 1.3 s: a few attempts, each refused for the namespace.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let errors: Vec<Value> = operator
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR, not one per renewal: {errors:#?}");
+    let message = errors[0]["fields"]["message"].as_str().unwrap_or_default();
+    for way_out in [
+        format!("namespace {missing} does not exist"),
+        "--lease-namespace".to_owned(),
+        "--disable-leader-election".to_owned(),
+        "kubectl create namespace".to_owned(),
+    ] {
+        assert!(message.contains(&way_out), "the message names {way_out:?}: {message}");
+    }
+    let model = model(&ns, "dummy-model").await.expect("the model exists");
+    assert_eq!(model.status, None, "a replica without the Lease never reconciles");
     ns.delete().await;
 }
 

@@ -187,6 +187,11 @@ impl Operator {
 
     /// Every port is picked by the kernel and read back from the operator's log.
     pub fn start_with(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_lease(namespace, identity, namespace, extra_args)
+    }
+
+    /// As `start_with`, with the leader Lease in `lease_namespace`.
+    pub fn start_with_lease(namespace: &str, identity: &str, lease_namespace: &str, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         // Port 0 and the addresses from the log: ports picked here could be taken by another
@@ -195,7 +200,7 @@ impl Operator {
             .args(["--log-format", "json"])
             .arg("run")
             .args(["--watch-namespace", namespace])
-            .args(["--lease-namespace", namespace])
+            .args(["--lease-namespace", lease_namespace])
             .args(["--holder-id", identity])
             .args(["--lease-duration", "4s"])
             .args(["--metrics-addr", "127.0.0.1:0"])

@@ -362,7 +362,7 @@ pub async fn queue_time_around(
     runtime: &str,
     metrics_address: &str,
     load: impl Future<Output = ()>,
-) -> (Vec<model_operator::custom_metrics::api::PodValue>, String) {
+) -> (Vec<model_operator::vocabulary::PodValue>, String) {
     use model_operator::custom_metrics::queue_time::{QueueTimeSource, Settings};
     let endpoints = [(("ml".to_owned(), "model".to_owned()), metrics_address.to_owned())];
     let source = QueueTimeSource::new(Settings {
