@@ -1,0 +1,511 @@
+//! Documentation that is generated from, or checked against, what it describes, so it cannot
+//! drift:
+//!
+//! - the field reference in `docs/api-reference.md` is generated from the committed CRD (which
+//!   `crd_drift.rs` keeps equal to the Rust API types): every field of spec and status with its
+//!   type, default, validation and description, and every CEL rule with its message.
+//!   `UPDATE_DOCS=1 cargo test --test api_reference` rewrites it.
+//!
+//! Everything is read from files, never from Rust items, so that moves inside `src/` do not touch
+//! this test.
+
+use std::{fmt::Write as _, fs, path::PathBuf};
+
+use serde_json::Value;
+
+const CRD_FILE: &str = "crds/modeldeployments.mlops.sathvik.dev.yaml";
+const REFERENCE_DOC: &str = "docs/api-reference.md";
+const UPDATE_COMMAND: &str = "UPDATE_DOCS=1 cargo test --test api_reference";
+
+const BEGIN_MARKER: &str = "<!-- BEGIN GENERATED from crds/modeldeployments.mlops.sathvik.dev.yaml by \
+                            tests/api_reference.rs: edit the API types' doc comments, not this -->";
+const END_MARKER: &str = "<!-- END GENERATED -->";
+
+/// Fields whose type is a Kubernetes API type: named, with their own fields left to
+/// `kubectl explain` (they are Kubernetes' documentation, not ours).
+const KUBERNETES_TYPES: &[(&str, &str)] = &[
+    ("spec.affinity", "Affinity"),
+    ("spec.env", "[]EnvVar"),
+    ("spec.resources", "ResourceRequirements"),
+    ("spec.tolerations", "[]Toleration"),
+    ("status.conditions", "[]Condition"),
+];
+
+/// An object with more nested properties than this is taken for an embedded Kubernetes type
+/// missing from `KUBERNETES_TYPES` (`Affinity` has over 100; ours, `spec` included, have under
+/// 30). A small one, such as `EnvVar`, gets past this and shows in review as a section of
+/// Kubernetes' own descriptions.
+const MAX_OWN_PROPERTIES: usize = 60;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    fs::read_to_string(repo().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+fn crd() -> Value {
+    serde_yaml_ng::from_str(&read(CRD_FILE)).unwrap_or_else(|e| panic!("{CRD_FILE} is not YAML: {e}"))
+}
+
+fn served_version(crd: &Value) -> &Value {
+    let versions = crd["spec"]["versions"].as_array().expect("the CRD has versions");
+    assert_eq!(
+        versions.len(),
+        1,
+        "the reference describes one API version; {CRD_FILE} has {}: teach tests/api_reference.rs about the others",
+        versions.len()
+    );
+    &versions[0]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The field reference
+
+#[test]
+fn the_api_reference_is_generated_from_the_crd() {
+    let generated = reference_from_crd(&crd());
+    let committed = read(REFERENCE_DOC);
+    let (before, current, after) = split_generated(&committed);
+    if current == generated {
+        return;
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some_and(|v| v == "1") {
+        fs::write(repo().join(REFERENCE_DOC), format!("{before}{generated}{after}"))
+            .unwrap_or_else(|e| panic!("{REFERENCE_DOC}: {e}"));
+        eprintln!("rewrote the generated section of {REFERENCE_DOC}");
+        return;
+    }
+    let line_before = before.lines().count();
+    let (number, committed_line, generated_line) = current
+        .lines()
+        .map(Some)
+        .chain(std::iter::repeat(None))
+        .zip(generated.lines().map(Some).chain(std::iter::repeat(None)))
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (line_before + i + 1, a.unwrap_or("(end)"), b.unwrap_or("(end)")))
+        .expect("the sections differ somewhere");
+    panic!(
+        "{REFERENCE_DOC} is stale: its generated field reference differs from what {CRD_FILE} gives.\n\
+         First difference, line {number}:\n  committed: {committed_line}\n  generated: {generated_line}\n\
+         Run `{UPDATE_COMMAND}` and commit the result."
+    );
+}
+
+/// The document around the generated section, and the section itself, markers included.
+fn split_generated(doc: &str) -> (&str, &str, &str) {
+    let missing = |marker: &str| {
+        panic!(
+            "{REFERENCE_DOC} has no line `{marker}`: the generated reference goes between {BEGIN_MARKER} and {END_MARKER}"
+        )
+    };
+    let start = doc.find(BEGIN_MARKER).unwrap_or_else(|| missing(BEGIN_MARKER));
+    let end = doc[start..].find(END_MARKER).unwrap_or_else(|| missing(END_MARKER)) + start + END_MARKER.len();
+    let end = if doc[end..].starts_with('\n') { end + 1 } else { end };
+    (&doc[..start], &doc[start..end], &doc[end..])
+}
+
+fn reference_from_crd(crd: &Value) -> String {
+    let spec = &crd["spec"];
+    let version = served_version(crd);
+    let names = &spec["names"];
+    let schema = &version["schema"]["openAPIV3Schema"];
+    for (path, _) in KUBERNETES_TYPES {
+        assert!(
+            node_at(schema, path).is_some(),
+            "KUBERNETES_TYPES in tests/api_reference.rs names `{path}`, which {CRD_FILE} does not have"
+        );
+    }
+
+    let mut out = format!("{BEGIN_MARKER}\n\n");
+    let list = |key: &str| {
+        names[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|v| code(v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    writeln!(
+        out,
+        "`{}/{}` `{}`, {}; plural {}, singular {}, short names {}, categories {}. Subresources: {}.\n",
+        str_at(spec, "group"),
+        str_at(version, "name"),
+        str_at(names, "kind"),
+        str_at(spec, "scope").to_lowercase(),
+        code(str_at(names, "plural")),
+        code(str_at(names, "singular")),
+        list("shortNames"),
+        list("categories"),
+        version["subresources"]
+            .as_object()
+            .map(|s| s.keys().map(|k| code(k)).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|| "none".to_owned()),
+    )
+    .unwrap();
+
+    if let Some(columns) = version["additionalPrinterColumns"].as_array() {
+        out.push_str("Columns of `kubectl get`:\n\n| column | type | from | description |\n|---|---|---|---|\n");
+        for column in columns {
+            writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                str_at(column, "name"),
+                str_at(column, "type"),
+                cell(&code(str_at(column, "jsonPath"))),
+                cell(&prose(column["description"].as_str().unwrap_or_default())),
+            )
+            .unwrap();
+        }
+        out.push('\n');
+    }
+
+    let mut sections = Vec::new();
+    collect_sections(str_at(names, "kind"), "", schema, &mut sections);
+    let rules: Vec<Rule> = sections
+        .iter()
+        .flat_map(|section| {
+            // An object with a section of its own brings its rules there.
+            let fields = ordered_fields(section.node).into_iter().filter(|(name, child, _)| {
+                own_object(&join(&section.path, name), child).is_none_or(|(_, object)| !std::ptr::eq(object, *child))
+            });
+            own_rules(&section.path, section.node)
+                .into_iter()
+                .chain(fields.flat_map(|(name, child, _)| own_rules(&join(&section.path, &name), child)))
+        })
+        .collect();
+    let mut placed = 0;
+    for section in &sections {
+        let here: Vec<&Rule> = rules.iter().filter(|r| parent(&r.target) == section.path).collect();
+        placed += here.len();
+        write_section(&mut out, section, &here);
+    }
+    assert_eq!(
+        placed,
+        rules.len(),
+        "some CEL rules of {CRD_FILE} name a field in no section of the reference: {:?}",
+        rules.iter().map(|r| &r.target).collect::<Vec<_>>()
+    );
+    out.push_str(END_MARKER);
+    out.push('\n');
+    out
+}
+
+/// One object of ours: the root, `spec`, `status`, or an object or list item below them.
+struct Section<'a> {
+    title: String,
+    path: String,
+    node: &'a Value,
+}
+
+/// The sections of an object and of the objects below it, depth first in field order.
+fn collect_sections<'a>(title: &str, path: &str, node: &'a Value, sections: &mut Vec<Section<'a>>) {
+    sections.push(Section {
+        title: title.to_owned(),
+        path: path.to_owned(),
+        node,
+    });
+    for (name, child, _) in ordered_fields(node) {
+        if let Some((section_path, object)) = own_object(&join(path, &name), child) {
+            collect_sections(&section_path, &section_path, object, sections);
+        }
+    }
+}
+
+fn write_section(out: &mut String, section: &Section, rules: &[&Rule]) {
+    writeln!(out, "### {}\n", code(&section.title)).unwrap();
+    // The root's description is the derive macro's boilerplate, not ours.
+    if !section.path.is_empty() {
+        let description = prose(section.node["description"].as_str().unwrap_or_default());
+        if !description.is_empty() {
+            writeln!(out, "{description}\n").unwrap();
+        }
+    }
+    out.push_str("| field | type | default | validation | description |\n|---|---|---|---|---|\n");
+    for (name, child, required) in ordered_fields(section.node) {
+        let path = join(&section.path, &name);
+        let mut checks = validation(child, required);
+        if rules.iter().any(|r| r.target == path) {
+            checks.push("CEL rules below".to_owned());
+        }
+        let default = child.get("default").map(|d| match d {
+            Value::String(s) => code(s),
+            other => code(&other.to_string()),
+        });
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            code(&name),
+            cell(&type_of(&path, child)),
+            cell(&default.unwrap_or_default()),
+            cell(&checks.join("; ")),
+            cell(&prose(child["description"].as_str().unwrap_or_default())),
+        )
+        .unwrap();
+    }
+    out.push('\n');
+    if !rules.is_empty() {
+        out.push_str("Rules the API server checks (CEL), each with the field it names and its message:\n\n");
+        for rule in rules {
+            writeln!(out, "- {}: {} {}", code(&rule.target), rule.message, code(&rule.rule)).unwrap();
+        }
+        out.push('\n');
+    }
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('.').map_or("", |(parent, _)| parent)
+}
+
+struct Rule {
+    target: String,
+    message: String,
+    rule: String,
+}
+
+/// The CEL rules on a node, each with the field it names: the node itself, or its `fieldPath`.
+fn own_rules(path: &str, node: &Value) -> Vec<Rule> {
+    node["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|rule| {
+            let target = match rule["fieldPath"].as_str() {
+                Some(field) => join(path, field.trim_start_matches('.')),
+                None if path.is_empty() => "metadata".to_owned(),
+                None => path.to_owned(),
+            };
+            let message = rule["message"]
+                .as_str()
+                .map(prose)
+                .unwrap_or_else(|| "(no message)".to_owned());
+            Rule {
+                target,
+                message: if message.ends_with('.') {
+                    message
+                } else {
+                    format!("{message}.")
+                },
+                rule: str_at(rule, "rule").to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Properties of an object, required ones first (in the order the CRD requires them), then the
+/// rest by name.
+fn ordered_fields(node: &Value) -> Vec<(String, &Value, bool)> {
+    let required: Vec<&str> = node["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut fields: Vec<(String, &Value, bool)> = node["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, child)| (name.clone(), child, required.contains(&name.as_str())))
+        .collect();
+    fields.sort_by_key(|(name, _, is_required)| {
+        (
+            !is_required,
+            required.iter().position(|r| r == name).unwrap_or(usize::MAX),
+            name.clone(),
+        )
+    });
+    fields
+}
+
+/// The object (or list item object) below a field that gets a section of its own: ours, not a
+/// Kubernetes type.
+fn own_object<'a>(path: &str, node: &'a Value) -> Option<(String, &'a Value)> {
+    if kubernetes_type(path).is_some() {
+        return None;
+    }
+    let (section_path, object) = match node["type"].as_str() {
+        Some("object") if node.get("properties").is_some() => (path.to_owned(), node),
+        Some("array") if node["items"].get("properties").is_some() => (format!("{path}[]"), &node["items"]),
+        _ => return None,
+    };
+    let size = count_properties(path, object);
+    assert!(
+        size <= MAX_OWN_PROPERTIES,
+        "`{path}` in {CRD_FILE} has {size} nested properties: if it is a Kubernetes type, add it to \
+         KUBERNETES_TYPES in tests/api_reference.rs so that the reference names it instead of listing its fields"
+    );
+    Some((section_path, object))
+}
+
+/// Properties below an object, Kubernetes types counted as one.
+fn count_properties(path: &str, node: &Value) -> usize {
+    if kubernetes_type(path).is_some() {
+        return 0;
+    }
+    let own = node["properties"].as_object().map_or(0, |properties| {
+        properties.len()
+            + properties
+                .iter()
+                .map(|(name, child)| count_properties(&join(path, name), child))
+                .sum::<usize>()
+    });
+    own + node.get("items").map_or(0, |items| count_properties(path, items))
+        + node
+            .get("additionalProperties")
+            .filter(|a| a.is_object())
+            .map_or(0, |a| count_properties(path, a))
+}
+
+fn kubernetes_type(path: &str) -> Option<&'static str> {
+    KUBERNETES_TYPES.iter().find(|(p, _)| *p == path).map(|(_, t)| *t)
+}
+
+fn type_of(path: &str, node: &Value) -> String {
+    if let Some(name) = kubernetes_type(path) {
+        return format!("{} (Kubernetes)", code(name));
+    }
+    if node.get("x-kubernetes-int-or-string").is_some() {
+        return "int-or-string".to_owned();
+    }
+    let scalar = |node: &Value| {
+        let kind = node["type"].as_str().unwrap_or("any");
+        match node["format"].as_str() {
+            Some(format) => format!("{kind} ({format})"),
+            None => kind.to_owned(),
+        }
+    };
+    match node["type"].as_str() {
+        Some("object") if node.get("properties").is_some() => format!("object, see {}", section_link(path)),
+        Some("object") if node["additionalProperties"].is_object() => {
+            format!("map of {}", scalar(&node["additionalProperties"]))
+        }
+        Some("array") if node["items"].get("properties").is_some() => {
+            format!("list of objects, see {}", section_link(&format!("{path}[]")))
+        }
+        Some("array") => format!("list of {}", scalar(&node["items"])),
+        _ => scalar(node),
+    }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn section_link(path: &str) -> String {
+    format!("[{}](#{})", code(path), slug(&code(path)))
+}
+
+/// What the schema itself enforces on a field, in words.
+fn validation(node: &Value, required: bool) -> Vec<String> {
+    let mut checks = Vec::new();
+    if required {
+        checks.push("required".to_owned());
+    }
+    if let Some(values) = node["enum"].as_array() {
+        let values: Vec<String> = values.iter().map(|v| code(v.as_str().unwrap_or_default())).collect();
+        checks.push(format!("one of {}", values.join(", ")));
+    }
+    if let Some(range) = range(node, "minimum", "maximum", "") {
+        checks.push(range);
+    }
+    if let Some(range) = range(node, "minLength", "maxLength", " characters") {
+        checks.push(range);
+    }
+    if let Some(pattern) = node["pattern"].as_str() {
+        checks.push(format!("matches {}", code(pattern)));
+    }
+    if let Some(range) = range(node, "minItems", "maxItems", " items") {
+        checks.push(range);
+    }
+    if node["type"] == "array" && node["items"].get("properties").is_none() {
+        let items = validation(&node["items"], false);
+        if !items.is_empty() {
+            checks.push(format!("each item: {}", items.join(", ")));
+        }
+    }
+    if node["x-kubernetes-list-type"] == "map" {
+        let keys: Vec<String> = node["x-kubernetes-list-map-keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(code)
+            .collect();
+        checks.push(format!("one item per {}", keys.join(", ")));
+    }
+    checks
+}
+
+fn range(node: &Value, min: &str, max: &str, unit: &str) -> Option<String> {
+    let number = |key: &str| {
+        node[key].as_f64().map(|n| {
+            if n.fract() == 0.0 {
+                format!("{}", n as i64)
+            } else {
+                n.to_string()
+            }
+        })
+    };
+    match (number(min), number(max)) {
+        (Some(min), Some(max)) => Some(format!("{min} to {max}{unit}")),
+        (Some(min), None) => Some(format!("at least {min}{unit}")),
+        (None, Some(max)) => Some(format!("at most {max}{unit}")),
+        (None, None) => None,
+    }
+}
+
+fn node_at<'a>(schema: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(schema, |node, name| node["properties"].get(name))
+}
+
+fn str_at<'a>(node: &'a Value, key: &str) -> &'a str {
+    node[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{CRD_FILE}: `{key}` missing in {node}"))
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// A description on one line (doc comments wrap).
+fn prose(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A code span that survives backticks inside it.
+fn code(text: &str) -> String {
+    let mut fence = "`".to_owned();
+    while text.contains(&fence) {
+        fence.push('`');
+    }
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{text}{pad}{fence}")
+}
+
+/// Text for a table cell: one line, and `|` does not end the cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
