@@ -4,17 +4,21 @@
 //! - the field reference in `docs/api-reference.md` is generated from the committed CRD (which
 //!   `crd_drift.rs` keeps equal to the Rust API types): every field of spec and status with its
 //!   type, default, validation and description, and every CEL rule with its message.
-//!   `UPDATE_DOCS=1 cargo test --test api_reference` rewrites it.
+//!   `UPDATE_DOCS=1 cargo test --test api_reference` rewrites it;
+//! - `docs/troubleshooting.md` has a row for every condition reason of `src/api/conditions.rs`,
+//!   and names no reason the operator does not have.
 //!
 //! Everything is read from files, never from Rust items, so that moves inside `src/` do not touch
 //! this test.
 
-use std::{fmt::Write as _, fs, path::PathBuf};
+use std::{collections::BTreeSet, fmt::Write as _, fs, path::PathBuf};
 
 use serde_json::Value;
 
 const CRD_FILE: &str = "crds/modeldeployments.mlops.sathvik.dev.yaml";
 const REFERENCE_DOC: &str = "docs/api-reference.md";
+const TROUBLESHOOTING_DOC: &str = "docs/troubleshooting.md";
+const CONDITIONS_FILE: &str = "src/api/conditions.rs";
 const UPDATE_COMMAND: &str = "UPDATE_DOCS=1 cargo test --test api_reference";
 
 const BEGIN_MARKER: &str = "<!-- BEGIN GENERATED from crds/modeldeployments.mlops.sathvik.dev.yaml by \
@@ -508,4 +512,83 @@ fn code(text: &str) -> String {
 /// Text for a table cell: one line, and `|` does not end the cell.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Troubleshooting names every condition reason
+
+/// `pub const NAME: &str = "Value";` lines of the conditions file: condition types outside
+/// `pub mod reasons`, reasons inside it.
+fn condition_vocabulary() -> (BTreeSet<String>, BTreeSet<String>) {
+    let source = read(CONDITIONS_FILE);
+    let (mut types, mut reasons) = (BTreeSet::new(), BTreeSet::new());
+    let mut in_reasons = false;
+    for line in source.lines() {
+        let line = line.trim();
+        if line.starts_with("pub mod reasons") {
+            in_reasons = true;
+        } else if in_reasons && line == "}" {
+            in_reasons = false;
+        } else if let Some(rest) = line.strip_prefix("pub const ")
+            && let Some((_, value)) = rest.split_once(": &str = \"")
+            && let Some(value) = value.strip_suffix("\";")
+        {
+            (if in_reasons { &mut reasons } else { &mut types }).insert(value.to_owned());
+        }
+    }
+    assert!(
+        types.len() >= 3 && reasons.len() >= 10,
+        "read only {} condition types and {} reasons from {CONDITIONS_FILE}: has the format of its \
+         `pub const NAME: &str = \"Value\";` lines changed? Update condition_vocabulary() in tests/api_reference.rs",
+        types.len(),
+        reasons.len()
+    );
+    (types, reasons)
+}
+
+/// Rows of the troubleshooting doc's conditions table: (type, reason), as written.
+fn troubleshooting_rows(types: &BTreeSet<String>) -> Vec<(String, String)> {
+    let unquote = |cell: &str| cell.trim().trim_matches('`').to_owned();
+    read(TROUBLESHOOTING_DOC)
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().strip_prefix('|')?.split('|').collect();
+            let type_ = unquote(cells.first()?);
+            (cells.len() >= 4 && types.contains(&type_)).then(|| (type_, unquote(cells[2])))
+        })
+        .collect()
+}
+
+#[test]
+fn troubleshooting_explains_every_condition_reason() {
+    let (types, reasons) = condition_vocabulary();
+    let rows = troubleshooting_rows(&types);
+    let documented: BTreeSet<&str> = rows.iter().map(|(_, reason)| reason.as_str()).collect();
+    let missing: Vec<&str> = reasons
+        .iter()
+        .map(String::as_str)
+        .filter(|r| !documented.contains(r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{TROUBLESHOOTING_DOC} has no row (| `Condition` | status | `Reason` | meaning | what to do |) for the \
+         reason(s) {missing:?} of {CONDITIONS_FILE}: say what each means and what to do"
+    );
+    let unknown: Vec<String> = rows
+        .iter()
+        .filter(|(_, reason)| !reasons.contains(reason))
+        .map(|(type_, reason)| format!("{type_}/{reason}"))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "{TROUBLESHOOTING_DOC} explains reason(s) {unknown:?} that {CONDITIONS_FILE} does not define"
+    );
+    let without_row: Vec<&String> = types
+        .iter()
+        .filter(|t| !rows.iter().any(|(row, _)| row == *t))
+        .collect();
+    assert!(
+        without_row.is_empty(),
+        "{TROUBLESHOOTING_DOC} has no row for the condition type(s) {without_row:?}"
+    );
 }
