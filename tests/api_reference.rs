@@ -6,12 +6,19 @@
 //!   type, default, validation and description, and every CEL rule with its message.
 //!   `UPDATE_DOCS=1 cargo test --test api_reference` rewrites it;
 //! - `docs/troubleshooting.md` has a row for every condition reason of `src/api/conditions.rs`,
-//!   and names no reason the operator does not have.
+//!   and names no reason the operator does not have;
+//! - the README's worked examples are the files in `examples/`, one for every runtime;
+//! - relative links in the README and `docs/` lead to files and headings that exist.
 //!
 //! Everything is read from files, never from Rust items, so that moves inside `src/` do not touch
 //! this test.
 
-use std::{collections::BTreeSet, fmt::Write as _, fs, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    fs,
+    path::{Component, Path, PathBuf},
+};
 
 use serde_json::Value;
 
@@ -591,4 +598,247 @@ fn troubleshooting_explains_every_condition_reason() {
         without_row.is_empty(),
         "{TROUBLESHOOTING_DOC} has no row for the condition type(s) {without_row:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The README's worked examples are the example files
+
+/// Fenced blocks of a markdown file: (info string, first line number, lines).
+fn fenced_blocks(text: &str) -> Vec<(String, usize, Vec<&str>)> {
+    let mut blocks = Vec::new();
+    // (fence, info string, line number, lines) of the block being read.
+    let mut open: Option<(String, String, usize, Vec<&str>)> = None;
+    for (number, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let fence: String = trimmed.chars().take_while(|&c| c == '`' || c == '~').collect();
+        let closes = open.as_ref().is_some_and(|(opener, ..)| {
+            fence.len() >= opener.len() && fence.starts_with(&opener[..1]) && trimmed.trim_end() == fence
+        });
+        if closes {
+            let (_, info, start, lines) = open.take().expect("a block is open");
+            blocks.push((info, start, lines));
+        } else if let Some((.., lines)) = &mut open {
+            lines.push(line);
+        } else if fence.len() >= 3 && (fence.chars().all(|c| c == '`') || fence.chars().all(|c| c == '~')) {
+            open = Some((
+                fence.clone(),
+                trimmed[fence.len()..].trim().to_owned(),
+                number + 1,
+                Vec::new(),
+            ));
+        }
+    }
+    if let Some((_, _, start, _)) = open {
+        blocks.push(("UNCLOSED".to_owned(), start, Vec::new()));
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_examples_are_the_example_files_one_per_runtime() {
+    let readme = read("README.md");
+    let mut runtimes = BTreeSet::new();
+    for (info, start, lines) in fenced_blocks(&readme) {
+        let Some(file) = lines
+            .first()
+            .and_then(|l| l.strip_prefix("# "))
+            .filter(|f| f.starts_with("examples/"))
+        else {
+            continue;
+        };
+        assert_eq!(
+            info, "yaml",
+            "README.md line {start}: the block showing {file} should be ```yaml"
+        );
+        let example = read(file);
+        // The file's leading comment is said in the README's own words.
+        let expected: Vec<&str> = example.lines().skip_while(|l| l.starts_with('#')).collect();
+        assert!(
+            lines[1..] == expected[..],
+            "README.md line {start}: the block headed `# {file}` is not that file (after its leading comment); \
+             copy the file into the README again"
+        );
+        if let Some(runtime) = expected.iter().find_map(|l| l.trim().strip_prefix("runtime:")) {
+            runtimes.insert(runtime.trim().trim_matches('"').to_owned());
+        }
+    }
+    let all: BTreeSet<String> = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["runtime"]["enum"]
+        .as_array()
+        .expect("spec.runtime is an enum")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = all.difference(&runtimes).collect();
+    assert!(
+        missing.is_empty(),
+        "README.md has no worked example (a ```yaml block whose first line is `# examples/FILE.yaml`) for \
+         the runtime(s) {missing:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Links
+
+fn markdown_files() -> Vec<String> {
+    let mut files = vec!["README.md".to_owned()];
+    let mut docs: Vec<String> = fs::read_dir(repo().join("docs"))
+        .expect("docs/ exists")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    files
+}
+
+/// Lines outside code fences, with their numbers.
+fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+    let fenced: BTreeSet<usize> = fenced_blocks(text)
+        .iter()
+        .flat_map(|(_, start, lines)| *start..=start + lines.len() + 1)
+        .collect();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(n, _)| !fenced.contains(n))
+        .collect()
+}
+
+/// A line without its inline code spans.
+fn without_code_spans(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(start) = rest.find('`') {
+        out.push_str(&rest[..start]);
+        let ticks = rest[start..].chars().take_while(|&c| c == '`').count();
+        let after = &rest[start + ticks..];
+        let fence = "`".repeat(ticks);
+        match after.find(&fence) {
+            Some(end) => rest = &after[end + ticks..],
+            None => {
+                out.push_str(&rest[start..]);
+                return out;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Link targets on a line: inline links and images, and reference definitions.
+fn link_targets(line: &str) -> Vec<String> {
+    let line = without_code_spans(line);
+    let mut targets = Vec::new();
+    if let Some(definition) = line.trim_start().strip_prefix('[')
+        && let Some((_, target)) = definition.split_once("]:")
+    {
+        targets.extend(target.split_whitespace().next().map(str::to_owned));
+    }
+    let mut rest = line.as_str();
+    while let Some(at) = rest.find("](") {
+        let after = &rest[at + 2..];
+        let end = after.find(')').unwrap_or(after.len());
+        targets.extend(after[..end].split_whitespace().next().map(str::to_owned));
+        rest = &after[end..];
+    }
+    targets
+}
+
+/// Anchors of a markdown file's headings, numbered as GitHub numbers repeated ones.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for (_, line) in prose_lines(text) {
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if !(1..=6).contains(&hashes) || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let base = slug(&line[hashes..]);
+        let mut anchor = base.clone();
+        let mut n = 0;
+        while seen.contains(&anchor) {
+            n += 1;
+            anchor = format!("{base}-{n}");
+        }
+        seen.insert(anchor);
+    }
+    seen
+}
+
+/// `a/b/../c` to `a/c`, without touching the file system.
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[test]
+fn relative_links_in_the_readme_and_docs_resolve() {
+    let root = repo();
+    let mut broken = Vec::new();
+    for file in markdown_files() {
+        let text = read(&file);
+        if let Some((_, start, _)) = fenced_blocks(&text).iter().find(|(info, _, _)| info == "UNCLOSED") {
+            broken.push(format!("{file}:{start}: a code fence opened here is never closed"));
+        }
+        let dir = Path::new(&file).parent().unwrap_or(Path::new(""));
+        for (number, line) in prose_lines(&text) {
+            for target in link_targets(line) {
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+                let linked = if path.is_empty() {
+                    PathBuf::from(&file)
+                } else {
+                    normalise(&dir.join(path))
+                };
+                if linked.starts_with("..") || linked.is_absolute() {
+                    broken.push(format!("{file}:{number}: {target} leaves the repository"));
+                    continue;
+                }
+                if !root.join(&linked).exists() {
+                    broken.push(format!(
+                        "{file}:{number}: {target}: {} does not exist",
+                        linked.display()
+                    ));
+                    continue;
+                }
+                if !anchor.is_empty()
+                    && linked.extension().is_some_and(|e| e == "md")
+                    && !anchors(&read(&linked.to_string_lossy())).contains(anchor)
+                {
+                    broken.push(format!(
+                        "{file}:{number}: {target}: {} has no heading #{anchor}",
+                        linked.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
+}
+
+#[test]
+fn github_anchors_are_computed_as_github_does() {
+    assert_eq!(
+        slug("`model-operator run`: the operator"),
+        "model-operator-run-the-operator"
+    );
+    assert_eq!(slug("fastapi-pytorch (`inference/`)"), "fastapi-pytorch-inference");
+    assert_eq!(slug("`status.model.inputs[]`"), "statusmodelinputs");
+    assert_eq!(
+        anchors("# A\n## A\n```\n# A\n```\n"),
+        BTreeSet::from(["a".to_owned(), "a-1".to_owned()])
+    );
+    assert_eq!(link_targets("see [x](a.md#b) and `[y](c.md)`"), ["a.md#b"]);
 }
