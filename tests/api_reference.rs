@@ -145,7 +145,8 @@ fn reference_from_crd(crd: &Value) -> String {
     };
     writeln!(
         out,
-        "`{}/{}` `{}`, {}; plural {}, singular {}, short names {}, categories {}. Subresources: {}.\n",
+        "API version `{}/{}`, kind `{}`, {}; plural {}, singular {}, short names {}, categories {}. \
+         Subresources: {}.\n",
         str_at(spec, "group"),
         str_at(version, "name"),
         str_at(names, "kind"),
@@ -662,9 +663,9 @@ fn the_readme_examples_are_the_example_files_one_per_runtime() {
             runtimes.insert(runtime.trim().trim_matches('"').to_owned());
         }
     }
-    let all: BTreeSet<String> = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"]["runtime"]["enum"]
-        .as_array()
+    let crd = crd();
+    let all: BTreeSet<String> = node_at(&served_version(&crd)["schema"]["openAPIV3Schema"], "spec.runtime")
+        .and_then(|runtime| runtime["enum"].as_array())
         .expect("spec.runtime is an enum")
         .iter()
         .filter_map(|v| v.as_str().map(str::to_owned))
