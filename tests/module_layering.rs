@@ -485,6 +485,22 @@ fn the_vocabulary_imports_nothing_else_of_the_crate() {
     assert!(outside.is_empty(), "{}", outside.join("\n"));
 }
 
+/// A newcomer finds every top-level module in docs/architecture.md.
+#[test]
+fn the_architecture_doc_names_every_top_level_module() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("docs/architecture.md");
+    let lib_rs = std::fs::read_to_string(root.join("src/lib.rs")).expect("src/lib.rs");
+    let missing: Vec<String> = declared_modules(&lib_rs)
+        .into_iter()
+        .filter(|module| !doc.contains(&format!("`src/{module}/`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name these modules as `src/NAME/`: {missing:?}"
+    );
+}
+
 /// The checker itself, on a small made-up crate: it must see cycles through `use` trees,
 /// `super::` and plain paths, at the top and inside a folder, and ignore comments and strings.
 #[test]
