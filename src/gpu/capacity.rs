@@ -137,6 +137,9 @@ pub struct CapacityReport {
     pub message: String,
 }
 
+/// How many nodes a capacity message names before it says "and N more".
+const NODES_NAMED: usize = 5;
+
 /// Whether `unscheduled` more replicas, each needing `placement.count` of `placement.resource`
 /// on one node, fit on the acceptable nodes.
 pub fn check_capacity(
@@ -182,11 +185,20 @@ pub fn check_capacity(
     let room: i64 = matching.iter().map(|node| node.free() / per_replica).sum();
     let free: i64 = matching.iter().map(|node| node.free()).sum();
     let nodes_text = |nodes: &[&NodeGpus]| {
-        nodes
+        // The nodes with the most free GPUs first, and only a few of them: the message goes
+        // into a condition and an Event, whose note the API server caps at 1 KiB.
+        let mut by_free: Vec<&&NodeGpus> = nodes.iter().collect();
+        by_free.sort_by(|a, b| b.free().cmp(&a.free()).then_with(|| a.name.cmp(&b.name)));
+        let mut text = by_free
             .iter()
+            .take(NODES_NAMED)
             .map(|n| format!("{} has {} of {} free", n.name, n.free(), n.allocatable))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        if by_free.len() > NODES_NAMED {
+            text.push_str(&format!(" and {} more", by_free.len() - NODES_NAMED));
+        }
+        text
     };
     if unscheduled == 0 {
         CapacityReport {
@@ -360,6 +372,36 @@ mod tests {
             "needs 2 × nvidia.com/gpu on NVIDIA-A100-SXM4-80GB for each of 1 unscheduled replica(s); room for 0: \
              gpu-a100-0 has 1 of 8 free, gpu-a100-1 has 1 of 8 free, gpu-a100-2 has 1 of 8 free (3 matching node(s), 3 free in all)"
         );
+    }
+
+    #[test]
+    fn many_nodes_are_summed_up_with_the_freest_named() {
+        let nodes: Vec<NodeGpus> = (0..200)
+            .map(|n| a100_node(&format!("gpu-a100-node-pool-{n:03}"), 8, if n == 150 { 6 } else { 7 }))
+            .collect();
+        let report = check_capacity(
+            &placement("count: 4\nproducts: [NVIDIA-A100-SXM4-80GB]"),
+            1,
+            &gpu_constraints(),
+            &nodes,
+        );
+        assert!(!report.fits, "{report:?}");
+        assert!(
+            report.message.starts_with(
+                "needs 4 × nvidia.com/gpu on NVIDIA-A100-SXM4-80GB for each of 1 unscheduled replica(s); room for 0: \
+                 gpu-a100-node-pool-150 has 2 of 8 free, gpu-a100-node-pool-000 has 1 of 8 free"
+            ),
+            "{}",
+            report.message
+        );
+        assert!(
+            report
+                .message
+                .ends_with("and 195 more (200 matching node(s), 201 free in all)"),
+            "{}",
+            report.message
+        );
+        assert!(report.message.len() < 600, "{} bytes", report.message.len());
     }
 
     #[test]

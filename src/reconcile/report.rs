@@ -12,6 +12,25 @@ use tracing::warn;
 use super::{Outcome, ReconcileError, status};
 use crate::{api::ModelDeployment, telemetry::Metrics, vocabulary::names::CONTROLLER_NAME};
 
+/// events.k8s.io refuses a note longer than this many bytes, and with it the whole Event.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `note` cut to fit an Event, at a character boundary, marked with an ellipsis; the condition
+/// keeps the whole message.
+fn fit_note(mut note: String) -> String {
+    const ELLIPSIS: &str = "…";
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    let mut end = EVENT_NOTE_LIMIT - ELLIPSIS.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(ELLIPSIS);
+    note
+}
+
 pub struct Reporter {
     metrics: Metrics,
     recorder: Recorder,
@@ -93,10 +112,10 @@ impl Reporter {
                     EventType::Normal
                 },
                 reason: transition.reason.clone(),
-                note: Some(format!(
+                note: Some(fit_note(format!(
                     "{} is {}: {}",
                     transition.type_, transition.status, transition.message
-                )),
+                ))),
                 action: transition.type_.clone(),
                 secondary: None,
             };
@@ -109,5 +128,22 @@ impl Reporter {
     /// True the first time `key` is seen by this process.
     fn first_time(&self, key: String) -> bool {
         self.counted.lock().expect("counted lock").insert(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_cut_to_what_the_api_server_accepts() {
+        assert_eq!(fit_note("short".into()), "short");
+        let exact = "x".repeat(EVENT_NOTE_LIMIT);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // Multi-byte characters straddling the limit are never split.
+        let long = "GPU × ".repeat(400);
+        let cut = fit_note(long);
+        assert!(cut.len() <= EVENT_NOTE_LIMIT, "{} bytes", cut.len());
+        assert!(cut.ends_with('…'), "{cut}");
     }
 }

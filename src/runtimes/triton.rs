@@ -58,7 +58,12 @@ impl RuntimeProfile for Triton {
                 model_path: model_dir,
             },
             ArtifactShape::File { file_name } => {
-                let extension = file_name.split_once('.').map(|(_, ext)| ext).unwrap_or("bin");
+                // The last extension names the format (`resnet50-v1.5.onnx` is ONNX); archives
+                // (`.tar.gz`, `.tgz`) never get here, they unpack into a directory.
+                let extension = std::path::Path::new(file_name)
+                    .extension()
+                    .and_then(|ext| ext.to_str())
+                    .unwrap_or("bin");
                 ModelLayout {
                     fetch_dir: format!("{model_dir}/1"),
                     file_name: Some(format!("model.{extension}")),

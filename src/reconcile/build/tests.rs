@@ -368,6 +368,22 @@ fn triton_single_file_becomes_version_one_of_the_repository() {
 }
 
 #[test]
+fn triton_single_files_keep_their_last_extension() {
+    for (uri, file_name) in [
+        ("https://h/resnet50-v1.5.onnx", "model.onnx"),
+        ("s3://models/bert.v2.pt", "model.pt"),
+        ("https://h/engine.plan", "model.plan"),
+        ("https://h/weights", "model.bin"),
+    ] {
+        let desired = render(&format!(
+            "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {{name: m}}\nspec:\n  modelURI: {uri}\n  runtime: triton\n"
+        ));
+        let args = pod(&desired).init_containers.as_ref().unwrap()[0].args.clone().unwrap();
+        assert_eq!(args[args.len() - 2..], ["--file-name", file_name], "{uri}: {args:?}");
+    }
+}
+
+#[test]
 fn torchserve_on_a_mig_slice_gets_its_config_and_slice_resource() {
     let desired = render(TORCHSERVE_MIG);
     let deployment = show(&desired.deployment);
