@@ -189,12 +189,20 @@ fn reference_from_crd(crd: &Value) -> String {
             });
             own_rules(&section.path, section.node)
                 .into_iter()
-                .chain(fields.flat_map(|(name, child, _)| own_rules(&join(&section.path, &name), child)))
+                .chain(fields.flat_map(|(name, child, _)| {
+                    let path = join(&section.path, &name);
+                    // A Kubernetes type's rules are the operator's, wherever inside it they sit.
+                    if kubernetes_type(&path).is_some() {
+                        nested_rules(&path, child)
+                    } else {
+                        own_rules(&path, child)
+                    }
+                }))
         })
         .collect();
     let mut placed = 0;
     for section in &sections {
-        let here: Vec<&Rule> = rules.iter().filter(|r| parent(&r.target) == section.path).collect();
+        let here: Vec<&Rule> = rules.iter().filter(|r| home(&r.target) == section.path).collect();
         placed += here.len();
         write_section(&mut out, section, &here);
     }
@@ -243,7 +251,7 @@ fn write_section(out: &mut String, section: &Section, rules: &[&Rule]) {
     for (name, child, required) in ordered_fields(section.node) {
         let path = join(&section.path, &name);
         let mut checks = validation(child, required);
-        if rules.iter().any(|r| r.target == path) {
+        if rules.iter().any(|r| within(&r.target, &path)) {
             checks.push("CEL rules below".to_owned());
         }
         let default = child.get("default").map(|d| match d {
@@ -269,6 +277,41 @@ fn write_section(out: &mut String, section: &Section, rules: &[&Rule]) {
         }
         out.push('\n');
     }
+}
+
+/// The section a rule is listed in: its field's parent, or for a field inside a Kubernetes
+/// type, the section holding that type's field.
+fn home(target: &str) -> &str {
+    KUBERNETES_TYPES
+        .iter()
+        .find(|(path, _)| within(target, path))
+        .map_or_else(|| parent(target), |(path, _)| parent(path))
+}
+
+/// `path` is `field` or below it (`field.x`, `field[].x`).
+fn within(path: &str, field: &str) -> bool {
+    path == field
+        || path
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// Every CEL rule at or below a node, with the paths of the fields they name (`[]` for a
+/// list's items, `*` for a map's values).
+fn nested_rules(path: &str, node: &Value) -> Vec<Rule> {
+    let mut rules = own_rules(path, node);
+    if let Some(properties) = node["properties"].as_object() {
+        for (name, child) in properties {
+            rules.extend(nested_rules(&join(path, name), child));
+        }
+    }
+    if let Some(items) = node.get("items") {
+        rules.extend(nested_rules(&format!("{path}[]"), items));
+    }
+    if let Some(values) = node.get("additionalProperties").filter(|a| a.is_object()) {
+        rules.extend(nested_rules(&format!("{path}.*"), values));
+    }
+    rules
 }
 
 fn parent(path: &str) -> &str {

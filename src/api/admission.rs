@@ -65,6 +65,33 @@ impl fmt::Display for FieldErrors {
 /// Admits one object given as JSON (already parsed from YAML): returns the typed resource,
 /// with schema defaults applied as the API server would, or every field it refuses.
 pub fn admit(object: &Value) -> Result<ModelDeployment, FieldErrors> {
+    let Admission { model, errors } = admit_all(object);
+    match (model, errors.is_empty()) {
+        (Some(model), true) => Ok(model),
+        _ => Err(FieldErrors(errors)),
+    }
+}
+
+/// What admission found: every refused field, and the typed resource whenever the object
+/// decodes at all (refused or not), so that a caller can add checks of its own.
+#[derive(Debug)]
+pub struct Admission {
+    pub model: Option<ModelDeployment>,
+    pub errors: Vec<FieldError>,
+}
+
+/// As [`admit`], keeping the decoded resource alongside the errors.
+pub fn admit_all(object: &Value) -> Admission {
+    match admit_decoded(object) {
+        Ok((model, errors)) => Admission {
+            model: Some(model),
+            errors,
+        },
+        Err(FieldErrors(errors)) => Admission { model: None, errors },
+    }
+}
+
+fn admit_decoded(object: &Value) -> Result<(ModelDeployment, Vec<FieldError>), FieldErrors> {
     let mut object = object.clone();
     // The API server drops nulls before validating; a YAML key with no value is a null.
     strip_nulls(&mut object);
@@ -81,15 +108,12 @@ pub fn admit(object: &Value) -> Result<ModelDeployment, FieldErrors> {
 
     let schema = crd_schema();
     errors.extend(schema_errors(&schema, &object));
+    errors.extend(list_map_errors(&schema, &object, ""));
     // CEL rules see the object after defaulting, as in the API server; the typed value carries
     // the same defaults through serde.
     let defaulted = serde_json::to_value(&typed).expect("ModelDeployment serializes to JSON");
     errors.extend(cel_errors(&schema, &defaulted));
-    if errors.is_empty() {
-        Ok(typed)
-    } else {
-        Err(FieldErrors(errors))
-    }
+    Ok((typed, errors))
 }
 
 fn check_type_meta(object: &Value) -> Result<(), FieldErrors> {
@@ -181,6 +205,57 @@ fn cel_errors(schema: &Value, object: &Value) -> Vec<FieldError> {
             })
             .collect(),
     }
+}
+
+/// Lists the schema declares `x-kubernetes-list-type: map` hold one entry per key (the API
+/// server refuses a duplicate, as it refuses two containers' env entries of one name).
+fn list_map_errors(schema: &Value, object: &Value, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match object {
+        Value::Object(fields) => {
+            for (name, value) in fields {
+                let child = schema
+                    .get("properties")
+                    .and_then(|p| p.get(name))
+                    .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(child) = child {
+                    let child_path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    errors.extend(list_map_errors(child, value, &child_path));
+                }
+            }
+        }
+        Value::Array(items) => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let is_map = schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map");
+            let mut seen = Vec::new();
+            for (index, item) in items.iter().enumerate() {
+                if is_map {
+                    let key: Vec<&Value> = keys.iter().map(|k| item.get(*k).unwrap_or(&Value::Null)).collect();
+                    if seen.contains(&key) {
+                        let shown: Vec<String> = keys.iter().zip(&key).map(|(k, v)| format!("{k}={v}")).collect();
+                        errors.push(FieldError {
+                            field: format!("{path}[{index}]"),
+                            message: format!("duplicate entry for key {} in {path}", shown.join(",")),
+                        });
+                    }
+                    seen.push(key);
+                }
+                if let Some(item_schema) = schema.get("items") {
+                    errors.extend(list_map_errors(item_schema, item, &format!("{path}[{index}]")));
+                }
+            }
+        }
+        _ => {}
+    }
+    errors
 }
 
 /// `/spec/gpu/count` → `spec.gpu.count`; `/spec/env/0/name` → `spec.env[0].name`.

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod conditions;
 mod model_deployment;
+mod pod_fields;
 
 pub use model_deployment::*;
 

@@ -39,7 +39,7 @@ pub use crate::vocabulary::{GpuSharing, Runtime, ScalingMetric};
     // Children are named NAME-service and NAME-validate-<8 hex>; Job pods carry the Job's
     // name as a label value, which is limited to 63 characters.
     validation = Rule::new("size(self.metadata.name) <= 45").message("metadata.name must be at most 45 characters, so that the names of the Service and validation Job derived from it stay valid"),
-    validation = Rule::new("self.metadata.name.matches('^[a-z]')").message("metadata.name must start with a lowercase letter, because it names a Service"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be lowercase letters, digits and '-', start with a letter and end with a letter or digit (no dots): it names the Service NAME-service, a DNS label"),
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -47,7 +47,11 @@ pub use crate::vocabulary::{GpuSharing, Runtime, ScalingMetric};
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.metric) || self.autoscaling.metric != 'gpu-utilization' || !has(self.gpu) || !has(self.gpu.sharing) || self.gpu.sharing != 'mig'").message("autoscaling.metric gpu-utilization cannot be measured on a MIG slice (NVML reports none); use inference-queue or cpu").field_path(".autoscaling.metric"),
     validation = Rule::new("!has(self.gpu) || !has(self.resources) || ((!has(self.resources.limits) || !self.resources.limits.exists(k, k.startsWith('nvidia.com/'))) && (!has(self.resources.requests) || !self.resources.requests.exists(k, k.startsWith('nvidia.com/'))))").message("resources must not name nvidia.com/* resources when gpu is set: gpu.count sets them").field_path(".resources"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.target) || (has(self.autoscaling.metric) && self.autoscaling.metric == 'inference-queue') || self.autoscaling.target <= 100").message("autoscaling.target is a percentage for gpu-utilization and cpu, so it must be between 1 and 100").field_path(".autoscaling.target"),
+    validation = Rule::new("!self.autoscale || ((has(self.autoscaling) && has(self.autoscaling.metric)) ? self.autoscaling.metric != 'cpu' : has(self.gpu)) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)").message("autoscaling on cpu needs resources.requests.cpu: the HPA scales on the share of the request in use").field_path(".resources.requests"),
+    validation = Rule::new("self.runtime != 'triton' || !has(self.runtimeArgs) || !self.runtimeArgs.exists(a, a.matches('^--(model-repository|model-store|http-port|grpc-port|metrics-port|allow-http|allow-grpc|allow-metrics)(=.*)?$'))").message("runtimeArgs must not set --model-repository, --http-port, --grpc-port, --metrics-port or turn an endpoint off: the operator sets them, and its Service, probes and metrics rely on them").field_path(".runtimeArgs"),
+    validation = Rule::new("self.runtime != 'torchserve' || !has(self.runtimeArgs) || !self.runtimeArgs.exists(a, a.matches('^--(model-store|ts-config|models|stop)(=.*)?$'))").message("runtimeArgs must not set --model-store, --ts-config, --models or --stop: the operator sets the model store, the configuration (addresses, token auth) and the model").field_path(".runtimeArgs"),
 )]
+#[schemars(transform = crate::api::pod_fields::bound_pod_fields)]
 pub struct ModelDeploymentSpec {
     /// Where the model artifact lives: `https://…`, `http://…`, `s3://bucket/key`,
     /// `gs://bucket/key` or `pvc://claim/path`. A key ending in `/` is a prefix whose objects
@@ -90,7 +94,7 @@ pub struct ModelDeploymentSpec {
 
     /// Image that replaces the runtime's pinned default image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), pattern(r"^\S+$"))]
     pub runtime_image: Option<String>,
 
     /// Name of the model inside the runtime (Triton repository entry, TorchServe model name).
@@ -160,7 +164,10 @@ pub struct GpuSpec {
     /// `NVIDIA-A100-SXM4-80GB`, `Tesla-T4`). Time-sliced (`-SHARED`) and MIG (`-MIG-<profile>`)
     /// variants of a product are matched as well when `sharing` asks for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 63), pattern(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))
+    )]
     pub products: Vec<String>,
 
     /// Least memory per GPU in MiB, matched against the `nvidia.com/gpu.memory` node label

@@ -25,9 +25,26 @@ pub const DEFAULT_QUEUE_TIME_TARGET_US: i32 = 50_000;
 
 /// Admission (schema and CEL, as the API server applies them) followed by `validate`: for
 /// objects that come from files rather than from the API server.
+///
+/// Both run whenever the object decodes, so a file with problems of both kinds hears of all of
+/// them at once.
 pub fn check(object: &Value, images: &OperatorImages) -> Result<Validated, FieldErrors> {
-    let model = admission::admit(object)?;
-    validate(&model, images)
+    let admission::Admission { model, mut errors } = admission::admit_all(object);
+    let Some(model) = model else {
+        return Err(FieldErrors(errors));
+    };
+    match validate(&model, images) {
+        Ok(validated) if errors.is_empty() => Ok(validated),
+        Ok(_) => Err(FieldErrors(errors)),
+        Err(FieldErrors(more)) => {
+            errors.extend(
+                more.into_iter()
+                    .filter(|error| !errors.contains(error))
+                    .collect::<Vec<_>>(),
+            );
+            Err(FieldErrors(errors))
+        }
+    }
 }
 
 /// What the schema cannot say: the URI must parse, quantities must be quantities, and the

@@ -2,7 +2,11 @@
 //! loopback. Run by `make e2e` (part of `make test`), which starts the cluster first; each test
 //! works in its own random namespace with its own operator process.
 
+mod admission;
 mod autoscaling;
+/// The table of bad specs the offline admission test reads too.
+#[path = "../support/bad_specs.rs"]
+mod bad_specs;
 mod model_readiness;
 mod reconciler;
 /// The protocol tier's harness: the real model servers `make test-servers` installs.
