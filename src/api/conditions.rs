@@ -5,15 +5,20 @@
 pub const VALIDATED: &str = "Validated";
 /// The cluster has free GPUs for the replicas that are wanted.
 pub const GPU_CAPACITY: &str = "GPUCapacity";
+/// The children the current spec asks for are written: no name is taken by an object of
+/// someone else, and the API server accepted every one.
+pub const APPLIED: &str = "Applied";
 /// The runtime reports the model itself as loaded and answering.
 pub const MODEL_READY: &str = "ModelReady";
-/// The Deployment has its minimum of available replicas.
+/// At least one replica of the Deployment is ready; the reason says whether all are.
 pub const AVAILABLE: &str = "Available";
-/// The model is served: Available and ModelReady. `kubectl wait --for=condition=Ready` uses it.
+/// The model is served: ModelReady, at least one replica whose model answers. Scaling and
+/// rollouts that keep one answering never turn it False. `kubectl wait --for=condition=Ready`
+/// uses it.
 pub const READY: &str = "Ready";
 
 /// Every condition type, in the order they are reported.
-pub const ALL_TYPES: [&str; 5] = [VALIDATED, GPU_CAPACITY, MODEL_READY, AVAILABLE, READY];
+pub const ALL_TYPES: [&str; 6] = [VALIDATED, GPU_CAPACITY, APPLIED, MODEL_READY, AVAILABLE, READY];
 
 /// Reasons shared by several condition types.
 pub mod reasons {
@@ -26,8 +31,22 @@ pub mod reasons {
     pub const GPUS_AVAILABLE: &str = "GPUsAvailable";
     pub const INSUFFICIENT_GPUS: &str = "InsufficientGPUs";
     pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
+    /// Every child of the current spec is written as built.
+    pub const CHILDREN_APPLIED: &str = "ChildrenApplied";
+    /// A child's name is held by an object this model does not control; nothing is written.
+    pub const NAME_TAKEN: &str = "NameTaken";
+    /// The API server refused a child as built; the message carries its words.
+    pub const CHILD_REJECTED: &str = "ChildRejected";
+    /// Writing a child failed for another reason (the API server unreachable, overloaded, ...);
+    /// retried with backoff.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const DEPLOYMENT_NOT_CREATED: &str = "DeploymentNotCreated";
+    /// Every wanted replica is ready.
     pub const DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
+    /// Some but not all wanted replicas are ready: scaling up, rolling out, or a replica lost.
+    /// The model still serves.
+    pub const REDUCED_CAPACITY: &str = "ReducedCapacity";
+    /// No replica is ready.
     pub const DEPLOYMENT_UNAVAILABLE: &str = "DeploymentUnavailable";
     pub const MODEL_LOADED: &str = "ModelLoaded";
     pub const MODEL_LOADING: &str = "ModelLoading";

@@ -289,7 +289,7 @@ pub struct ModelDeploymentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelInfo>,
 
-    /// Validated, GPUCapacity, ModelReady, Available and Ready.
+    /// Validated, GPUCapacity, Applied, ModelReady, Available and Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -130,6 +130,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             prober,
             endpoints,
             probe_schedule: ProbeSchedule::default(),
+            apply_retries: reconcile::ApplyRetries::default(),
             leader,
             caches_synced,
         },

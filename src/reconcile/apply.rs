@@ -3,7 +3,10 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::{NamespaceResourceScope, api::apps::v1::Deployment};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -53,10 +56,35 @@ impl ApplyError {
 
     /// A conflict or a vanished object: the next watch event brings a fresher view.
     pub fn is_transient(&self) -> bool {
-        let source = match self {
+        matches!(self.source(), kube::Error::Api(status) if status.code == 409 || status.code == 404)
+    }
+
+    /// The API server refused the object as it was written (invalid, forbidden, too large):
+    /// sending it again cannot help, only a change of the spec (or of RBAC) can.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.source(), kube::Error::Api(status) if matches!(status.code, 400 | 403 | 413 | 422))
+    }
+
+    /// The kind and name of the object the failure concerns.
+    pub fn object(&self) -> (&str, &str) {
+        match self {
+            Self::Apply { kind, name, .. } | Self::Prune { kind, name, .. } => (kind, name),
+            Self::WriteStatus { name, .. } => ("ModelDeployment", name),
+        }
+    }
+
+    /// What the API server said, or why it could not be asked.
+    pub fn api_message(&self) -> String {
+        match self.source() {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn source(&self) -> &kube::Error {
+        match self {
             Self::Apply { source, .. } | Self::Prune { source, .. } | Self::WriteStatus { source, .. } => source,
-        };
-        matches!(source, kube::Error::Api(status) if status.code == 409 || status.code == 404)
+        }
     }
 }
 
@@ -103,6 +131,11 @@ pub async fn apply(
         }
     }
     if rollout {
+        if let (Some(hpa), Some(current)) = (hpa, observed.deployment.as_deref())
+            && observed.hpa.is_none()
+        {
+            hand_replicas_to_the_hpa(client, current, hpa).await?;
+        }
         applied.created_deployment = observed.deployment.is_none();
         applied.deployment = Some(server_side_apply(client, deployment).await?);
     }
@@ -116,6 +149,43 @@ pub async fn apply(
         None => prune(client, observed.hpa.as_deref()).await?,
     }
     Ok(applied)
+}
+
+/// The field manager that holds `spec.replicas` from the moment an HPA is asked for until the
+/// HPA scales: the operator's own apply leaves the field out then, and would otherwise remove
+/// it, dropping the Deployment to one replica until the HPA's first sync.
+pub const REPLICAS_HANDOVER_MANAGER: &str = "model-operator-replicas-handover";
+
+/// `autoscale` turned on for a serving Deployment: before the operator's apply stops naming
+/// `spec.replicas`, another field manager takes it, at no fewer replicas than the Deployment
+/// wants now (or the HPA's minimum), so that serving capacity never drops for the handover.
+async fn hand_replicas_to_the_hpa(
+    client: &Client,
+    current: &Deployment,
+    hpa: &HorizontalPodAutoscaler,
+) -> Result<(), ApplyError> {
+    let now = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let minimum = hpa.spec.as_ref().and_then(|s| s.min_replicas).unwrap_or(1);
+    let name = current.name_any();
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": current.namespace()},
+        "spec": {"replicas": now.max(minimum)},
+    });
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &current.namespace().unwrap_or_default());
+    api.patch(
+        &name,
+        &PatchParams::apply(REPLICAS_HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| ApplyError::Apply {
+        kind: "Deployment".to_owned(),
+        name,
+        source,
+    })
 }
 
 async fn server_side_apply<K>(client: &Client, object: &K) -> Result<K, ApplyError>

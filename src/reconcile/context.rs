@@ -4,7 +4,7 @@
 use kube::Client;
 use tokio::sync::watch;
 
-use super::fetch::Caches;
+use super::{fetch::Caches, retry::ApplyRetries};
 use crate::{
     model_readiness::{EndpointResolver, ProbeSchedule, Prober},
     vocabulary::OperatorImages,
@@ -18,6 +18,8 @@ pub struct Context {
     pub endpoints: EndpointResolver,
     /// When to probe each model again (its backoff while silent).
     pub probe_schedule: ProbeSchedule,
+    /// When to write each model's children again after a failure.
+    pub apply_retries: ApplyRetries,
     /// True while this replica holds the leader Lease (always, without leader election).
     pub leader: watch::Receiver<bool>,
     /// True once every watch cache has listed.

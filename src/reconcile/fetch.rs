@@ -21,8 +21,8 @@ use crate::{
     vocabulary::{
         Scaling, Validated,
         names::{
-            COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
-            validation_job_name,
+            COMPONENT_SERVER, COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name,
+            service_name,
         },
         pods::{is_finished, is_terminating, node_name},
     },
@@ -48,7 +48,9 @@ pub struct Caches {
 pub struct Observed {
     pub deployment: Option<Arc<Deployment>>,
     pub service: Option<Arc<Service>>,
-    /// The validation Job of the spec's version and URI, when the spec asks for validation.
+    /// The model's validation Jobs, of this spec and of earlier ones.
+    pub validation_jobs: Vec<Arc<Job>>,
+    /// Of those, the Job of the current spec (`pick_validation_job`).
     pub validation_job: Option<Arc<Job>>,
     pub hpa: Option<Arc<HorizontalPodAutoscaler>>,
     pub runtime_config: Option<Arc<ConfigMap>>,
@@ -66,11 +68,6 @@ impl Caches {
         let namespace = model.namespace().unwrap_or_default();
         let owner_uid = model.uid();
         let cluster_pods = self.pods.state();
-        let validation_job_name = model
-            .spec
-            .validate_script
-            .as_ref()
-            .map(|_| validation_job_name(&name, &model.spec.version, &model.spec.model_uri));
         Observed {
             deployment: owned_child(
                 &self.deployments,
@@ -79,8 +76,19 @@ impl Caches {
                 owner_uid.as_deref(),
             ),
             service: owned_child(&self.services, &namespace, &service_name(&name), owner_uid.as_deref()),
-            validation_job: validation_job_name
-                .and_then(|job| owned_child(&self.jobs, &namespace, &job, owner_uid.as_deref())),
+            validation_jobs: self
+                .jobs
+                .state()
+                .into_iter()
+                .filter(|job| job.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|job| {
+                    let labels = job.labels();
+                    labels.get(LABEL_NAME) == Some(&name)
+                        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_VALIDATION)
+                })
+                .filter(|job| controlled_by(job.meta(), owner_uid.as_deref()))
+                .collect(),
+            validation_job: None,
             hpa: owned_child(&self.hpas, &namespace, &deployment_name(&name), owner_uid.as_deref()),
             runtime_config: owned_child(
                 &self.config_maps,
@@ -153,6 +161,18 @@ impl Caches {
     }
 }
 
+impl Observed {
+    /// Picks the validation Job of the current spec, whose name the validated view carries.
+    pub fn pick_validation_job(&mut self, job_name: Option<&str>) {
+        self.validation_job = job_name.and_then(|name| {
+            self.validation_jobs
+                .iter()
+                .find(|job| job.metadata.name.as_deref() == Some(name))
+                .cloned()
+        });
+    }
+}
+
 /// A cached child by name, only if this ModelDeployment controls it: an object of the same
 /// name that belongs to someone else is never adopted or changed.
 fn owned_child<K>(store: &Store<K>, namespace: &str, name: &str, owner_uid: Option<&str>) -> Option<Arc<K>>
@@ -160,11 +180,12 @@ where
     K: Resource<DynamicType = ()> + Clone,
 {
     let child = store.get(&ObjectRef::new(name).within(namespace))?;
-    let controlled = child
-        .meta()
-        .owner_references
+    controlled_by(child.meta(), owner_uid).then_some(child)
+}
+
+fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, owner_uid: Option<&str>) -> bool {
+    meta.owner_references
         .iter()
         .flatten()
-        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == owner_uid);
-    controlled.then_some(child)
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == owner_uid)
 }

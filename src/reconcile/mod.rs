@@ -4,7 +4,9 @@
 //! 1. [`fetch`] (reads): the children that exist, from the watch caches;
 //! 2. [`validate`] (pure): the spec resolved into `Validated`, or the fields that are wrong;
 //! 3. [`build`] (pure): the desired children, one file per kind;
-//! 4. [`apply`] (writes): server-side apply in a fixed order, prune what is no longer wanted;
+//! 4. [`apply`] (writes): every child's name checked to be free or this model's
+//!    ([`ownership`]), then server-side apply in a fixed order, pruning what is no longer wanted;
+//!    a failure is reported in the status and retried with backoff ([`retry`]);
 //! 5. readiness (`crate::model_readiness`): does the model itself answer in each ready pod;
 //! 6. [`status`] (pure, then one write): the status computed from all of the above.
 //!
@@ -16,7 +18,9 @@ pub mod build;
 mod context;
 pub mod fetch;
 mod outcome;
+pub mod ownership;
 pub mod report;
+mod retry;
 pub mod status;
 pub mod validate;
 
@@ -25,16 +29,21 @@ use kube::{Resource, ResourceExt};
 use std::time::Duration;
 
 use self::{
+    apply::Applied,
     apply::ApplyError,
-    status::{StatusInputs, ValidationState},
+    status::{ApplyState, StatusInputs, ValidationState},
 };
 pub use self::{
     context::Context,
     fetch::Caches,
     outcome::{Outcome, Reconciled, Skipped, ValidationVerdict, Work},
+    retry::ApplyRetries,
 };
 use crate::{
-    api::{ModelDeployment, ModelDeploymentStatus, conditions},
+    api::{
+        ModelDeployment, ModelDeploymentStatus,
+        conditions::{self, reasons},
+    },
     model_readiness::{self, ModelReadiness},
 };
 
@@ -43,6 +52,9 @@ use crate::{
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 /// A reconcile that arrives before the caches have listed comes back after this.
 const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
+/// A model whose child's name someone else holds looks again this often: the caches do not see
+/// that object go away.
+const NAME_TAKEN_RECHECK: Duration = Duration::from_secs(30);
 
 /// What a reconcile can fail with; `reason` is a fixed label for metrics and logs.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +101,7 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
     let now = Timestamp::now();
 
     // 1. fetch
-    let observed = ctx.caches.observe(model);
+    let mut observed = ctx.caches.observe(model);
 
     // 2. validate
     let spec = match validate::validate(model, &ctx.images) {
@@ -100,6 +112,7 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
                 previous,
                 spec: Err(&errors),
                 validation: ValidationState::NotRequired,
+                applied: ApplyState::Applied,
                 deployment: None,
                 capacity: None,
                 model: ModelReadiness::from_pod_readiness(None),
@@ -117,6 +130,7 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
                     created_deployment: None,
                     started_validation: None,
                     validation_verdict: None,
+                    apply_failure: None,
                 },
             ));
         }
@@ -124,6 +138,7 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
 
     // 3. build
     let desired = build::build(&spec);
+    observed.pick_validation_job(spec.validation.as_ref().map(|plan| plan.job_name.as_str()));
 
     // 4. apply: the validation Job gates the Deployment's rollout; the GPU pre-flight reads
     // what fetch saw, before any pod of this apply exists.
@@ -135,7 +150,7 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
         (Some(_), Some(job)) => ValidationState::of_job(job),
     };
     let capacity = ctx.caches.gpu_capacity(&spec, &observed);
-    let applied = apply::apply(&ctx.client, &desired, &observed, validation.allows_rollout()).await?;
+    let (applied, apply_state, apply_failure) = apply_children(ctx, model, &desired, &observed, &validation).await;
     let deployment = applied.deployment.as_ref().or(observed.deployment.as_deref());
 
     // 5. readiness: the runtimes' own word where the operator can reach them, else the kubelet's.
@@ -149,11 +164,18 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
     };
 
     // 6. status
+    let retry = match &apply_state {
+        ApplyState::Applied => None,
+        ApplyState::NameTaken(_) => Some(NAME_TAKEN_RECHECK),
+        ApplyState::Rejected { .. } => Some(ctx.apply_retries.failed(&spec.namespace, &spec.name)),
+        ApplyState::Failed { retry_in, .. } => Some(*retry_in),
+    };
     let next = status::compute(StatusInputs {
         generation: model.metadata.generation,
         previous,
         spec: Ok(&spec),
         validation,
+        applied: apply_state,
         deployment,
         capacity,
         model: readiness,
@@ -179,7 +201,12 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
     // so that a model that stops answering is noticed). Everything else ends with a change a
     // watch reports (a Job finishing, pods becoming ready, GPUs freed), so only the safety
     // resync is timed.
-    let requeue = recheck.unwrap_or(RESYNC_INTERVAL).min(RESYNC_INTERVAL);
+    let requeue = [recheck, retry]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(RESYNC_INTERVAL)
+        .min(RESYNC_INTERVAL);
     Ok(Outcome::reconciled(
         model,
         Some(requeue),
@@ -191,8 +218,69 @@ pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome
             created_deployment,
             started_validation,
             validation_verdict,
+            apply_failure,
         },
     ))
+}
+
+/// Step 4: the names checked, then the children written. A failure becomes the status's
+/// `Applied` condition (with the API server's words) and a fixed reason for the metrics,
+/// never a silent retry loop; what already runs is left as it is.
+async fn apply_children(
+    ctx: &Context,
+    model: &ModelDeployment,
+    desired: &build::Desired,
+    observed: &fetch::Observed,
+    validation: &ValidationState,
+) -> (Applied, ApplyState, Option<&'static str>) {
+    let namespace = model.namespace().unwrap_or_default();
+    let name = model.name_any();
+    let owner_uid = model.uid().unwrap_or_default();
+    let foreign = match ownership::foreign_objects(&ctx.client, desired, observed, &owner_uid).await {
+        Ok(foreign) => foreign,
+        Err(error) => {
+            let failure = ApplyState::Failed {
+                kind: error.kind.clone(),
+                name: error.name.clone(),
+                message: error.source.to_string(),
+                retry_in: ctx.apply_retries.failed(&namespace, &name),
+            };
+            return (Applied::default(), failure, Some(reasons::APPLY_FAILED));
+        }
+    };
+    if !foreign.is_empty() {
+        return (
+            Applied::default(),
+            ApplyState::NameTaken(foreign),
+            Some(reasons::NAME_TAKEN),
+        );
+    }
+    match apply::apply(&ctx.client, desired, observed, validation.allows_rollout()).await {
+        Ok(applied) => {
+            ctx.apply_retries.forget(&namespace, &name);
+            (applied, ApplyState::Applied, None)
+        }
+        Err(error) => {
+            let (kind, child) = error.object();
+            let (kind, child, message) = (kind.to_owned(), child.to_owned(), error.api_message());
+            if error.is_refusal() {
+                let state = ApplyState::Rejected {
+                    kind,
+                    name: child,
+                    message,
+                };
+                (Applied::default(), state, Some(reasons::CHILD_REJECTED))
+            } else {
+                let state = ApplyState::Failed {
+                    kind,
+                    name: child,
+                    message,
+                    retry_in: ctx.apply_retries.failed(&namespace, &name),
+                };
+                (Applied::default(), state, Some(reasons::APPLY_FAILED))
+            }
+        }
+    }
 }
 
 /// The status is written only when it differs from what the object carries: an unchanged

@@ -54,6 +54,8 @@ pub struct Reconciled {
     pub started_validation: Option<String>,
     /// A validation verdict this reconcile's status is the first to carry.
     pub validation_verdict: Option<ValidationVerdict>,
+    /// Why the children could not be written, as the `Applied` condition's fixed reason.
+    pub apply_failure: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

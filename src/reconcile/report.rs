@@ -80,6 +80,9 @@ impl Reporter {
             let label = if verdict.succeeded { "success" } else { "failure" };
             self.metrics.validations.with_label_values(&[label]).inc();
         }
+        if let Some(reason) = work.apply_failure {
+            self.metrics.reconcile_errors.with_label_values(&[reason]).inc();
+        }
         if let Some(runtime) = work.runtime {
             let labels = [outcome.namespace.as_str(), outcome.name.as_str(), runtime.as_str()];
             let model_ready_replicas = work.status.model_ready_replicas.unwrap_or(0);

@@ -2,12 +2,15 @@
 //! Conditions keep their `lastTransitionTime` unless their status flips; the phase, message and
 //! counts are derived from the conditions, so they can never disagree with them.
 
+use std::time::Duration;
+
 use k8s_openapi::{
     api::{apps::v1::Deployment, batch::v1::Job},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
 
+use super::ownership::ForeignObject;
 use crate::{
     api::{
         ModelDeploymentStatus, Phase,
@@ -71,6 +74,28 @@ impl ValidationState {
     }
 }
 
+/// Whether the children of the current spec are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyState {
+    /// Every child the spec wants is written as built.
+    Applied,
+    /// Names held by objects this model does not control; nothing was written.
+    NameTaken(Vec<ForeignObject>),
+    /// The API server refused a child as built.
+    Rejected {
+        kind: String,
+        name: String,
+        message: String,
+    },
+    /// Writing failed for another reason; tried again after `retry_in`.
+    Failed {
+        kind: String,
+        name: String,
+        message: String,
+        retry_in: Duration,
+    },
+}
+
 /// Everything the status is computed from.
 #[derive(Debug)]
 pub struct StatusInputs<'a> {
@@ -78,6 +103,7 @@ pub struct StatusInputs<'a> {
     pub previous: Option<&'a ModelDeploymentStatus>,
     pub spec: Result<&'a Validated, &'a FieldErrors>,
     pub validation: ValidationState,
+    pub applied: ApplyState,
     /// The Deployment as last applied or observed; `None` before the first rollout.
     pub deployment: Option<&'a Deployment>,
     /// The GPU pre-flight verdict; `None` when no GPU is requested.
@@ -93,6 +119,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         previous,
         spec,
         validation,
+        applied,
         deployment,
         capacity,
         model,
@@ -113,6 +140,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
             conditions.set(conditions::VALIDATED, false, reasons::SPEC_INVALID, &message);
             for kind in [
                 conditions::GPU_CAPACITY,
+                conditions::APPLIED,
                 conditions::MODEL_READY,
                 conditions::AVAILABLE,
                 conditions::READY,
@@ -175,6 +203,49 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         Some(report) => conditions.set(conditions::GPU_CAPACITY, report.fits, report.reason, &report.message),
     }
 
+    match &applied {
+        ApplyState::Applied => conditions.set(
+            conditions::APPLIED,
+            true,
+            reasons::CHILDREN_APPLIED,
+            "every child of this spec is written",
+        ),
+        ApplyState::NameTaken(foreign) => conditions.set(
+            conditions::APPLIED,
+            false,
+            reasons::NAME_TAKEN,
+            &format!(
+                "{}; nothing is written until {} away or the ModelDeployment is renamed",
+                foreign
+                    .iter()
+                    .map(ForeignObject::describe)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                if foreign.len() == 1 { "it goes" } else { "they go" }
+            ),
+        ),
+        ApplyState::Rejected { kind, name, message } => conditions.set(
+            conditions::APPLIED,
+            false,
+            reasons::CHILD_REJECTED,
+            &format!("the API server refused {kind} {name}: {message}"),
+        ),
+        ApplyState::Failed {
+            kind,
+            name,
+            message,
+            retry_in,
+        } => conditions.set(
+            conditions::APPLIED,
+            false,
+            reasons::APPLY_FAILED,
+            &format!(
+                "writing {kind} {name} failed: {message}; trying again in {}",
+                humantime::format_duration(*retry_in)
+            ),
+        ),
+    }
+
     let deployment_status = deployment.and_then(|d| d.status.as_ref());
     let replicas = deployment_status.and_then(|s| s.replicas).unwrap_or(0);
     let ready_replicas = deployment_status.and_then(|s| s.ready_replicas).unwrap_or(0);
@@ -182,13 +253,11 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.replicas)
         .unwrap_or(0);
-    let available = deployment_status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Available"))
-        .filter(|c| c.status == "True")
-        .is_some();
     let serving_version = deployment.and_then(serving_version);
 
+    // Capacity and service are told apart: a Deployment scaling up or rolling out has fewer
+    // ready replicas than wanted for a while, which is reduced capacity (Available stays True,
+    // its reason says so), not an outage. Only no ready replica at all is unavailable.
     if deployment.is_none() {
         conditions.set(
             conditions::AVAILABLE,
@@ -196,36 +265,43 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
             reasons::DEPLOYMENT_NOT_CREATED,
             "the Deployment is created once the version is validated",
         );
-    } else if available {
+    } else if ready_replicas > 0 && ready_replicas >= wanted {
         conditions.set(
             conditions::AVAILABLE,
             true,
             reasons::DEPLOYMENT_AVAILABLE,
             &format!("{ready_replicas} of {wanted} replica(s) ready"),
         );
+    } else if ready_replicas > 0 {
+        conditions.set(
+            conditions::AVAILABLE,
+            true,
+            reasons::REDUCED_CAPACITY,
+            &format!("{ready_replicas} of {wanted} replica(s) ready; the others are starting or being replaced"),
+        );
     } else {
         conditions.set(
             conditions::AVAILABLE,
             false,
             reasons::DEPLOYMENT_UNAVAILABLE,
-            &format!("{ready_replicas} of {wanted} replica(s) ready; the Deployment has fewer available than it needs"),
+            &format!("{ready_replicas} of {wanted} replica(s) ready"),
         );
     }
 
-    let model_ready = deployment.is_some() && model.ready_replicas > 0;
-    conditions.set(conditions::MODEL_READY, model_ready, model.reason, &model.message);
-
-    let ready = available && model_ready;
+    // Ready means the model answers: one replica whose model answers serves, however many
+    // others are starting.
+    let ready = deployment.is_some() && model.ready_replicas > 0;
+    conditions.set(conditions::MODEL_READY, ready, model.reason, &model.message);
     let ready_message = if ready {
         format!(
-            "version {} serves on {} replica(s)",
+            "version {} serves on {} of {wanted} replica(s)",
             serving_version.as_deref().unwrap_or(&validated.version),
             model.ready_replicas
         )
-    } else if !available {
-        "the Deployment is not available".to_owned()
+    } else if deployment.is_none() {
+        "nothing is deployed yet".to_owned()
     } else {
-        "the model does not answer yet".to_owned()
+        "no replica's model answers yet".to_owned()
     };
     conditions.set(
         conditions::READY,
@@ -237,7 +313,17 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
     let rolled_out = serving_version.as_deref() == Some(validated.version.as_str())
         && deployment_status.and_then(|s| s.updated_replicas).unwrap_or(0) >= wanted
         && replicas <= wanted;
+    let keeps_serving = |text: String| {
+        format!(
+            "{text}{}",
+            serving_version
+                .as_deref()
+                .map(|v| format!("; version {v} keeps serving"))
+                .unwrap_or_default()
+        )
+    };
     let (phase, message) = match (&validation, &capacity) {
+        _ if applied != ApplyState::Applied => (Phase::Failed, keeps_serving(conditions.message(conditions::APPLIED))),
         (ValidationState::Failed { .. }, _) => (
             Phase::Failed,
             format!(
@@ -251,8 +337,12 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         ),
         (ValidationState::Running { .. }, _) => (Phase::Validating, conditions.message(conditions::VALIDATED)),
         (_, Some(report)) if !report.fits => (Phase::Pending, report.message.clone()),
-        _ if ready && rolled_out && model.ready_replicas >= wanted => (Phase::Ready, ready_message),
-        _ if !available => (Phase::Deploying, conditions.message(conditions::AVAILABLE)),
+        _ if ready && rolled_out => (Phase::Ready, ready_message),
+        _ if ready_replicas == 0 => (Phase::Deploying, conditions.message(conditions::AVAILABLE)),
+        _ if ready => (
+            Phase::Deploying,
+            format!("rolling out version {}; {ready_message}", validated.version),
+        ),
         _ => (Phase::Deploying, conditions.message(conditions::MODEL_READY)),
     };
 
@@ -380,6 +470,9 @@ fn is_problem(reason: &str) -> bool {
         reasons::VALIDATION_FAILED,
         reasons::INSUFFICIENT_GPUS,
         reasons::NO_MATCHING_NODES,
+        reasons::NAME_TAKEN,
+        reasons::CHILD_REJECTED,
+        reasons::APPLY_FAILED,
     ]
     .contains(&reason)
 }

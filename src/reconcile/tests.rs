@@ -51,6 +51,22 @@ spec:
   runtime: fastapi-pytorch
 "#;
 
+/// Fails a test that waits longer than any of these exchanges can take, instead of hanging.
+async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .expect("the exchange with the mock API server finished")
+}
+
+/// The validation Job name the operator gives a model.
+fn job_name(model: &ModelDeployment) -> String {
+    validate::validate(model, &OperatorImages::default())
+        .expect("a valid fixture")
+        .validation
+        .expect("a validateScript")
+        .job_name
+}
+
 fn model(yaml: &str) -> ModelDeployment {
     serde_yaml_ng::from_str(yaml).expect("fixture is a ModelDeployment")
 }
@@ -82,6 +98,7 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
         // The pods of these tests have no IPs: readiness is the kubelet's word.
         endpoints: EndpointResolver::new(&[], false).expect("no overrides"),
         probe_schedule: ProbeSchedule::default(),
+        apply_retries: ApplyRetries::default(),
         leader: watch::channel(leader).1,
         caches_synced: watch::channel(caches_synced).1,
     }
@@ -186,6 +203,17 @@ impl ApiServer {
         received
     }
 
+    /// A read of a child's name, answered "not found": the name is free.
+    async fn expect_absent(&mut self, path: &str) {
+        let received = self
+            .expect(Method::GET, path, 404, |_| {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                       "reason": "NotFound", "message": "not found"})
+            })
+            .await;
+        assert_eq!(received.body, Value::Null);
+    }
+
     /// Nothing more is asked of the API server once the client is gone.
     async fn expect_nothing_more(mut self) {
         if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await {
@@ -206,11 +234,16 @@ fn condition<'a>(
 }
 
 #[tokio::test]
-async fn a_new_model_gets_its_deployment_and_service_then_one_status_write() {
+async fn a_new_model_gets_its_names_checked_then_deployment_service_and_one_status_write() {
     let (client, mut api) = ApiServer::new();
     let ctx = context(client, true, true);
     let model = model(DUMMY);
     let script = async {
+        // The caches hold none of its children: each name is read first, and is free.
+        api.expect_absent("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        api.expect_absent("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
         let deployment = api
             .expect_apply("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
             .await;
@@ -227,7 +260,7 @@ async fn a_new_model_gets_its_deployment_and_service_then_one_status_write() {
         assert_eq!(status.body["status"]["phase"], "Deploying", "{:#}", status.body);
         api
     };
-    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
     drop(ctx);
     api.expect_nothing_more().await;
 
@@ -236,6 +269,11 @@ async fn a_new_model_gets_its_deployment_and_service_then_one_status_write() {
     assert_eq!(work.created_deployment.as_deref(), Some("uid-of-dummy-model"));
     assert!(work.status_written);
     assert_eq!(work.runtime, Some(crate::vocabulary::Runtime::FastapiPytorch));
+    assert_eq!(work.apply_failure, None);
+    assert_eq!(
+        condition(&work.status, conditions::APPLIED).reason,
+        reasons::CHILDREN_APPLIED
+    );
     assert_eq!(
         condition(&work.status, conditions::AVAILABLE).reason,
         reasons::DEPLOYMENT_UNAVAILABLE
@@ -249,6 +287,10 @@ async fn an_unchanged_status_is_not_written_again() {
     let ctx = context(client, true, true);
     let first = model(DUMMY);
     let script = async {
+        api.expect_absent("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        api.expect_absent("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
         api.expect_apply("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
             .await;
         api.expect_apply("/api/v1/namespaces/ml/services/dummy-model-service")
@@ -256,20 +298,24 @@ async fn an_unchanged_status_is_not_written_again() {
         api.expect_status_write(&first).await;
         api
     };
-    let (outcome, mut api) = tokio::join!(reconcile(&first, &ctx), script);
+    let (outcome, mut api) = within(async { tokio::join!(reconcile(&first, &ctx), script) }).await;
     let written = outcome.unwrap().reconciled_work().unwrap().status.clone();
 
     // The same model, now carrying the status the first reconcile wrote.
     let mut second = model(DUMMY);
     second.status = Some(written);
     let script = async {
+        api.expect_absent("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        api.expect_absent("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
         api.expect_apply("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
             .await;
         api.expect_apply("/api/v1/namespaces/ml/services/dummy-model-service")
             .await;
         api
     };
-    let (outcome, api) = tokio::join!(reconcile(&second, &ctx), script);
+    let (outcome, api) = within(async { tokio::join!(reconcile(&second, &ctx), script) }).await;
     drop(ctx);
     api.expect_nothing_more().await;
     let work = outcome.unwrap();
@@ -282,8 +328,16 @@ async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
     let (client, mut api) = ApiServer::new();
     let ctx = context(client, true, true);
     let model = model(VALIDATED);
-    let job_name = crate::vocabulary::names::validation_job_name("bert", "v2", "s3://models/bert.mar");
+    let job_name = job_name(&model);
     let script = async {
+        for path in [
+            "/api/v1/namespaces/ml/configmaps/bert-runtime-config".to_owned(),
+            format!("/apis/batch/v1/namespaces/ml/jobs/{job_name}"),
+            "/apis/apps/v1/namespaces/ml/deployments/bert".to_owned(),
+            "/api/v1/namespaces/ml/services/bert-service".to_owned(),
+        ] {
+            api.expect_absent(&path).await;
+        }
         // Configuration first, then the Job that gates the Deployment; the Deployment waits.
         api.expect_apply("/api/v1/namespaces/ml/configmaps/bert-runtime-config")
             .await;
@@ -296,7 +350,7 @@ async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
         assert_eq!(status.body["status"]["phase"], "Validating", "{:#}", status.body);
         api
     };
-    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
     drop(ctx);
     api.expect_nothing_more().await;
     let outcome = outcome.unwrap();
@@ -306,6 +360,57 @@ async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
     assert_eq!(
         condition(&work.status, conditions::VALIDATED).reason,
         reasons::VALIDATION_RUNNING
+    );
+}
+
+#[tokio::test]
+async fn a_name_held_by_someone_else_is_never_written_and_the_status_says_whose() {
+    let (client, mut api) = ApiServer::new();
+    let ctx = context(client, true, true);
+    let model = model(DUMMY);
+    let script = async {
+        api.expect_absent("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        // A Service of that name that the payments team applied with kubectl.
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/ml/services/dummy-model-service",
+            200,
+            |_| {
+                json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "dummy-model-service", "namespace": "ml", "uid": "svc-uid",
+                                "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update"}]},
+                   "spec": {"selector": {"app": "payments"}, "ports": [{"port": 80}]}})
+            },
+        )
+        .await;
+        let status = api.expect_status_write(&model).await;
+        assert_eq!(status.body["status"]["phase"], "Failed", "{:#}", status.body);
+        api
+    };
+    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let outcome = outcome.unwrap();
+    let work = outcome.reconciled_work().unwrap();
+    let applied = condition(&work.status, conditions::APPLIED);
+    assert_eq!(
+        (applied.status.as_str(), applied.reason.as_str()),
+        ("False", reasons::NAME_TAKEN)
+    );
+    assert!(
+        applied.message.starts_with(
+            "Service ml/dummy-model-service already exists and belongs to no controller; written by kubectl-client-side-apply"
+        ),
+        "{}",
+        applied.message
+    );
+    assert_eq!(work.apply_failure, Some(reasons::NAME_TAKEN));
+    assert_eq!(work.created_deployment, None);
+    assert_eq!(
+        outcome.requeue_after,
+        Some(NAME_TAKEN_RECHECK),
+        "it looks again for the name to come free"
     );
 }
 
@@ -323,7 +428,7 @@ async fn an_invalid_spec_writes_only_its_status() {
         );
         api
     };
-    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
     drop(ctx);
     api.expect_nothing_more().await;
     let outcome = outcome.unwrap();
@@ -332,30 +437,65 @@ async fn an_invalid_spec_writes_only_its_status() {
     assert_eq!(condition(&work.status, conditions::READY).reason, reasons::SPEC_INVALID);
 }
 
+/// The Deployment's name is free, the API server refuses the Deployment as built.
+async fn refuse_the_deployment(api: &mut ApiServer) {
+    let path = "/apis/apps/v1/namespaces/ml/deployments/dummy-model";
+    api.expect_absent(path).await;
+    api.expect_absent("/api/v1/namespaces/ml/services/dummy-model-service")
+        .await;
+    api.expect(Method::PATCH, path, 422, |_| {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422, "reason": "Invalid",
+               "message": "Deployment.apps \"dummy-model\" is invalid: spec.template.spec.containers[0].env[0].name: Invalid value"})
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_refused_apply_fails_the_reconcile_with_a_fixed_reason() {
+async fn a_refused_child_reaches_the_status_with_the_api_servers_words_and_backs_off() {
     let (client, mut api) = ApiServer::new();
     let ctx = context(client, true, true);
     let model = model(DUMMY);
     let script = async {
-        api.expect(
-            Method::PATCH,
-            "/apis/apps/v1/namespaces/ml/deployments/dummy-model",
-            422,
-            |_| {
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
-                       "reason": "Invalid", "message": "Deployment.apps \"dummy-model\" is invalid"})
-            },
-        )
-        .await;
+        refuse_the_deployment(&mut api).await;
+        let status = api.expect_status_write(&model).await;
+        assert_eq!(status.body["status"]["phase"], "Failed", "{:#}", status.body);
         api
     };
-    let (outcome, api) = tokio::join!(reconcile(&model, &ctx), script);
+    let (outcome, mut api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
+    let outcome = outcome.expect("a refused child is a status, not a failed reconcile");
+    let work = outcome.reconciled_work().unwrap();
+    let applied = condition(&work.status, conditions::APPLIED);
+    assert_eq!(
+        (applied.status.as_str(), applied.reason.as_str()),
+        ("False", reasons::CHILD_REJECTED)
+    );
+    assert!(
+        applied.message
+            == "the API server refused Deployment dummy-model: Deployment.apps \"dummy-model\" is invalid: \
+                spec.template.spec.containers[0].env[0].name: Invalid value",
+        "{}",
+        applied.message
+    );
+    assert_eq!(
+        work.apply_failure,
+        Some(reasons::CHILD_REJECTED),
+        "counted by its reason"
+    );
+    assert_eq!(outcome.requeue_after, Some(Duration::from_secs(5)));
+
+    // Refused again: the status already says so, and the next try waits twice as long.
+    let mut again = model.clone();
+    again.status = Some(work.status.clone());
+    let script = async {
+        refuse_the_deployment(&mut api).await;
+        api
+    };
+    let (outcome, api) = within(async { tokio::join!(reconcile(&again, &ctx), script) }).await;
     drop(ctx);
     api.expect_nothing_more().await;
-    let error = outcome.expect_err("the API server refused the Deployment");
-    assert_eq!(error.reason(), "ApplyFailed");
-    assert!(!error.is_transient());
+    let outcome = outcome.unwrap();
+    assert!(!outcome.reconciled_work().unwrap().status_written);
+    assert_eq!(outcome.requeue_after, Some(Duration::from_secs(10)));
 }
 
 #[tokio::test]
@@ -386,15 +526,14 @@ async fn the_report_publishes_a_warning_event_per_condition_of_a_refused_spec() 
         api.expect_status_write(&model).await;
         api
     };
-    let (outcome, mut api) = tokio::join!(reconcile(&model, &ctx), script);
+    let (outcome, mut api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
     let outcome = outcome.unwrap();
 
     let reporter = report::Reporter::new(client, Metrics::new(), Some("operator-0".into()));
     let script = async {
-        // Validated, GPUCapacity, ModelReady, Available and Ready all turn False for SpecInvalid,
-        // a problem reason: one Warning each.
+        // Every condition turns False for SpecInvalid, a problem reason: one Warning each.
         let mut notes = Vec::new();
-        for _ in 0..5 {
+        for _ in conditions::ALL_TYPES {
             let event = api
                 .expect(
                     Method::POST,
@@ -406,7 +545,9 @@ async fn the_report_publishes_a_warning_event_per_condition_of_a_refused_spec() 
             assert_eq!(event.body["type"], "Warning", "{:#}", event.body);
             assert_eq!(event.body["reason"], "SpecInvalid");
             assert_eq!(event.body["reportingInstance"], "operator-0");
-            notes.push(event.body["note"].as_str().unwrap_or_default().to_owned());
+            let note = event.body["note"].as_str().unwrap_or_default().to_owned();
+            assert!(note.len() <= report::EVENT_NOTE_LIMIT, "{} bytes", note.len());
+            notes.push(note);
         }
         assert!(
             notes[0].starts_with("Validated is False: the spec is invalid"),
@@ -414,7 +555,7 @@ async fn the_report_publishes_a_warning_event_per_condition_of_a_refused_spec() 
         );
         api
     };
-    let ((), api) = tokio::join!(reporter.publish(&model, &outcome), script);
+    let ((), api) = within(async { tokio::join!(reporter.publish(&model, &outcome), script) }).await;
     drop((ctx, reporter));
     api.expect_nothing_more().await;
 }

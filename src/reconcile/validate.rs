@@ -142,14 +142,30 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
         return Err(FieldErrors(errors));
     };
     let layout = profile.layout(&model_name, &source.shape());
-    let validation = spec.validate_script.clone().map(|script| ValidationPlan {
-        job_name: validation_job_name(&name, &spec.version, &spec.model_uri),
-        script,
-    });
     let image = spec
         .runtime_image
         .clone()
         .unwrap_or_else(|| profile.default_image(images, gpu.is_some()));
+    // Everything the validation Job's verdict can depend on: what is fetched and where it
+    // lands, the script, the image it runs in, its environment and resources.
+    let validation = spec.validate_script.clone().map(|script| {
+        let env = serde_json::to_string(&spec.env).expect("env serializes");
+        let resources = serde_json::to_string(&resources).expect("resources serialize");
+        let inputs = [
+            spec.version.as_str(),
+            &spec.model_uri,
+            &script,
+            &image,
+            spec.runtime.as_str(),
+            &layout.model_path,
+            &env,
+            &resources,
+        ];
+        ValidationPlan {
+            job_name: validation_job_name(&name, &inputs),
+            script,
+        }
+    });
 
     Ok(Validated {
         owner: model.controller_owner_ref(&()),
@@ -198,6 +214,43 @@ fn is_quantity(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_of(spec: &str) -> String {
+        let script = if spec.contains("validateScript") {
+            ""
+        } else {
+            "  validateScript: check.py\n"
+        };
+        let yaml = format!(
+            "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {{name: bert}}\nspec:\n  \
+             modelURI: s3://m/bert.mar\n  runtime: torchserve\n{script}{spec}"
+        );
+        let object: Value = serde_yaml_ng::from_str(&yaml).expect("fixture is YAML");
+        check(&object, &OperatorImages::default())
+            .expect("fixture is valid")
+            .validation
+            .expect("validated")
+            .job_name
+    }
+
+    #[test]
+    fn the_validation_job_is_a_new_one_whenever_its_verdict_could_change() {
+        let base = job_of("");
+        assert_eq!(base, job_of(""), "the same spec, the same Job");
+        for change in [
+            "  version: v2\n",
+            "  validateScript: check_harder.py\n",
+            "  runtimeImage: registry.example.com/torchserve:0.12.1\n",
+            "  env: [{name: THRESHOLD, value: '0.9'}]\n",
+            "  resources: {limits: {memory: 1Gi}}\n",
+            "  runtime: fastapi-pytorch\n",
+        ] {
+            assert_ne!(base, job_of(change), "{change}");
+        }
+        for same in ["  replicas: 3\n", "  modelName: bert-large\n"] {
+            assert_eq!(base, job_of(same), "{same} cannot change a verdict");
+        }
+    }
 
     #[test]
     fn quantities_follow_the_kubernetes_grammar() {

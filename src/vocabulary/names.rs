@@ -44,12 +44,15 @@ pub fn runtime_config_name(model_name: &str) -> String {
     format!("{model_name}-runtime-config")
 }
 
-/// `NAME-validate-<8 hex of sha256(version, modelURI)>`: a new version or URI is a new Job.
-pub fn validation_job_name(model_name: &str, version: &str, model_uri: &str) -> String {
+/// `NAME-validate-<8 hex of sha256 of the verdict's inputs>`: the Job's name is its identity,
+/// so anything that can change the verdict (version, URI, script, image, environment, ...)
+/// makes a new Job, and an old verdict is never reused for it.
+pub fn validation_job_name(model_name: &str, verdict_inputs: &[&str]) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(version.as_bytes());
-    hasher.update([0]);
-    hasher.update(model_uri.as_bytes());
+    for input in verdict_inputs {
+        hasher.update(input.as_bytes());
+        hasher.update([0]);
+    }
     let digest = hex::encode(hasher.finalize());
     format!("{model_name}-validate-{}", &digest[..8])
 }
@@ -59,15 +62,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validation_job_name_changes_with_version_and_uri() {
-        let a = validation_job_name("bert", "v1", "s3://m/bert.mar");
+    fn validation_job_name_changes_with_every_input() {
+        let a = validation_job_name("bert", &["v1", "s3://m/bert.mar"]);
         assert!(
             a.starts_with("bert-validate-") && a.len() == "bert-validate-".len() + 8,
             "{a}"
         );
-        assert_ne!(a, validation_job_name("bert", "v2", "s3://m/bert.mar"));
-        assert_ne!(a, validation_job_name("bert", "v1", "s3://m/bert2.mar"));
-        assert_eq!(a, validation_job_name("bert", "v1", "s3://m/bert.mar"));
+        assert_ne!(a, validation_job_name("bert", &["v2", "s3://m/bert.mar"]));
+        assert_ne!(a, validation_job_name("bert", &["v1", "s3://m/bert2.mar"]));
+        // Inputs are separated, so moving text between them is a change too.
+        assert_ne!(a, validation_job_name("bert", &["v1s3://m/bert.mar", ""]));
+        assert_eq!(a, validation_job_name("bert", &["v1", "s3://m/bert.mar"]));
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn inputs<'a>(
         previous: None,
         spec: Ok(spec),
         validation,
+        applied: ApplyState::Applied,
         deployment,
         capacity: None,
         model: ModelReadiness::from_pod_readiness(deployment),
@@ -214,6 +215,7 @@ fn an_invalid_spec_fails_with_the_field_errors_and_keeps_the_serving_version() {
         previous: Some(&previous),
         spec: Err(&errors),
         validation: ValidationState::NotRequired,
+        applied: ApplyState::Applied,
         deployment: None,
         capacity: None,
         model: ModelReadiness::from_pod_readiness(None),
@@ -309,4 +311,110 @@ fn job_verdicts_are_read_from_its_conditions() {
     );
     assert!(!failed.allows_rollout());
     assert!(ValidationState::NotRequired.allows_rollout());
+}
+
+/// Version 2 scaling from one replica to two: one ready, the Deployment's own Available
+/// condition False while the second starts (maxUnavailable 0).
+const SCALING_UP_V2: &str = r#"
+metadata: {name: resnet, namespace: ml}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app.kubernetes.io/name: resnet}}
+  template:
+    metadata: {labels: {mlops.sathvik.dev/version: "2"}}
+status:
+  replicas: 2
+  readyReplicas: 1
+  updatedReplicas: 2
+  availableReplicas: 1
+  conditions: [{type: Available, status: "False", reason: MinimumReplicasUnavailable}]
+"#;
+
+#[test]
+fn scaling_up_is_reduced_capacity_and_never_turns_ready_false_or_warns() {
+    let spec = validated(TRITON);
+    let one = deployment(AVAILABLE_V1.replace("\"1\"", "\"2\"").as_str());
+    let before = compute(inputs(&spec, Some(&one), succeeded()));
+    assert_eq!(before.phase, Some(Phase::Ready), "{before:#?}");
+
+    let scaling = deployment(SCALING_UP_V2);
+    let mut during = inputs(&spec, Some(&scaling), succeeded());
+    during.previous = Some(&before);
+    during.now = at(30);
+    let status = compute(during);
+    let available = condition(&status, conditions::AVAILABLE);
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("True", reasons::REDUCED_CAPACITY),
+        "{status:#?}"
+    );
+    assert!(
+        available.message.starts_with("1 of 2 replica(s) ready"),
+        "{}",
+        available.message
+    );
+    let ready = condition(&status, conditions::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", reasons::SERVING)
+    );
+    assert_eq!(ready.last_transition_time.0, at(0), "Ready held through the scale-up");
+    assert_eq!(status.phase, Some(Phase::Ready), "scaling is no rollout: {status:#?}");
+    let news = transitions(Some(&before), &status);
+    assert!(news.iter().all(|t| !t.warning), "no Warning for a scale-up: {news:#?}");
+}
+
+#[test]
+fn a_rollout_keeps_ready_while_a_replica_of_the_serving_version_answers() {
+    let spec = validated(TRITON);
+    let serving = deployment(AVAILABLE_V1);
+    let before = compute(inputs(&spec, Some(&serving), succeeded()));
+    // Version 2 rolls out: the new pod is not ready yet, the old one still serves.
+    let rolling = deployment(
+        &AVAILABLE_V1
+            .replace("version: \"1\"", "version: \"2\"")
+            .replace("updatedReplicas: 1", "updatedReplicas: 1\n  unavailableReplicas: 1")
+            .replace("replicas: 1\n  readyReplicas", "replicas: 2\n  readyReplicas"),
+    );
+    let mut during = inputs(&spec, Some(&rolling), succeeded());
+    during.previous = Some(&before);
+    let status = compute(during);
+    assert_eq!(condition(&status, conditions::READY).status, "True", "{status:#?}");
+    assert_eq!(
+        status.phase,
+        Some(Phase::Deploying),
+        "a rollout is Deploying: {status:#?}"
+    );
+    assert!(
+        transitions(Some(&before), &status).iter().all(|t| !t.warning),
+        "{status:#?}"
+    );
+}
+
+#[test]
+fn a_model_that_stops_answering_turns_ready_false_with_warnings() {
+    let spec = validated(TRITON);
+    let serving = deployment(AVAILABLE_V2);
+    let before = compute(inputs(&spec, Some(&serving), succeeded()));
+    let mut silent = inputs(&spec, Some(&serving), succeeded());
+    silent.previous = Some(&before);
+    silent.model = ModelReadiness {
+        ready_replicas: 0,
+        reason: reasons::SERVER_UNAVAILABLE,
+        message: "the model answers on 0 of 2 ready pod(s)".into(),
+        model: None,
+    };
+    let status = compute(silent);
+    let ready = condition(&status, conditions::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::NOT_SERVING)
+    );
+    let news = transitions(Some(&before), &status);
+    for type_ in [conditions::MODEL_READY, conditions::READY] {
+        assert!(
+            news.iter().any(|t| t.type_ == type_ && t.warning),
+            "{type_} going False warns: {news:#?}"
+        );
+    }
 }

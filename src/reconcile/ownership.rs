@@ -1,0 +1,179 @@
+//! Ownership (reads): before anything is written, every child the spec wants must either be
+//! this model's already or not exist. The watch caches only hold objects labelled as the
+//! operator's, so a child missing from them is looked up by name: an object found there that
+//! this model does not control (a user's Service `payments-service`, another controller's HPA)
+//! is never written, adopted or deleted, and the model says whose it is.
+//!
+//! The read happens only for children the caches do not show as this model's: a new model, a
+//! child deleted by hand, or a name someone else holds. A model at rest costs none.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{build::Desired, fetch::Observed};
+
+/// An object that holds the name of one of this model's children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignObject {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Who holds it, in words: its controller, or who manages it.
+    pub holder: String,
+}
+
+impl ForeignObject {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}/{} already exists and belongs to {}",
+            self.kind, self.namespace, self.name, self.holder
+        )
+    }
+}
+
+/// Why the names could not be checked.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {kind} {name} to see whether its name is free: {source}")]
+pub struct OwnershipError {
+    pub kind: String,
+    pub name: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// The objects holding the names of `desired` children that are not this model's, in the
+/// order the children are applied. `owner_uid` is the model's UID.
+pub async fn foreign_objects(
+    client: &Client,
+    desired: &Desired,
+    observed: &Observed,
+    owner_uid: &str,
+) -> Result<Vec<ForeignObject>, OwnershipError> {
+    let Desired {
+        runtime_config,
+        deployment,
+        service,
+        hpa,
+        validation_job,
+    } = desired;
+    let mut foreign = Vec::new();
+    if let Some(config) = runtime_config
+        && observed.runtime_config.is_none()
+    {
+        foreign.extend(holder_of(client, config, owner_uid).await?);
+    }
+    if let Some(job) = validation_job
+        && observed.validation_job.is_none()
+    {
+        foreign.extend(holder_of(client, job, owner_uid).await?);
+    }
+    if observed.deployment.is_none() {
+        foreign.extend(holder_of(client, deployment, owner_uid).await?);
+    }
+    if observed.service.is_none() {
+        foreign.extend(holder_of(client, service, owner_uid).await?);
+    }
+    if let Some(hpa) = hpa
+        && observed.hpa.is_none()
+    {
+        foreign.extend(holder_of(client, hpa, owner_uid).await?);
+    }
+    Ok(foreign)
+}
+
+/// The object of `wanted`'s name, if one exists that `owner_uid` does not control.
+async fn holder_of<K>(client: &Client, wanted: &K, owner_uid: &str) -> Result<Option<ForeignObject>, OwnershipError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let namespace = wanted.namespace().unwrap_or_default();
+    let name = wanted.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let existing = api.get_opt(&name).await.map_err(|source| OwnershipError {
+        kind: K::kind(&()).into_owned(),
+        name: name.clone(),
+        source,
+    })?;
+    Ok(existing
+        .filter(|object| !controlled_by(object.meta(), owner_uid))
+        .map(|object| ForeignObject {
+            kind: K::kind(&()).into_owned(),
+            namespace,
+            name,
+            holder: holder(object.meta()),
+        }))
+}
+
+fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Its controller (`Deployment payments`), else the field managers that wrote it, else that
+/// nothing claims it.
+pub fn holder(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    if let Some(controller) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+    {
+        return format!("its controller {} {}", controller.kind, controller.name);
+    }
+    let mut managers: Vec<&str> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.as_deref())
+        .collect();
+    managers.dedup();
+    if managers.is_empty() {
+        "no controller".to_owned()
+    } else {
+        format!("no controller; written by {}", managers.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
+
+    use super::*;
+
+    fn meta(value: serde_json::Value) -> ObjectMeta {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_holder_is_named_by_its_controller_or_its_writers() {
+        let owned = meta(json!({"name": "payments-service", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "payments", "uid": "u-1", "controller": true}]}));
+        assert_eq!(holder(&owned), "its controller Deployment payments");
+        assert!(controlled_by(&owned, "u-1") && !controlled_by(&owned, "u-2"));
+        let applied = meta(json!({"name": "payments-service", "managedFields": [
+            {"manager": "kubectl-client-side-apply", "operation": "Update"},
+            {"manager": "kubectl-client-side-apply", "operation": "Update"},
+            {"manager": "helm", "operation": "Update"}]}));
+        assert_eq!(
+            holder(&applied),
+            "no controller; written by kubectl-client-side-apply, helm"
+        );
+        assert_eq!(holder(&meta(json!({"name": "x"}))), "no controller");
+        let foreign = ForeignObject {
+            kind: "Service".into(),
+            namespace: "shop".into(),
+            name: "payments-service".into(),
+            holder: holder(&owned),
+        };
+        assert_eq!(
+            foreign.describe(),
+            "Service shop/payments-service already exists and belongs to its controller Deployment payments"
+        );
+    }
+}
