@@ -9,17 +9,38 @@ CHART_CRD_FILE := charts/model-operator/crds/modeldeployments.mlops.sathvik.dev.
 # Slow installs (model servers, Python environments) live here, outside the repo, once per machine.
 export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
+# Two local clusters (tests/cluster/), each with its own state directory and loopback ports, so
+# that `make demo` and `make test` run in either order and beside each other: the demo's keeps
+# .cluster and the default ports; the test tier's (e2e, install-check, the benches) gets
+# .cluster-test and the next port set. CLUSTER_PORT_OFFSET (tests/cluster/lib.sh: a multiple of
+# 100) moves both, for a second checkout on the same machine. These, not a CLUSTER_DIR from the
+# environment, say which cluster a target uses.
+CLUSTER_PORT_OFFSET ?= 0
+TEST_CLUSTER_PORT_OFFSET ?= $(shell echo $$(( $(CLUSTER_PORT_OFFSET) + 100 )))
+DEMO_CLUSTER_DIR ?= $(CURDIR)/.cluster
+TEST_CLUSTER_DIR ?= $(CURDIR)/.cluster-test
+ON_DEMO_CLUSTER = CLUSTER_DIR=$(DEMO_CLUSTER_DIR) CLUSTER_PORT_OFFSET=$(CLUSTER_PORT_OFFSET)
+ON_TEST_CLUSTER = CLUSTER_DIR=$(TEST_CLUSTER_DIR) CLUSTER_PORT_OFFSET=$(TEST_CLUSTER_PORT_OFFSET)
+# cluster-up, cluster-smoke and cluster-down take CLUSTER=demo or CLUSTER=test.
+CLUSTER ?=
+CHECK_CLUSTER = $(if $(filter-out demo test,$(or $(CLUSTER),demo)),$(error CLUSTER=$(CLUSTER): expected demo or test))
+ON_CLUSTER = $(CHECK_CLUSTER)$(if $(filter test,$(CLUSTER)),$(ON_TEST_CLUSTER),$(ON_DEMO_CLUSTER))
+# The test tier's runs take turns on its cluster (its lock), after starting it if needed.
+WITH_TEST_CLUSTER = $(ON_TEST_CLUSTER) tests/cluster/with-cluster.sh
+
 .PHONY: test lint fmt-check clippy unit e2e install-check release-build crd-check crds build render-examples demo \
 	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling \
 	test-servers test-inference
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift, the
 ## install bundles on the local cluster, and the release builds that go into the images.
+## The cluster tiers use the test tier's cluster (.cluster-test), never the demo's.
 test: fmt-check clippy crd-check unit test-inference e2e install-check release-build
 
-## demo: the local cluster, the operator and the examples, left running (`make cluster-down` stops them).
+## demo: the local cluster (.cluster), the operator and the examples, left running
+## (`make cluster-down` stops them). Runs beside `make test`'s cluster.
 demo:
-	tests/cluster/demo.sh
+	$(ON_DEMO_CLUSTER) tests/cluster/demo.sh
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -33,19 +54,20 @@ clippy:
 unit: test-servers
 	$(CARGO) test --workspace
 
-## e2e: the cluster tier: the operator binary against the local control plane (started if needed,
-## left running for the next run; `make cluster-down` stops it). A short HPA sync keeps it quick.
+## e2e: the cluster tier: the operator binary against the test tier's local control plane
+## (started if needed, left running for the next run; `make cluster-down` stops it), holding
+## its lock. A short HPA sync keeps it quick. E2E_ARGS picks tests (a name filter).
 E2E_THREADS ?= 8
+E2E_ARGS ?=
 e2e: test-servers
-	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
-	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_
+	HPA_SYNC_PERIOD=2s $(WITH_TEST_CLUSTER) $(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_ $(E2E_ARGS)
 
-## install-check: `kubectl apply -k config/default` and the Helm chart on the local cluster (started
-## if needed): accepted by the API server, scheduled where they should be, RBAC enough for the real
-## operator binary run as the installed ServiceAccount; then removed. Holds the cluster lock that
-## e2e runs take, since both use the one custom-metrics APIService.
+## install-check: `kubectl apply -k config/default` and the Helm chart on the test tier's cluster
+## (started if needed): accepted by the API server, scheduled where they should be, RBAC enough
+## for the real operator binary run as the installed ServiceAccount; then removed. Holds the
+## cluster's lock, as e2e runs do, since both use the one custom-metrics APIService.
 install-check:
-	tests/install/check.sh
+	$(ON_TEST_CLUSTER) tests/install/check.sh
 
 ## release-build: the two release binaries the Dockerfile's images contain, built by the script
 ## its build stages run (a static musl operator, a glibc node agent), then checked: the operator
@@ -77,23 +99,28 @@ lint: fmt-check clippy
 
 ## Local control plane (tests/cluster/, DESIGN.md §6 tier 3): real etcd, kube-apiserver,
 ## kube-controller-manager, kube-scheduler and kwok's fake GPU nodes as processes on 127.0.0.1.
-## CLUSTER_DIR (default .cluster) holds its state; HPA_SYNC_PERIOD (default 15s) tunes the HPA loop.
+## Two of them: the demo's (.cluster, the default ports) and the test tier's (.cluster-test, the
+## ports 100 up); HPA_SYNC_PERIOD (default 15s) tunes the HPA loop.
 
 ## cluster-build: build (once per machine, cached in ~/.cache/model-operator) the cluster binaries.
 cluster-build:
 	tests/cluster/build.sh all
 
-## cluster-up: start the local cluster (idempotent); writes .cluster/kubeconfig and .cluster/bin/kubectl.
+## cluster-up: start the demo's local cluster (idempotent), or the test tier's with CLUSTER=test;
+## writes <dir>/kubeconfig and <dir>/bin/kubectl.
 cluster-up:
-	tests/cluster/up.sh
+	$(ON_CLUSTER) tests/cluster/up.sh
 
-## cluster-down: stop every process cluster-up started and delete .cluster.
+## cluster-down: stop every process of both local clusters (demo and test) and delete their
+## state; CLUSTER=demo or CLUSTER=test stops one.
 cluster-down:
-	tests/cluster/down.sh
+	$(CHECK_CLUSTER)$(if $(filter test,$(CLUSTER)),,$(ON_DEMO_CLUSTER) tests/cluster/down.sh)
+	$(if $(filter demo,$(CLUSTER)),,$(ON_TEST_CLUSTER) tests/cluster/down.sh)
 
-## cluster-smoke: check a running cluster schedules GPU pods, completes Jobs and syncs HPAs.
+## cluster-smoke: check a running cluster (the demo's, or CLUSTER=test) schedules GPU pods,
+## completes Jobs and syncs HPAs.
 cluster-smoke:
-	tests/cluster/smoke.sh
+	$(ON_CLUSTER) tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
 bench: bench-node-agent bench-readiness bench-autoscaling
@@ -103,10 +130,9 @@ bench-node-agent:
 	$(CARGO) bench -p node-agent --bench scrape
 
 ## bench-readiness: seconds from a model finishing its load in the real FastAPI runtime to the
-## operator reporting ModelReady, on the local cluster.
+## operator reporting ModelReady, on the test tier's cluster.
 bench-readiness: test-servers
-	tests/cluster/up.sh
-	$(CARGO) bench --bench model_ready_latency
+	$(WITH_TEST_CLUSTER) $(CARGO) bench --bench model_ready_latency
 
 ## test-servers: install tritonserver, TorchServe and the inference app's Python environment
 ## (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe tests need them.
@@ -118,9 +144,9 @@ test-inference: test-servers
 	source "$(MODEL_OPERATOR_CACHE)/test-servers.env" && cd inference && "$$PYTHON" -m pytest -q tests
 
 ## bench-autoscaling: seconds from a utilisation step on the fake GPUs to the HPA's new desired
-## replica count, with the controller manager's default HPA sync period (15s). Restarts the
-## controller manager for it and afterwards puts back the 2s sync that `make e2e` uses.
+## replica count, with the controller manager's default HPA sync period (15s), on the test
+## tier's cluster. Restarts its controller manager for it and afterwards puts back the 2s sync
+## that `make e2e` uses.
 bench-autoscaling:
-	HPA_SYNC_PERIOD=15s tests/cluster/up.sh
-	status=0; $(CARGO) test --test e2e bench_autoscaling_reaction -- --ignored --nocapture || status=$$?; \
-	HPA_SYNC_PERIOD=2s tests/cluster/up.sh; exit $$status
+	status=0; HPA_SYNC_PERIOD=15s $(WITH_TEST_CLUSTER) $(CARGO) test --test e2e bench_autoscaling_reaction -- --ignored --nocapture || status=$$?; \
+	HPA_SYNC_PERIOD=2s $(WITH_TEST_CLUSTER) true; exit $$status

@@ -15,16 +15,17 @@
 #
 # then removes everything it created and waits until it is gone. The ModelDeployment CRD is shared
 # with the e2e tier and is never deleted. The custom-metrics APIService has a fixed name that the
-# e2e autoscaling test also registers, so the whole run holds the cluster lock that e2e runs take
-# too, and deletes the APIService before it lets go.
+# e2e autoscaling test also registers, so the whole run holds the cluster lock (lib.sh's
+# CLUSTER_LOCK) that e2e runs take too (tests/cluster/with-cluster.sh), and deletes the
+# APIService before it lets go.
 #
-# Env: CLUSTER_DIR (the running cluster; default <repo>/.cluster), MODEL_OPERATOR_BIN (an operator
-# binary to run; default: `cargo build --bin model-operator`), LOCK_WAIT_S (default 1800).
+# Env: CLUSTER_DIR, CLUSTER_PORT_OFFSET (the cluster, started if needed; see tests/cluster/lib.sh;
+# `make install-check` gives the test tier's), MODEL_OPERATOR_BIN (an operator binary to run;
+# default: `cargo build --bin model-operator`), LOCK_WAIT_S (default 1800).
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/../cluster/lib.sh"
 
-LOCK_FILE=/tmp/model-operator-cluster.lock
 LOCK_WAIT_S=${LOCK_WAIT_S:-1800}
 WAIT_S=120
 KUBECTL="$CLUSTER_DIR/bin/kubectl"
@@ -324,7 +325,7 @@ install_servicemonitor_crd() {
 
 note_api_service_takeover() {
   if k get apiservice "$API_SERVICE" >/dev/null 2>&1; then
-    log "taking over $API_SERVICE (left by 'make demo'?); it is deleted at the end: run 'make demo' again afterwards"
+    log "taking over $API_SERVICE (another run left it on this cluster); it is deleted at the end"
   fi
 }
 
@@ -409,15 +410,18 @@ check_helm() {
 main() {
   command -v curl >/dev/null || fail "curl is required"
   command -v flock >/dev/null || fail "flock (util-linux) is required"
-  exec 9>"$LOCK_FILE"
-  log "waiting for the cluster lock $LOCK_FILE (held while e2e runs)"
-  flock -w "$LOCK_WAIT_S" 9 || fail "waited ${LOCK_WAIT_S}s for $LOCK_FILE; is an e2e run stuck?"
+  exec 9>"$CLUSTER_LOCK"
+  if ! flock -n 9; then
+    log "waiting for the cluster lock $CLUSTER_LOCK (another run is using the cluster in $CLUSTER_DIR)"
+    flock -w "$LOCK_WAIT_S" 9 || fail "waited ${LOCK_WAIT_S}s for $CLUSTER_LOCK; is a run on that cluster stuck?"
+  fi
   local started=$SECONDS
   trap cleanup EXIT
 
-  # Starts the cluster if needed, keeping the running controller manager's HPA sync period.
+  # Starts the cluster if needed, keeping the running controller manager's HPA sync period. The
+  # lock's descriptor is not passed on: the cluster's processes outlive this check.
   HPA_SYNC_PERIOD=${HPA_SYNC_PERIOD:-$(cat "$CLUSTER_DIR/hpa-sync-period" 2>/dev/null || echo 15s)} \
-    "$CLUSTER_SCRIPTS/up.sh"
+    "$CLUSTER_SCRIPTS/up.sh" 9>&-
   [[ -x $KUBECTL && -x $HELM ]] || fail "no kubectl or helm in $CLUSTER_DIR/bin (tests/cluster/up.sh links them)"
   OPERATOR_BIN=$(operator_binary)
   for leftover in "$KUSTOMIZE_NAMESPACE" "$HELM_NAMESPACE" "$MODEL_NAMESPACE"; do
