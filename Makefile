@@ -16,7 +16,7 @@ export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 # 100) moves both, for a second checkout on the same machine. These, not a CLUSTER_DIR from the
 # environment, say which cluster a target uses.
 CLUSTER_PORT_OFFSET ?= 0
-TEST_CLUSTER_PORT_OFFSET ?= $(shell echo $$(( $(CLUSTER_PORT_OFFSET) + 100 )))
+TEST_CLUSTER_PORT_OFFSET ?= $(shell expr $(CLUSTER_PORT_OFFSET) + 100 2>/dev/null || echo not-a-number-$(CLUSTER_PORT_OFFSET))
 DEMO_CLUSTER_DIR ?= $(CURDIR)/.cluster
 TEST_CLUSTER_DIR ?= $(CURDIR)/.cluster-test
 ON_DEMO_CLUSTER = CLUSTER_DIR=$(DEMO_CLUSTER_DIR) CLUSTER_PORT_OFFSET=$(CLUSTER_PORT_OFFSET)
@@ -62,10 +62,12 @@ E2E_ARGS ?=
 e2e: test-servers
 	HPA_SYNC_PERIOD=2s $(WITH_TEST_CLUSTER) $(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_ $(E2E_ARGS)
 
-## install-check: `kubectl apply -k config/default` and the Helm chart on the test tier's cluster
-## (started if needed): accepted by the API server, scheduled where they should be, RBAC enough
-## for the real operator binary run as the installed ServiceAccount; then removed. Holds the
-## cluster's lock, as e2e runs do, since both use the one custom-metrics APIService.
+## install-check: `kubectl apply --server-side -k config/default` and the Helm chart on the
+## test tier's cluster (started if needed), each with its defaults on a cluster without the
+## ServiceMonitor CRD, then the ServiceMonitors opt-in (config/prometheus, serviceMonitor.enabled)
+## with it: accepted by the API server, scheduled where they should be, RBAC enough for the real
+## operator binary run as the installed ServiceAccount; then removed. Holds the cluster's lock,
+## as e2e runs do, since both use the one custom-metrics APIService.
 install-check:
 	$(ON_TEST_CLUSTER) tests/install/check.sh
 

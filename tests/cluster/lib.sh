@@ -30,7 +30,7 @@ CLUSTER_DIR="${CLUSTER_DIR:-$REPO_ROOT/.cluster}"
 # Unset, it is the offset the cluster in CLUSTER_DIR was started with (up.sh records it), else 0.
 CLUSTER_PORT_OFFSET=${CLUSTER_PORT_OFFSET:-$(cat "$CLUSTER_DIR/port-offset" 2>/dev/null || echo 0)}
 if ! [[ $CLUSTER_PORT_OFFSET =~ ^[0-9]+$ ]] || ((10#$CLUSTER_PORT_OFFSET % 100 != 0 || 10#$CLUSTER_PORT_OFFSET > 1900)); then
-  printf 'error: CLUSTER_PORT_OFFSET=%s is not one of 0, 100, 200, ... 1900\n' "$CLUSTER_PORT_OFFSET" >&2
+  printf 'error: CLUSTER_PORT_OFFSET=%s is not one of 0, 100, 200, ... 1900 (the Makefile gives the test tier'"'"'s cluster the offset plus 100)\n' "$CLUSTER_PORT_OFFSET" >&2
   exit 1
 fi
 CLUSTER_PORT_OFFSET=$((10#$CLUSTER_PORT_OFFSET))
