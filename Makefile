@@ -1,4 +1,6 @@
-# model-operator: the commands a developer and CI run. `make test` is what .ci/run calls.
+# model-operator: the commands a developer and CI run. `make test` is what .ci/run calls; `make
+# help` lists every target. The kubebuilder project this replaces had install, uninstall, deploy,
+# undeploy, run, docker-build, docker-push, manifests, lint and test-e2e: they work the same here.
 
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
@@ -28,9 +30,24 @@ ON_CLUSTER = $(CHECK_CLUSTER)$(if $(filter test,$(CLUSTER)),$(ON_TEST_CLUSTER),$
 # The test tier's runs take turns on its cluster (its lock), after starting it if needed.
 WITH_TEST_CLUSTER = $(ON_TEST_CLUSTER) tests/cluster/with-cluster.sh
 
-.PHONY: test lint fmt-check clippy unit e2e install-check release-build crd-check crds build render-examples demo \
+# Images (make docker-build, docker-push, deploy): empty means the ones config/ names. The node
+# agent's follows IMG (IMG's repository with -node-agent, same tag) unless AGENT_IMG is set.
+IMG ?=
+AGENT_IMG ?=
+CONTAINER_TOOL ?= docker
+IMAGES = IMG="$(IMG)" AGENT_IMG="$(AGENT_IMG)" CONTAINER_TOOL="$(CONTAINER_TOOL)"
+# make deploy / undeploy: config/default, or config/prometheus for the ServiceMonitors as well.
+DEPLOY_CONFIG ?= config/default
+
+.PHONY: help test lint fmt-check clippy unit e2e test-e2e install-check release-build crd-check manifests crds \
+	build render-examples demo run install uninstall deploy undeploy docker-build docker-push \
 	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling \
 	test-servers test-inference
+
+## help: every target with its `##` line.
+help:
+	@awk '/^## [a-z0-9-]+: / { sub(/^## /, ""); name = $$1; sub(/^[^ ]+ /, ""); printf "\n  %-18s %s\n", substr(name, 1, length(name) - 1), $$0; next } \
+		/^## / && name != "" { sub(/^## /, ""); printf "  %-18s %s\n", "", $$0; next } { name = "" }' $(MAKEFILE_LIST)
 
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift, the
 ## install bundles on the local cluster, and the release builds that go into the images.
@@ -42,15 +59,21 @@ test: fmt-check clippy crd-check unit test-inference e2e install-check release-b
 demo:
 	$(ON_DEMO_CLUSTER) tests/cluster/demo.sh
 
+## fmt-check: `cargo fmt --check` on the whole workspace.
 fmt-check:
 	$(CARGO) fmt --all --check
 
-# The e2e target is left out of --all-targets (test = false), so it is linted by name.
+## clippy: clippy with -D warnings on every target. The e2e target is left out of --all-targets
+## (test = false), so it is linted by name.
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --test e2e -- -D warnings
 
-# The node agent's tests build their doubles (tests/fake-nvml, tests/fake-kubelet) themselves.
+## lint: fmt-check and clippy.
+lint: fmt-check clippy
+
+## unit: `cargo test --workspace`. The node agent's tests build their doubles (tests/fake-nvml,
+## tests/fake-kubelet) themselves; the probe tests need `make test-servers`.
 unit: test-servers
 	$(CARGO) test --workspace
 
@@ -61,6 +84,9 @@ E2E_THREADS ?= 8
 E2E_ARGS ?=
 e2e: test-servers
 	HPA_SYNC_PERIOD=2s $(WITH_TEST_CLUSTER) $(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_ $(E2E_ARGS)
+
+## test-e2e: the cluster tier, as kubebuilder's name for it: `make e2e`.
+test-e2e: e2e
 
 ## install-check: `kubectl apply --server-side -k config/default` and the Helm chart on the
 ## test tier's cluster (started if needed), each with its defaults on a cluster without the
@@ -82,14 +108,19 @@ release-build:
 
 ## crd-check: fails when crds/ (or the chart's copy) differs from what the API types generate.
 crd-check:
-	$(CARGO) run --quiet -- crd | diff -u $(CRD_FILE) - || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
-	diff -u $(CRD_FILE) $(CHART_CRD_FILE) || { echo "$(CHART_CRD_FILE) is stale: run 'make crds' and commit"; exit 1; }
+	$(CARGO) run --quiet -- crd | diff -u $(CRD_FILE) - || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
+	diff -u $(CRD_FILE) $(CHART_CRD_FILE) || { echo "$(CHART_CRD_FILE) is stale: run 'make manifests' and commit"; exit 1; }
 
-## crds: regenerate the committed CRD (and the Helm chart's copy) from the API types.
-crds:
+## manifests: regenerate the committed CRD (and the Helm chart's copy) from the API types, as
+## kubebuilder's `make manifests` does with controller-gen. RBAC is written by hand (config/rbac).
+manifests:
 	$(CARGO) run --quiet -- crd > $(CRD_FILE)
 	cp $(CRD_FILE) $(CHART_CRD_FILE)
 
+## crds: the former name of `make manifests`.
+crds: manifests
+
+## build: the release build of the workspace (`cargo build --release`).
 build:
 	$(CARGO) build --release
 
@@ -97,7 +128,48 @@ build:
 render-examples:
 	$(CARGO) run --quiet -- render $(addprefix -f ,$(wildcard examples/*.yaml))
 
-lint: fmt-check clippy
+## The current kubeconfig's cluster (KUBECONFIG, else ~/.kube/config; kubectl on PATH, else the one
+## `make cluster-build` builds, or KUBECTL), as kubebuilder's targets act on it.
+
+## install: apply the ModelDeployment CRD to the current kubeconfig's cluster.
+install:
+	hack/deploy.sh install
+
+## uninstall: delete the CRD from the current kubeconfig's cluster, and so every ModelDeployment.
+uninstall:
+	hack/deploy.sh uninstall
+
+## deploy: apply the bundle (DEPLOY_CONFIG, default config/default; config/prometheus adds the
+## ServiceMonitors) to the current kubeconfig's cluster, with IMG as the operator's image (and
+## the model-fetch init container's) and AGENT_IMG as the node agent's; no committed file changes.
+deploy:
+	$(IMAGES) DEPLOY_CONFIG=$(DEPLOY_CONFIG) hack/deploy.sh deploy
+
+## undeploy: delete what `make deploy` applied, the CRD included (so every ModelDeployment).
+undeploy:
+	$(IMAGES) DEPLOY_CONFIG=$(DEPLOY_CONFIG) hack/deploy.sh undeploy
+
+## run: the operator from this checkout against the current kubeconfig's cluster, in the
+## foreground, as kubebuilder's `make run` (`make install` first for the CRD). RUN_ARGS are its
+## flags: from outside the cluster it cannot reach pod IPs, so readiness comes from the kubelet's
+## probes; one replica needs no leader Lease (so no model-operator-system namespace either);
+## admin and custom-metrics ports on loopback only. Stop a deployed operator first
+## (`make undeploy`), or both reconcile.
+RUN_ARGS ?= --probe-pod-ips=false --disable-leader-election --metrics-addr=127.0.0.1:8080 \
+	--health-addr=127.0.0.1:8081 --custom-metrics-addr=127.0.0.1:6443
+run:
+	hack/deploy.sh context
+	$(CARGO) run --bin model-operator -- run $(RUN_ARGS)
+
+## docker-build: build the operator (IMG) and node agent (AGENT_IMG) images from the Dockerfile
+## with CONTAINER_TOOL (default docker, BuildKit). Without an engine it fails saying so;
+## `make release-build` builds the same binaries without one.
+docker-build:
+	$(IMAGES) hack/deploy.sh docker-build
+
+## docker-push: push the images docker-build tagged (IMG, AGENT_IMG).
+docker-push:
+	$(IMAGES) hack/deploy.sh docker-push
 
 ## Local control plane (tests/cluster/, DESIGN.md §6 tier 3): real etcd, kube-apiserver,
 ## kube-controller-manager, kube-scheduler and kwok's fake GPU nodes as processes on 127.0.0.1.
