@@ -1,4 +1,6 @@
-# model-operator: the commands a developer and CI run. `make test` is what .ci/run calls.
+# model-operator: the commands a developer and CI run. `make test` is what .ci/run calls; `make
+# help` lists every target. The kubebuilder project this replaces had install, uninstall, deploy,
+# undeploy, run, docker-build, docker-push, manifests, lint and test-e2e: they work the same here.
 
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
@@ -9,43 +11,91 @@ CHART_CRD_FILE := charts/model-operator/crds/modeldeployments.mlops.sathvik.dev.
 # Slow installs (model servers, Python environments) live here, outside the repo, once per machine.
 export MODEL_OPERATOR_CACHE ?= $(HOME)/.cache/model-operator
 
-.PHONY: test lint fmt-check clippy unit e2e install-check release-build crd-check crds build render-examples demo \
+# Two local clusters (tests/cluster/), each with its own state directory and loopback ports, so
+# that `make demo` and `make test` run in either order and beside each other: the demo's keeps
+# .cluster and the default ports; the test tier's (e2e, install-check, the benches) gets
+# .cluster-test and the next port set. CLUSTER_PORT_OFFSET (tests/cluster/lib.sh: a multiple of
+# 100) moves both, for a second checkout on the same machine. These, not a CLUSTER_DIR from the
+# environment, say which cluster a target uses.
+CLUSTER_PORT_OFFSET ?= 0
+TEST_CLUSTER_PORT_OFFSET ?= $(shell expr $(CLUSTER_PORT_OFFSET) + 100 2>/dev/null || echo not-a-number-$(CLUSTER_PORT_OFFSET))
+DEMO_CLUSTER_DIR ?= $(CURDIR)/.cluster
+TEST_CLUSTER_DIR ?= $(CURDIR)/.cluster-test
+ON_DEMO_CLUSTER = CLUSTER_DIR=$(DEMO_CLUSTER_DIR) CLUSTER_PORT_OFFSET=$(CLUSTER_PORT_OFFSET)
+ON_TEST_CLUSTER = CLUSTER_DIR=$(TEST_CLUSTER_DIR) CLUSTER_PORT_OFFSET=$(TEST_CLUSTER_PORT_OFFSET)
+# cluster-up, cluster-smoke and cluster-down take CLUSTER=demo or CLUSTER=test.
+CLUSTER ?=
+CHECK_CLUSTER = $(if $(filter-out demo test,$(or $(CLUSTER),demo)),$(error CLUSTER=$(CLUSTER): expected demo or test))
+ON_CLUSTER = $(CHECK_CLUSTER)$(if $(filter test,$(CLUSTER)),$(ON_TEST_CLUSTER),$(ON_DEMO_CLUSTER))
+# The test tier's runs take turns on its cluster (its lock), after starting it if needed.
+WITH_TEST_CLUSTER = $(ON_TEST_CLUSTER) tests/cluster/with-cluster.sh
+
+# Images (make docker-build, docker-push, deploy): empty means the ones config/ names. The node
+# agent's follows IMG (IMG's repository with -node-agent, same tag) unless AGENT_IMG is set.
+IMG ?=
+AGENT_IMG ?=
+CONTAINER_TOOL ?= docker
+IMAGES = IMG="$(IMG)" AGENT_IMG="$(AGENT_IMG)" CONTAINER_TOOL="$(CONTAINER_TOOL)"
+# make deploy / undeploy: config/default, or config/prometheus for the ServiceMonitors as well.
+DEPLOY_CONFIG ?= config/default
+
+.PHONY: help test lint fmt-check clippy unit e2e test-e2e install-check release-build crd-check manifests crds \
+	build render-examples demo run install uninstall deploy undeploy docker-build docker-push \
 	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling \
 	test-servers test-inference
 
+## help: every target with its `##` line.
+help:
+	@awk '/^## [a-z0-9-]+: / { sub(/^## /, ""); name = $$1; sub(/^[^ ]+ /, ""); printf "\n  %-18s %s\n", substr(name, 1, length(name) - 1), $$0; next } \
+		/^## / && name != "" { sub(/^## /, ""); printf "  %-18s %s\n", "", $$0; next } { name = "" }' $(MAKEFILE_LIST)
+
 ## test: everything CI checks: formatting, lints, every test tier available, CRD drift, the
 ## install bundles on the local cluster, and the release builds that go into the images.
+## The cluster tiers use the test tier's cluster (.cluster-test), never the demo's.
 test: fmt-check clippy crd-check unit test-inference e2e install-check release-build
 
-## demo: the local cluster, the operator and the examples, left running (`make cluster-down` stops them).
+## demo: the local cluster (.cluster), the operator and the examples, left running
+## (`make cluster-down` stops them). Runs beside `make test`'s cluster.
 demo:
-	tests/cluster/demo.sh
+	$(ON_DEMO_CLUSTER) tests/cluster/demo.sh
 
+## fmt-check: `cargo fmt --check` on the whole workspace.
 fmt-check:
 	$(CARGO) fmt --all --check
 
-# The e2e target is left out of --all-targets (test = false), so it is linted by name.
+## clippy: clippy with -D warnings on every target. The e2e target is left out of --all-targets
+## (test = false), so it is linted by name.
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --test e2e -- -D warnings
 
-# The node agent's tests build their doubles (tests/fake-nvml, tests/fake-kubelet) themselves.
+## lint: fmt-check and clippy.
+lint: fmt-check clippy
+
+## unit: `cargo test --workspace`. The node agent's tests build their doubles (tests/fake-nvml,
+## tests/fake-kubelet) themselves; the probe tests need `make test-servers`.
 unit: test-servers
 	$(CARGO) test --workspace
 
-## e2e: the cluster tier: the operator binary against the local control plane (started if needed,
-## left running for the next run; `make cluster-down` stops it). A short HPA sync keeps it quick.
+## e2e: the cluster tier: the operator binary against the test tier's local control plane
+## (started if needed, left running for the next run; `make cluster-down` stops it), holding
+## its lock. A short HPA sync keeps it quick. E2E_ARGS picks tests (a name filter).
 E2E_THREADS ?= 8
+E2E_ARGS ?=
 e2e: test-servers
-	HPA_SYNC_PERIOD=2s tests/cluster/up.sh
-	$(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_
+	HPA_SYNC_PERIOD=2s $(WITH_TEST_CLUSTER) $(CARGO) test --test e2e -- --test-threads=$(E2E_THREADS) --skip bench_ $(E2E_ARGS)
 
-## install-check: `kubectl apply -k config/default` and the Helm chart on the local cluster (started
-## if needed): accepted by the API server, scheduled where they should be, RBAC enough for the real
-## operator binary run as the installed ServiceAccount; then removed. Holds the cluster lock that
-## e2e runs take, since both use the one custom-metrics APIService.
+## test-e2e: the cluster tier, as kubebuilder's name for it: `make e2e`.
+test-e2e: e2e
+
+## install-check: `kubectl apply --server-side -k config/default` and the Helm chart on the
+## test tier's cluster (started if needed), each with its defaults on a cluster without the
+## ServiceMonitor CRD, then the ServiceMonitors opt-in (config/prometheus, serviceMonitor.enabled)
+## with it: accepted by the API server, scheduled where they should be, RBAC enough for the real
+## operator binary run as the installed ServiceAccount; then removed. Holds the cluster's lock,
+## as e2e runs do, since both use the one custom-metrics APIService.
 install-check:
-	tests/install/check.sh
+	$(ON_TEST_CLUSTER) tests/install/check.sh
 
 ## release-build: the two release binaries the Dockerfile's images contain, built by the script
 ## its build stages run (a static musl operator, a glibc node agent), then checked: the operator
@@ -58,14 +108,19 @@ release-build:
 
 ## crd-check: fails when crds/ (or the chart's copy) differs from what the API types generate.
 crd-check:
-	$(CARGO) run --quiet -- crd | diff -u $(CRD_FILE) - || { echo "crds/ is stale: run 'make crds' and commit"; exit 1; }
-	diff -u $(CRD_FILE) $(CHART_CRD_FILE) || { echo "$(CHART_CRD_FILE) is stale: run 'make crds' and commit"; exit 1; }
+	$(CARGO) run --quiet -- crd | diff -u $(CRD_FILE) - || { echo "crds/ is stale: run 'make manifests' and commit"; exit 1; }
+	diff -u $(CRD_FILE) $(CHART_CRD_FILE) || { echo "$(CHART_CRD_FILE) is stale: run 'make manifests' and commit"; exit 1; }
 
-## crds: regenerate the committed CRD (and the Helm chart's copy) from the API types.
-crds:
+## manifests: regenerate the committed CRD (and the Helm chart's copy) from the API types, as
+## kubebuilder's `make manifests` does with controller-gen. RBAC is written by hand (config/rbac).
+manifests:
 	$(CARGO) run --quiet -- crd > $(CRD_FILE)
 	cp $(CRD_FILE) $(CHART_CRD_FILE)
 
+## crds: the former name of `make manifests`.
+crds: manifests
+
+## build: the release build of the workspace (`cargo build --release`).
 build:
 	$(CARGO) build --release
 
@@ -73,27 +128,73 @@ build:
 render-examples:
 	$(CARGO) run --quiet -- render $(addprefix -f ,$(wildcard examples/*.yaml))
 
-lint: fmt-check clippy
+## The current kubeconfig's cluster (KUBECONFIG, else ~/.kube/config; kubectl on PATH, else the one
+## `make cluster-build` builds, or KUBECTL), as kubebuilder's targets act on it.
+
+## install: apply the ModelDeployment CRD to the current kubeconfig's cluster.
+install:
+	hack/deploy.sh install
+
+## uninstall: delete the CRD from the current kubeconfig's cluster, and so every ModelDeployment.
+uninstall:
+	hack/deploy.sh uninstall
+
+## deploy: apply the bundle (DEPLOY_CONFIG, default config/default; config/prometheus adds the
+## ServiceMonitors) to the current kubeconfig's cluster, with IMG as the operator's image (and
+## the model-fetch init container's) and AGENT_IMG as the node agent's; no committed file changes.
+deploy:
+	$(IMAGES) DEPLOY_CONFIG=$(DEPLOY_CONFIG) hack/deploy.sh deploy
+
+## undeploy: delete what `make deploy` applied, the CRD included (so every ModelDeployment).
+undeploy:
+	$(IMAGES) DEPLOY_CONFIG=$(DEPLOY_CONFIG) hack/deploy.sh undeploy
+
+## run: the operator from this checkout against the current kubeconfig's cluster, in the
+## foreground, as kubebuilder's `make run` (`make install` first for the CRD). RUN_ARGS are its
+## flags: from outside the cluster it cannot reach pod IPs, so readiness comes from the kubelet's
+## probes; one replica needs no leader Lease (so no model-operator-system namespace either);
+## admin and custom-metrics ports on loopback only. Stop a deployed operator first
+## (`make undeploy`), or both reconcile.
+RUN_ARGS ?= --probe-pod-ips=false --disable-leader-election --metrics-addr=127.0.0.1:8080 \
+	--health-addr=127.0.0.1:8081 --custom-metrics-addr=127.0.0.1:6443
+run:
+	hack/deploy.sh context
+	$(CARGO) run --bin model-operator -- run $(RUN_ARGS)
+
+## docker-build: build the operator (IMG) and node agent (AGENT_IMG) images from the Dockerfile
+## with CONTAINER_TOOL (default docker, BuildKit). Without an engine it fails saying so;
+## `make release-build` builds the same binaries without one.
+docker-build:
+	$(IMAGES) hack/deploy.sh docker-build
+
+## docker-push: push the images docker-build tagged (IMG, AGENT_IMG).
+docker-push:
+	$(IMAGES) hack/deploy.sh docker-push
 
 ## Local control plane (tests/cluster/, DESIGN.md §6 tier 3): real etcd, kube-apiserver,
 ## kube-controller-manager, kube-scheduler and kwok's fake GPU nodes as processes on 127.0.0.1.
-## CLUSTER_DIR (default .cluster) holds its state; HPA_SYNC_PERIOD (default 15s) tunes the HPA loop.
+## Two of them: the demo's (.cluster, the default ports) and the test tier's (.cluster-test, the
+## ports 100 up); HPA_SYNC_PERIOD (default 15s) tunes the HPA loop.
 
 ## cluster-build: build (once per machine, cached in ~/.cache/model-operator) the cluster binaries.
 cluster-build:
 	tests/cluster/build.sh all
 
-## cluster-up: start the local cluster (idempotent); writes .cluster/kubeconfig and .cluster/bin/kubectl.
+## cluster-up: start the demo's local cluster (idempotent), or the test tier's with CLUSTER=test;
+## writes <dir>/kubeconfig and <dir>/bin/kubectl.
 cluster-up:
-	tests/cluster/up.sh
+	$(ON_CLUSTER) tests/cluster/up.sh
 
-## cluster-down: stop every process cluster-up started and delete .cluster.
+## cluster-down: stop every process of both local clusters (demo and test) and delete their
+## state; CLUSTER=demo or CLUSTER=test stops one.
 cluster-down:
-	tests/cluster/down.sh
+	$(CHECK_CLUSTER)$(if $(filter test,$(CLUSTER)),,$(ON_DEMO_CLUSTER) tests/cluster/down.sh)
+	$(if $(filter demo,$(CLUSTER)),,$(ON_TEST_CLUSTER) tests/cluster/down.sh)
 
-## cluster-smoke: check a running cluster schedules GPU pods, completes Jobs and syncs HPAs.
+## cluster-smoke: check a running cluster (the demo's, or CLUSTER=test) schedules GPU pods,
+## completes Jobs and syncs HPAs.
 cluster-smoke:
-	tests/cluster/smoke.sh
+	$(ON_CLUSTER) tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
 bench: bench-node-agent bench-readiness bench-autoscaling
@@ -103,10 +204,9 @@ bench-node-agent:
 	$(CARGO) bench -p node-agent --bench scrape
 
 ## bench-readiness: seconds from a model finishing its load in the real FastAPI runtime to the
-## operator reporting ModelReady, on the local cluster.
+## operator reporting ModelReady, on the test tier's cluster.
 bench-readiness: test-servers
-	tests/cluster/up.sh
-	$(CARGO) bench --bench model_ready_latency
+	$(WITH_TEST_CLUSTER) $(CARGO) bench --bench model_ready_latency
 
 ## test-servers: install tritonserver, TorchServe and the inference app's Python environment
 ## (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe tests need them.
@@ -118,9 +218,9 @@ test-inference: test-servers
 	source "$(MODEL_OPERATOR_CACHE)/test-servers.env" && cd inference && "$$PYTHON" -m pytest -q tests
 
 ## bench-autoscaling: seconds from a utilisation step on the fake GPUs to the HPA's new desired
-## replica count, with the controller manager's default HPA sync period (15s). Restarts the
-## controller manager for it and afterwards puts back the 2s sync that `make e2e` uses.
+## replica count, with the controller manager's default HPA sync period (15s), on the test
+## tier's cluster. Restarts its controller manager for it and afterwards puts back the 2s sync
+## that `make e2e` uses.
 bench-autoscaling:
-	HPA_SYNC_PERIOD=15s tests/cluster/up.sh
-	status=0; $(CARGO) test --test e2e bench_autoscaling_reaction -- --ignored --nocapture || status=$$?; \
-	HPA_SYNC_PERIOD=2s tests/cluster/up.sh; exit $$status
+	status=0; HPA_SYNC_PERIOD=15s $(WITH_TEST_CLUSTER) $(CARGO) test --test e2e bench_autoscaling_reaction -- --ignored --nocapture || status=$$?; \
+	HPA_SYNC_PERIOD=2s $(WITH_TEST_CLUSTER) true; exit $$status

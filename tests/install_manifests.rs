@@ -286,6 +286,85 @@ fn every_kustomization_lists_what_exists() {
     }
 }
 
+/// The objects a kustomization builds, as `apiVersion kind name`: its files' documents and, for a
+/// listed directory, that kustomization's, recursively (what `kubectl kustomize` emits, less its
+/// transformers, which change no kind).
+fn bundle(dir: &Path) -> Vec<String> {
+    let file = dir.join("kustomization.yaml");
+    let parsed: Kustomization =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut objects = Vec::new();
+    for resource in parsed.resources {
+        let target = dir.join(&resource);
+        if target.is_dir() {
+            objects.extend(bundle(&target));
+            continue;
+        }
+        let relative = target
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        for document in documents(&relative) {
+            objects.push(format!(
+                "{} {} {}",
+                document["apiVersion"].as_str().unwrap_or_default(),
+                document["kind"].as_str().unwrap_or_default(),
+                document["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    objects.sort_unstable();
+    objects
+}
+
+/// `kubectl apply --server-side -k config/default` must work on a cluster without
+/// prometheus-operator: only built-in kinds and the CRD the bundle itself brings. The
+/// ServiceMonitors come with config/prometheus, which is default plus them and nothing else.
+#[test]
+fn the_default_bundle_needs_no_crd_it_does_not_bring() {
+    let default = bundle(&path("config/default"));
+    let brought: Vec<String> = default
+        .iter()
+        .filter(|o| o.starts_with("apiextensions.k8s.io/v1 CustomResourceDefinition "))
+        .map(|o| o.rsplit(' ').next().unwrap().split_once('.').unwrap().1.to_owned())
+        .collect();
+    assert_eq!(brought, ["mlops.sathvik.dev"], "{default:#?}");
+    let builtin = [
+        "v1 ",
+        "apps/v1 ",
+        "rbac.authorization.k8s.io/v1 ",
+        "apiregistration.k8s.io/v1 ",
+        "apiextensions.k8s.io/v1 ",
+    ];
+    let foreign: Vec<&String> = default
+        .iter()
+        .filter(|o| !builtin.iter().any(|prefix| o.starts_with(prefix)))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "config/default needs CRDs it does not install: {foreign:?}"
+    );
+
+    let mut with_monitors = bundle(&path("config/prometheus"));
+    let monitors: Vec<String> = with_monitors
+        .extract_if(.., |o| o.starts_with("monitoring.coreos.com/v1 ServiceMonitor "))
+        .collect();
+    assert_eq!(
+        monitors,
+        [
+            "monitoring.coreos.com/v1 ServiceMonitor model-operator",
+            "monitoring.coreos.com/v1 ServiceMonitor node-agent"
+        ]
+    );
+    assert_eq!(
+        with_monitors, default,
+        "config/prometheus is config/default plus the ServiceMonitors"
+    );
+}
+
 /// The HPA controller's grant names every metric the custom metrics API serves, in the
 /// kustomize tree and in the chart: a metric left out would read as forbidden in the HPA.
 #[test]

@@ -166,9 +166,39 @@ build_kwok() {
   kwok_is_built || die "kwok in $KWOK_HOME does not report $KWOK_VERSION or lacks its stages"
 }
 
+# The Kubernetes version helm renders for when no cluster is asked (`helm template`, `helm lint`):
+# a released helm carries its client-go's (v0.M.P gives v1.M.0; helm's Makefile sets it with -X).
+# Without it helm falls back to v1.20.0 and refuses every chart whose kubeVersion is newer, ours
+# included, unless --kube-version is given.
+helm_kube_version() {
+  local client_go
+  # The build info `go build` embeds names the client-go version compiled in.
+  client_go=$(go version -m "$1" 2>/dev/null | awk '$1 == "dep" && $2 == "k8s.io/client-go" {print $3}')
+  [[ $client_go =~ ^v0\.([0-9]+)\. ]] || return 1
+  printf 'v1.%s.0' "${BASH_REMATCH[1]}"
+}
+
+# What a helm binary renders as .Capabilities.KubeVersion without a cluster.
+helm_default_kube_version() {
+  local chart
+  chart=$(mktemp -d)
+  mkdir "$chart/templates"
+  printf 'apiVersion: v2\nname: kube-version-probe\nversion: 0.1.0\n' >"$chart/Chart.yaml"
+  # shellcheck disable=SC2016 # a Go template, for helm
+  printf 'kubeVersion: {{ .Capabilities.KubeVersion.Version }}\n' >"$chart/templates/probe.yaml"
+  "$1" template probe "$chart" 2>/dev/null | sed -n 's/^kubeVersion: //p'
+  rm -rf "$chart"
+}
+
+# Built: the pinned version and a clean tree, as a release reports them, and the Kubernetes version
+# of its client-go by default (a helm built before build.sh set it renders nothing without
+# --kube-version, so it is rebuilt).
 helm_is_built() {
-  [[ -x "$HELM_HOME/bin/helm" ]] &&
-    reports_line "$HELM_VERSION" "$HELM_HOME/bin/helm" version --template '{{.Version}}'
+  local helm="$HELM_HOME/bin/helm" expected
+  [[ -x $helm ]] || return 1
+  reports_line "$HELM_VERSION clean" "$helm" version --template '{{.Version}} {{.GitTreeState}}' || return 1
+  expected=$(helm_kube_version "$helm") || return 1
+  [[ $(helm_default_kube_version "$helm") == "$expected" ]]
 }
 
 build_helm() {
@@ -179,11 +209,24 @@ build_helm() {
     cd "$src"
     go mod init model-operator.local/helm-build >/dev/null 2>&1
     go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    # The version metadata helm's own Makefile gives a tagged release: no build metadata (else
+    # "+unreleased"), a clean tree, and the Kubernetes major and minor of the client-go it builds
+    # with (v0.M.P is Kubernetes 1.M) for chartutil's default capabilities and the linter's
+    # deprecation rules. The git commit is not in the module, so it stays empty.
+    local client_go minor
+    client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)
+    [[ $client_go =~ ^v0\.([0-9]+)\. ]] || die "helm $HELM_VERSION builds with k8s.io/client-go $client_go, not a v0.M.P"
+    minor=${BASH_REMATCH[1]}
+    local ldflags="-s -w" pkg=helm.sh/helm/v3/internal/version
+    ldflags+=" -X $pkg.version=$HELM_VERSION -X $pkg.metadata= -X $pkg.gitTreeState=clean"
+    for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+      ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+    done
     mkdir -p "$HELM_HOME/bin"
-    go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-      -o "$HELM_HOME/bin/helm" helm.sh/helm/v3/cmd/helm
+    go build -trimpath -ldflags "$ldflags" -o "$HELM_HOME/bin/helm" helm.sh/helm/v3/cmd/helm
   )
-  helm_is_built || die "$HELM_HOME/bin/helm does not report $HELM_VERSION"
+  helm_is_built ||
+    die "$HELM_HOME/bin/helm does not report $HELM_VERSION with a clean tree, or does not render for its client-go's Kubernetes version by default"
 }
 
 main() {

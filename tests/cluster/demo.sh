@@ -11,6 +11,7 @@
 #
 # Env: DEMO_SETTLE_S (default 120): how long to watch the ModelDeployments settle.
 #      DEMO_GPU_UTILIZATION (default 30): the fake GPUs' utilisation at start, in percent.
+#      CLUSTER_DIR, CLUSTER_PORT_OFFSET: which cluster, on which ports (lib.sh; default .cluster, 0).
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -20,9 +21,9 @@ KUBECTL="$CLUSTER_DIR/bin/kubectl"
 export KUBECONFIG="$CLUSTER_DIR/kubeconfig"
 OPERATOR_NAMESPACE=model-operator-system
 GPU_UTILIZATION=${DEMO_GPU_UTILIZATION:-30}
-# Loopback ports: the custom metrics API, and the node agents from AGENT_BASE_PORT up.
-CUSTOM_METRICS_PORT=18443
-AGENT_BASE_PORT=19400
+# Loopback ports (lib.sh): the custom metrics API, and the node agents from AGENT_BASE_PORT up.
+CUSTOM_METRICS_PORT=$DEMO_CUSTOM_METRICS_PORT
+AGENT_BASE_PORT=$DEMO_AGENT_BASE_PORT
 AGENT_ENDPOINTS=""
 
 kubectl_q() { "$KUBECTL" "$@" >/dev/null; }
@@ -115,12 +116,12 @@ start_operator() {
     --watch-namespace default \
     --probe-pod-ips=false \
     --lease-namespace "$OPERATOR_NAMESPACE" \
-    --metrics-addr 127.0.0.1:18080 \
-    --health-addr 127.0.0.1:18081 \
+    --metrics-addr "127.0.0.1:$DEMO_METRICS_PORT" \
+    --health-addr "127.0.0.1:$DEMO_HEALTH_PORT" \
     --custom-metrics-addr "127.0.0.1:$CUSTOM_METRICS_PORT" \
     --agent-endpoints "$AGENT_ENDPOINTS"
   local deadline=$((SECONDS + 60))
-  until [[ $(curl -s --max-time 2 http://127.0.0.1:18081/readyz) == ready ]]; do
+  until [[ $(curl -s --max-time 2 "http://127.0.0.1:$DEMO_HEALTH_PORT/readyz") == ready ]]; do
     if ! kill -0 "$(cat "$CLUSTER_DIR/pids/model-operator.pid")" 2>/dev/null; then
       tail -n 20 "$CLUSTER_DIR/logs/model-operator.log" >&2
       die "the operator exited; log: $CLUSTER_DIR/logs/model-operator.log"
@@ -128,7 +129,7 @@ start_operator() {
     ((SECONDS < deadline)) || die "the operator is not ready after 60s; log: $CLUSTER_DIR/logs/model-operator.log"
     sleep 1
   done
-  log "operator ready (metrics http://127.0.0.1:18080/metrics, log $CLUSTER_DIR/logs/model-operator.log)"
+  log "operator ready (metrics http://127.0.0.1:$DEMO_METRICS_PORT/metrics, log $CLUSTER_DIR/logs/model-operator.log)"
 }
 
 # Settled: every ModelDeployment has a phase that waits on nothing the demo will change.

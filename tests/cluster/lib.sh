@@ -20,14 +20,39 @@ KWOK_HOME="$CACHE_ROOT/kwok-$KWOK_VERSION"
 HELM_HOME="$CACHE_ROOT/helm-$HELM_VERSION"
 CLUSTER_DIR="${CLUSTER_DIR:-$REPO_ROOT/.cluster}"
 
-# Fixed loopback ports: one cluster per machine. High and away from the usual 2379/6443/10250 so a
-# developer's own cluster or the operator's admin ports (8080/8081) do not collide.
-ETCD_CLIENT_PORT=12379
-ETCD_PEER_PORT=12380
-APISERVER_PORT=16443
-KCM_PORT=16257
-SCHEDULER_PORT=16259
-KWOK_PORT=16247
+# Loopback ports, high and away from the usual 2379/6443/10250 so a developer's own cluster or the
+# operator's admin ports (8080/8081) do not collide. Every port is its default plus
+# CLUSTER_PORT_OFFSET, so clusters side by side (the demo's and the test tier's, or two
+# checkouts') each take a set of their own: the Makefile gives `make demo` the offset as set
+# (default 0) and the test tier that plus 100. Multiples of 100 up to 1900 keep any two sets apart:
+# no default is 100·k from another below 2000 (the API server's 16443 and the demo's custom
+# metrics API's 18443 are 2000 apart).
+# Unset, it is the offset the cluster in CLUSTER_DIR was started with (up.sh records it), else 0.
+CLUSTER_PORT_OFFSET=${CLUSTER_PORT_OFFSET:-$(cat "$CLUSTER_DIR/port-offset" 2>/dev/null || echo 0)}
+if ! [[ $CLUSTER_PORT_OFFSET =~ ^[0-9]+$ ]] || ((10#$CLUSTER_PORT_OFFSET % 100 != 0 || 10#$CLUSTER_PORT_OFFSET > 1900)); then
+  printf 'error: CLUSTER_PORT_OFFSET=%s is not one of 0, 100, 200, ... 1900 (the Makefile gives the test tier'"'"'s cluster the offset plus 100)\n' "$CLUSTER_PORT_OFFSET" >&2
+  exit 1
+fi
+CLUSTER_PORT_OFFSET=$((10#$CLUSTER_PORT_OFFSET))
+ETCD_CLIENT_PORT=$((12379 + CLUSTER_PORT_OFFSET))
+ETCD_PEER_PORT=$((12380 + CLUSTER_PORT_OFFSET))
+APISERVER_PORT=$((16443 + CLUSTER_PORT_OFFSET))
+KCM_PORT=$((16257 + CLUSTER_PORT_OFFSET))
+SCHEDULER_PORT=$((16259 + CLUSTER_PORT_OFFSET))
+KWOK_PORT=$((16247 + CLUSTER_PORT_OFFSET))
+# What `make demo` runs beside the control plane: the operator's metrics, health and custom metrics
+# API, and one node agent per GPU node from DEMO_AGENT_BASE_PORT up (tests/cluster/nodes.yaml has
+# four; the sets stay apart up to 43).
+DEMO_METRICS_PORT=$((18080 + CLUSTER_PORT_OFFSET))
+DEMO_HEALTH_PORT=$((18081 + CLUSTER_PORT_OFFSET))
+DEMO_CUSTOM_METRICS_PORT=$((18443 + CLUSTER_PORT_OFFSET))
+DEMO_AGENT_BASE_PORT=$((19400 + CLUSTER_PORT_OFFSET))
+
+# Runs that share one cluster's cluster-wide objects (the custom-metrics APIService: e2e, the
+# install check, the benches) take turns with this lock. Keyed by the API server's port, which is
+# what makes a cluster one; in /tmp, not in CLUSTER_DIR, which cluster-down deletes, and not in
+# TMPDIR, which may differ between the runs that must agree on it.
+CLUSTER_LOCK="/tmp/model-operator-cluster-$APISERVER_PORT.lock"
 
 # Go toolchain settings shared by every build: local toolchain only, static binaries, and module and
 # build caches kept under the cache root so later builds (and CI on this machine) reuse them.
@@ -52,8 +77,12 @@ process_alive() {
 start_detached() {
   local name=$1; shift
   log "starting $name"
-  # shellcheck disable=SC2016 # $$ and "$@" belong to the inner shell
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' start_detached "$CLUSTER_DIR/pids/$name.pid" "$@" \
+  # It keeps none of the caller's descriptors beyond stdio: a lock the caller holds (the cluster
+  # lock of with-cluster.sh or the install check) would otherwise stay held while the cluster runs.
+  # shellcheck disable=SC2016 # $$, $fd and "$@" belong to the inner shell
+  setsid bash -c 'echo $$ >"$1"; shift
+    for fd in /proc/$$/fd/*; do fd=${fd##*/}; ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null; done
+    exec "$@"' start_detached "$CLUSTER_DIR/pids/$name.pid" "$@" \
     </dev/null >"$CLUSTER_DIR/logs/$name.log" 2>&1 &
   local waited=0
   until [[ -s "$CLUSTER_DIR/pids/$name.pid" ]]; do

@@ -6,7 +6,9 @@
 # Idempotent: a live, healthy cluster in $CLUSTER_DIR is left running; leftovers of a dead one are
 # cleaned up before a fresh start.
 #
-# Env: CLUSTER_DIR (default <repo>/.cluster), HPA_SYNC_PERIOD (default 15s, the Kubernetes default).
+# Env: CLUSTER_DIR (default <repo>/.cluster), CLUSTER_PORT_OFFSET (lib.sh: which set of loopback ports;
+# default 0, or what the cluster in CLUSTER_DIR was started with), HPA_SYNC_PERIOD (default 15s, the
+# Kubernetes default).
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -56,8 +58,8 @@ cluster_is_healthy() {
   apiserver_ready
 }
 
-# Fails naming the port and the process holding it: ports are fixed, so this is the usual symptom of
-# another cluster (another checkout's .cluster) already running on this machine.
+# Fails naming the port and the process holding it: the usual symptom of another cluster on the same
+# port set (another checkout's, or one started by hand with the same CLUSTER_PORT_OFFSET).
 require_free_ports() {
   for component in "${COMPONENTS[@]}"; do
     for port in ${COMPONENT_PORTS[$component]}; do
@@ -67,7 +69,7 @@ require_free_ports() {
       if [[ -n $holder ]]; then
         local process
         process=$(grep -o 'users:(([^)]*))' <<<"$holder" || echo "an unknown process")
-        die "port $port (needed by $component) is already in use by $process; only one local cluster can run per machine (stop the other one with its 'make cluster-down')"
+        die "port $port (needed by $component) is already in use by $process, another cluster on port offset $CLUSTER_PORT_OFFSET?; stop it (its checkout's 'make cluster-down') or give this one another CLUSTER_PORT_OFFSET (a multiple of 100 up to 1900)"
       fi
     done
   done
@@ -207,6 +209,8 @@ FRONT_PROXY_CA=$PKI/front-proxy-ca.crt
 FRONT_PROXY_CLIENT_CN=front-proxy-client
 HPA_SYNC_PERIOD=$HPA_SYNC_PERIOD
 K8S_VERSION=$K8S_VERSION
+CLUSTER_PORT_OFFSET=$CLUSTER_PORT_OFFSET
+CLUSTER_LOCK=$CLUSTER_LOCK
 EOF
 }
 
@@ -319,6 +323,19 @@ reconcile_hpa_sync_period() {
   write_cluster_env
 }
 
+# A cluster still running in CLUSTER_DIR on another port set would look unhealthy on this one's ports
+# and be stopped for a fresh start: refuse instead, naming both offsets.
+require_same_port_offset() {
+  local recorded
+  recorded=$(cat "$CLUSTER_DIR/port-offset" 2>/dev/null) || return 0
+  [[ $recorded != "$CLUSTER_PORT_OFFSET" ]] || return 0
+  for component in "${COMPONENTS[@]}"; do
+    is_running "$component" &&
+      die "the cluster in $CLUSTER_DIR runs on CLUSTER_PORT_OFFSET=$recorded, not $CLUSTER_PORT_OFFSET; use its offset, or stop it first (CLUSTER_DIR=$CLUSTER_DIR tests/cluster/down.sh)"
+  done
+  return 0
+}
+
 report_failed_start() {
   (($1 == 0)) && return
   log "cluster-up failed; component logs are in $LOGS; 'make cluster-down' stops what was started"
@@ -329,6 +346,7 @@ main() {
   command -v curl >/dev/null || die "curl is required to probe the cluster"
   "$CLUSTER_SCRIPTS/build.sh" all
 
+  require_same_port_offset
   if cluster_is_healthy; then
     link_tools
     reconcile_hpa_sync_period
@@ -345,6 +363,8 @@ main() {
   mkdir -p "$CLUSTER_DIR" "$PIDS" "$LOGS"
   # Marks the directory as ours, so cluster-down only ever deletes a directory this script made.
   touch "$CLUSTER_DIR/.model-operator-cluster"
+  # Read back by lib.sh, so the scripts that use this cluster find its ports without being told.
+  echo "$CLUSTER_PORT_OFFSET" >"$CLUSTER_DIR/port-offset"
   # A failed start leaves its processes running for inspection; the next cluster-up cleans them up.
   trap 'report_failed_start $?' EXIT
   link_tools

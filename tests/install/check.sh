@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The install bundles on the local control plane (`make install-check`): `kubectl apply -k
-# config/default`, then the Helm chart in another namespace. For each it checks that
+# The install bundles on the local control plane (`make install-check`): `kubectl apply
+# --server-side -k config/default`, then the Helm chart in another namespace, each with its
+# defaults on a cluster without prometheus-operator's ServiceMonitor CRD, as a vanilla cluster is.
+# For each it checks that
 #
 #   - the API server accepts every object (server-side dry run first, then for real);
 #   - the operator Deployment has 2 replicas and they run (kwok fakes running pods: no image is
@@ -12,19 +14,24 @@
 #     take the leader Lease, reconcile a ModelDeployment through validation Job, ConfigMap,
 #     Deployment, Service and HPA to Ready, prune the HPA, publish Events and release the Lease,
 #     without a single "forbidden" in its log;
+#   - with the ServiceMonitor CRD then installed, the opt-in monitors apply on top and select the
+#     Services they scrape: config/prometheus (config/default plus the monitors), and the chart
+#     upgraded with serviceMonitor.enabled=true;
 #
 # then removes everything it created and waits until it is gone. The ModelDeployment CRD is shared
-# with the e2e tier and is never deleted. The custom-metrics APIService has a fixed name that the
-# e2e autoscaling test also registers, so the whole run holds the cluster lock that e2e runs take
-# too, and deletes the APIService before it lets go.
+# with the e2e tier and is never deleted. Before the chart, the helm that tests/cluster/build.sh
+# built must report the pinned version and render the chart without --kube-version, as a
+# released helm does. The custom-metrics APIService has a fixed name that the e2e autoscaling test
+# also registers, so the whole run holds the cluster lock (lib.sh's CLUSTER_LOCK) that e2e runs
+# take too (tests/cluster/with-cluster.sh), and deletes the APIService before it lets go.
 #
-# Env: CLUSTER_DIR (the running cluster; default <repo>/.cluster), MODEL_OPERATOR_BIN (an operator
-# binary to run; default: `cargo build --bin model-operator`), LOCK_WAIT_S (default 1800).
+# Env: CLUSTER_DIR, CLUSTER_PORT_OFFSET (the cluster, started if needed; see tests/cluster/lib.sh;
+# `make install-check` gives the test tier's), MODEL_OPERATOR_BIN (an operator binary to run;
+# default: `cargo build --bin model-operator`), LOCK_WAIT_S (default 1800).
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/../cluster/lib.sh"
 
-LOCK_FILE=/tmp/model-operator-cluster.lock
 LOCK_WAIT_S=${LOCK_WAIT_S:-1800}
 WAIT_S=120
 KUBECTL="$CLUSTER_DIR/bin/kubectl"
@@ -33,6 +40,9 @@ KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
 # prometheus-operator's real ServiceMonitor CRD, from its Go module (cached in GOMODCACHE).
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 SERVICEMONITOR_CRD=servicemonitors.monitoring.coreos.com
+# Marks the ServiceMonitor CRD as this check's, so a run killed before its cleanup is recognised
+# as the one that left it, and a CRD someone else installed is never deleted.
+CRD_OWNER_LABEL=model-operator.sathvik.dev/installed-by=install-check
 MODEL_CRD=modeldeployments.mlops.sathvik.dev
 API_SERVICE=v1beta2.custom.metrics.k8s.io
 KUSTOMIZE_NAMESPACE=model-operator-system
@@ -44,7 +54,6 @@ MODEL=install-check
 
 WORK=$(mktemp -d /tmp/install-check.XXXXXX)
 OPERATOR_PID=
-CREATED_SERVICEMONITOR_CRD=false
 
 k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 helm_() { "$HELM" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
@@ -124,9 +133,7 @@ cleanup() {
   stop_operator
   delete_kustomize_install
   delete_helm_install
-  if [[ $CREATED_SERVICEMONITOR_CRD == true ]]; then
-    k delete crd "$SERVICEMONITOR_CRD" --ignore-not-found --wait=true --timeout=60s >/dev/null || true
-  fi
+  remove_servicemonitor_crd
   if ((status != 0)); then
     log "install-check FAILED; its files (operator logs, rendered manifests) are in $WORK"
   else
@@ -308,40 +315,90 @@ EOF
 
 # ---------------------------------------------------------------------------------------------
 
-install_servicemonitor_crd() {
-  if k get crd "$SERVICEMONITOR_CRD" >/dev/null 2>&1; then
-    return
-  fi
+servicemonitor_crd_file() {
   local module=github.com/prometheus-operator/prometheus-operator dir
   dir=$(go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   local crd="$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
   [[ -f $crd ]] || fail "no ServiceMonitor CRD at $crd (go mod download $module@$PROMETHEUS_OPERATOR_VERSION)"
-  k apply --server-side -f "$crd" >/dev/null
-  CREATED_SERVICEMONITOR_CRD=true
+  printf '%s' "$crd"
+}
+
+# The defaults are checked on a cluster without the ServiceMonitor CRD. One this check installed
+# and a killed run left behind is removed; one installed by someone else is theirs, so the check
+# stops and says so.
+require_no_servicemonitor_crd() {
+  k get crd "$SERVICEMONITOR_CRD" >/dev/null 2>&1 || return 0
+  if [[ -n $(k get crd -l "$CRD_OWNER_LABEL" --field-selector "metadata.name=$SERVICEMONITOR_CRD" -o name 2>/dev/null) ]]; then
+    log "removing the ServiceMonitor CRD an earlier install-check left"
+    remove_servicemonitor_crd
+    return
+  fi
+  fail "crd/$SERVICEMONITOR_CRD is installed in $CLUSTER_DIR's cluster, and not by this check: the default bundles must be checked on a cluster without it; delete it ($KUBECTL --kubeconfig $KUBECONFIG_FILE delete crd $SERVICEMONITOR_CRD) or use another cluster"
+}
+
+install_servicemonitor_crd() {
+  k apply --server-side -f "$SERVICEMONITOR_CRD_FILE" >/dev/null
+  k label --overwrite crd "$SERVICEMONITOR_CRD" "$CRD_OWNER_LABEL" >/dev/null
   k wait --for=condition=Established "crd/$SERVICEMONITOR_CRD" --timeout=60s >/dev/null
   log "installed prometheus-operator $PROMETHEUS_OPERATOR_VERSION's ServiceMonitor CRD"
 }
 
+# Only ever the CRD this check installed (its label), so cleanup cannot take someone else's.
+remove_servicemonitor_crd() {
+  k delete crd -l "$CRD_OWNER_LABEL" --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 ||
+    log "warning: crd/$SERVICEMONITOR_CRD was not deleted within 60s"
+}
+
+# $1 namespace, then the ServiceMonitors' names: each exists and selects a Service of that
+# namespace that has the port it scrapes.
+check_servicemonitors() {
+  local namespace=$1 monitor selector port services; shift
+  for monitor in "$@"; do
+    # shellcheck disable=SC2016 # a Go template, for kubectl
+    selector=$(k get servicemonitor "$monitor" -n "$namespace" \
+      -o go-template='{{range $k, $v := .spec.selector.matchLabels}}{{$k}}={{$v}},{{end}}') ||
+      fail "servicemonitor/$monitor was not created in $namespace"
+    selector=${selector%,}
+    port=$(k get servicemonitor "$monitor" -n "$namespace" -o jsonpath='{.spec.endpoints[0].port}')
+    [[ -n $selector && -n $port ]] || fail "servicemonitor/$monitor in $namespace has no selector or endpoint port"
+    services=$(k get services -n "$namespace" -l "$selector" \
+      -o jsonpath="{range .items[?(@.spec.ports[*].name==\"$port\")]}{.metadata.name}{\" \"}{end}")
+    [[ -n $services ]] ||
+      fail "servicemonitor/$monitor in $namespace selects no Service ($selector) with a port named $port"
+    log "$namespace: servicemonitor/$monitor scrapes port $port of service ${services% }"
+  done
+}
+
 note_api_service_takeover() {
   if k get apiservice "$API_SERVICE" >/dev/null 2>&1; then
-    log "taking over $API_SERVICE (left by 'make demo'?); it is deleted at the end: run 'make demo' again afterwards"
+    log "taking over $API_SERVICE (another run left it on this cluster); it is deleted at the end"
   fi
+}
+
+# The objects of a rendered bundle as "Kind name", sorted.
+bundle_objects() {
+  k apply --dry-run=client -f "$1" -o jsonpath='{range .items[*]}{.kind} {.metadata.name}{"\n"}{end}' | sort
 }
 
 check_kustomize() {
   local started=$SECONDS
   note_api_service_takeover
+  gone crd "$SERVICEMONITOR_CRD" || fail "the default bundle is to be checked without crd/$SERVICEMONITOR_CRD"
   k kustomize "$REPO_ROOT/config/default" >"$WORK/kustomize.yaml"
+  if grep -q '^apiVersion: monitoring.coreos.com/' "$WORK/kustomize.yaml"; then
+    fail "config/default renders prometheus-operator objects; they belong in config/prometheus only"
+  fi
   # A server-side dry run of namespaced objects needs their namespace to exist.
   k apply --server-side -f "$REPO_ROOT/config/default/namespace.yaml" >/dev/null
   echo "Namespace $KUSTOMIZE_NAMESPACE" >"$WORK/kustomize.objects"
-  k apply -k "$REPO_ROOT/config/default" --server-side --force-conflicts --dry-run=server >"$WORK/kustomize-dry-run.txt" ||
-    fail "kubectl apply -k config/default --dry-run=server was refused"
+  # The README's command, on a cluster without prometheus-operator.
+  k apply --server-side -k "$REPO_ROOT/config/default" --force-conflicts --dry-run=server >"$WORK/kustomize-dry-run.txt" ||
+    fail "kubectl apply --server-side -k config/default --dry-run=server was refused"
   # --force-conflicts: the CRD and the APIService may already be owned by e2e's or the demo's apply.
-  k apply -k "$REPO_ROOT/config/default" --server-side --force-conflicts \
+  k apply --server-side -k "$REPO_ROOT/config/default" --force-conflicts \
     -o jsonpath='{range .items[*]}{.kind} {.metadata.name} {.metadata.namespace}{"\n"}{end}' \
-    >"$WORK/kustomize.objects" || fail "kubectl apply -k config/default was refused"
-  log "kustomize: the API server accepted $(wc -l <"$WORK/kustomize.objects") objects (dry run, then for real)"
+    >"$WORK/kustomize.objects" || fail "kubectl apply --server-side -k config/default was refused"
+  log "kustomize: without the ServiceMonitor CRD, the API server accepted config/default's $(wc -l <"$WORK/kustomize.objects") objects (dry run, then for real)"
 
   check_workloads "$KUSTOMIZE_NAMESPACE" model-operator node-agent
   check_pod_security "$KUSTOMIZE_NAMESPACE"
@@ -349,7 +406,23 @@ check_kustomize() {
   check_agent_writes_nothing "$KUSTOMIZE_NAMESPACE" node-agent
   check_operator_rbac "$KUSTOMIZE_NAMESPACE" model-operator node-agent kustomize
 
+  # The opt-in overlay: the same objects plus the two ServiceMonitors, applied over the default.
+  install_servicemonitor_crd
+  k kustomize "$REPO_ROOT/config/prometheus" >"$WORK/kustomize-prometheus.yaml"
+  local added
+  added=$(comm -13 <(bundle_objects "$WORK/kustomize.yaml") <(bundle_objects "$WORK/kustomize-prometheus.yaml") | tr '\n' ' ')
+  [[ $added == "ServiceMonitor model-operator ServiceMonitor node-agent " ]] ||
+    fail "config/prometheus should add the two ServiceMonitors to config/default; it adds: ${added:-nothing}"
+  [[ -z $(comm -23 <(bundle_objects "$WORK/kustomize.yaml") <(bundle_objects "$WORK/kustomize-prometheus.yaml")) ]] ||
+    fail "config/prometheus leaves out objects of config/default"
+  k apply --server-side -k "$REPO_ROOT/config/prometheus" --force-conflicts \
+    -o jsonpath='{range .items[*]}{.kind} {.metadata.name} {.metadata.namespace}{"\n"}{end}' \
+    >"$WORK/kustomize.objects" || fail "kubectl apply --server-side -k config/prometheus was refused"
+  check_servicemonitors "$KUSTOMIZE_NAMESPACE" model-operator node-agent
+  log "kustomize: with the ServiceMonitor CRD, config/prometheus applied over config/default"
+
   delete_kustomize_install
+  remove_servicemonitor_crd
   gone namespace "$KUSTOMIZE_NAMESPACE" || fail "namespace $KUSTOMIZE_NAMESPACE is still there after deleting it"
   gone apiservice "$API_SERVICE" || fail "apiservice $API_SERVICE is still there after deleting it"
   gone clusterrole model-operator || fail "clusterrole model-operator is still there after deleting it"
@@ -357,18 +430,37 @@ check_kustomize() {
   log "kustomize: checked and removed in $((SECONDS - started))s"
 }
 
+# The helm tests/cluster/build.sh built behaves as a released one: the pinned version, and the
+# chart renders without --kube-version (a helm without a release's version metadata assumes
+# Kubernetes 1.20 and refuses the chart's kubeVersion).
+check_helm_binary() {
+  local version
+  version=$(helm_ version --template '{{.Version}}')
+  [[ $version == "$HELM_VERSION" ]] ||
+    fail "$HELM reports version '$version', not the pinned $HELM_VERSION (rebuild: tests/cluster/build.sh helm)"
+  helm_ template "$HELM_RELEASE" "$REPO_ROOT/charts/model-operator" >"$WORK/helm-template-default.yaml" 2>&1 ||
+    fail "helm template charts/model-operator (without --kube-version) failed: $(head -c 400 "$WORK/helm-template-default.yaml")"
+  grep -q '^kind: Deployment$' "$WORK/helm-template-default.yaml" ||
+    fail "helm template charts/model-operator (without --kube-version) rendered no Deployment"
+  log "helm: $HELM reports $version and renders the chart without --kube-version"
+}
+
 check_helm() {
-  local started=$SECONDS chart="$REPO_ROOT/charts/model-operator" server_version
-  server_version=$(k version -o json | sed -n 's/^ *"gitVersion": "\(v[0-9.]*\)".*/\1/p' | tail -n 1)
+  local started=$SECONDS chart="$REPO_ROOT/charts/model-operator"
+  check_helm_binary
   helm_ lint --strict "$chart" >"$WORK/helm-lint.txt" || { cat "$WORK/helm-lint.txt" >&2; fail "helm lint failed"; }
 
-  # Rendering: the defaults, and every part turned off.
-  helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --kube-version "$server_version" \
-    --set serviceMonitor.enabled=true >"$WORK/helm-template.yaml"
-  for kind in Deployment DaemonSet APIService ServiceMonitor ClusterRole; do
+  # Rendering: the defaults (ServiceMonitors opt-in), the monitors turned on, every part turned off.
+  helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" >"$WORK/helm-template.yaml"
+  for kind in Deployment DaemonSet APIService ClusterRole; do
     grep -q "^kind: $kind$" "$WORK/helm-template.yaml" || fail "helm template rendered no $kind"
   done
-  helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --kube-version "$server_version" \
+  if grep -q '^kind: ServiceMonitor$' "$WORK/helm-template.yaml"; then
+    fail "helm template rendered a ServiceMonitor by default; serviceMonitor.enabled must be opt-in"
+  fi
+  [[ $(helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --set serviceMonitor.enabled=true |
+    grep -c '^kind: ServiceMonitor$') == 2 ]] || fail "helm template --set serviceMonitor.enabled=true rendered no two ServiceMonitors"
+  helm_ template "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" \
     --set nodeAgent.enabled=false,customMetrics.enabled=false,serviceMonitor.enabled=false,rbac.create=false \
     >"$WORK/helm-template-minimal.yaml"
   for kind in DaemonSet APIService ServiceMonitor ClusterRole Role; do
@@ -378,15 +470,16 @@ check_helm() {
   done
 
   note_api_service_takeover
+  gone crd "$SERVICEMONITOR_CRD" || fail "the chart's defaults are to be checked without crd/$SERVICEMONITOR_CRD"
   k create namespace "$HELM_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
-  helm_ install "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --set serviceMonitor.enabled=true \
+  helm_ install "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" \
     --dry-run=server >"$WORK/helm-dry-run.yaml" || fail "helm install --dry-run=server was refused"
   # The APIService may be owned by e2e's or the demo's apply, and Helm refuses to adopt an object
   # it did not create: it goes first (it is this test's to take over while it holds the lock).
   k delete apiservice "$API_SERVICE" --ignore-not-found >/dev/null
-  helm_ install "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --set serviceMonitor.enabled=true \
+  helm_ install "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" \
     --wait --timeout "${WAIT_S}s" >"$WORK/helm-install.txt" || fail "helm install was refused or did not become ready"
-  log "helm: release $HELM_RELEASE installed in $HELM_NAMESPACE"
+  log "helm: without the ServiceMonitor CRD, release $HELM_RELEASE installed in $HELM_NAMESPACE with the chart's defaults"
 
   local fullname="$HELM_RELEASE-model-operator"
   check_workloads "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent"
@@ -394,9 +487,14 @@ check_helm() {
   printf '%s\n' "ClusterRole $fullname" "ClusterRole $fullname-custom-metrics-reader" "Role $fullname $HELM_NAMESPACE" |
     check_no_wildcards
   check_agent_writes_nothing "$HELM_NAMESPACE" "$fullname-node-agent"
-  k get servicemonitor -n "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" >/dev/null ||
-    fail "helm: the ServiceMonitors were not created"
   check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm
+
+  install_servicemonitor_crd
+  helm_ upgrade "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --reuse-values \
+    --set serviceMonitor.enabled=true --wait --timeout "${WAIT_S}s" >"$WORK/helm-upgrade.txt" ||
+    fail "helm upgrade --set serviceMonitor.enabled=true was refused"
+  check_servicemonitors "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent"
+  log "helm: with the ServiceMonitor CRD, serviceMonitor.enabled=true added the monitors"
 
   delete_helm_install
   gone namespace "$HELM_NAMESPACE" || fail "namespace $HELM_NAMESPACE is still there after deleting it"
@@ -409,21 +507,25 @@ check_helm() {
 main() {
   command -v curl >/dev/null || fail "curl is required"
   command -v flock >/dev/null || fail "flock (util-linux) is required"
-  exec 9>"$LOCK_FILE"
-  log "waiting for the cluster lock $LOCK_FILE (held while e2e runs)"
-  flock -w "$LOCK_WAIT_S" 9 || fail "waited ${LOCK_WAIT_S}s for $LOCK_FILE; is an e2e run stuck?"
+  exec 9>"$CLUSTER_LOCK"
+  if ! flock -n 9; then
+    log "waiting for the cluster lock $CLUSTER_LOCK (another run is using the cluster in $CLUSTER_DIR)"
+    flock -w "$LOCK_WAIT_S" 9 || fail "waited ${LOCK_WAIT_S}s for $CLUSTER_LOCK; is a run on that cluster stuck?"
+  fi
   local started=$SECONDS
   trap cleanup EXIT
 
-  # Starts the cluster if needed, keeping the running controller manager's HPA sync period.
+  # Starts the cluster if needed, keeping the running controller manager's HPA sync period. The
+  # lock's descriptor is not passed on: the cluster's processes outlive this check.
   HPA_SYNC_PERIOD=${HPA_SYNC_PERIOD:-$(cat "$CLUSTER_DIR/hpa-sync-period" 2>/dev/null || echo 15s)} \
-    "$CLUSTER_SCRIPTS/up.sh"
+    "$CLUSTER_SCRIPTS/up.sh" 9>&-
   [[ -x $KUBECTL && -x $HELM ]] || fail "no kubectl or helm in $CLUSTER_DIR/bin (tests/cluster/up.sh links them)"
   OPERATOR_BIN=$(operator_binary)
+  SERVICEMONITOR_CRD_FILE=$(servicemonitor_crd_file)
   for leftover in "$KUSTOMIZE_NAMESPACE" "$HELM_NAMESPACE" "$MODEL_NAMESPACE"; do
     gone namespace "$leftover" || fail "namespace $leftover already exists: a previous run's leftover? delete it first"
   done
-  install_servicemonitor_crd
+  require_no_servicemonitor_crd
 
   check_kustomize
   check_helm
