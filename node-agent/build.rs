@@ -10,9 +10,12 @@ fn main() {
 
 #[cfg(feature = "agent")]
 fn compile_pod_resources_api() {
-    let proto_root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    // Read when the script runs, not baked in when it is compiled: a target directory shared by
+    // several checkouts may run a script compiled for another one.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let proto_root = format!("{manifest_dir}/../proto");
     println!("cargo:rerun-if-changed={proto_root}/podresources");
-    let files = protox::compile(["podresources/v1/api.proto"], [proto_root]).expect("the PodResources proto compiles");
+    let files = protox::compile(["podresources/v1/api.proto"], [&proto_root]).expect("the PodResources proto compiles");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

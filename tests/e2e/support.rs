@@ -27,11 +27,12 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The state directory of the local cluster: `CLUSTER_DIR`, else `.cluster` in the checkout.
+/// The state directory of the local cluster: `CLUSTER_DIR`, else the test tier's own cluster,
+/// `.cluster-test` in the checkout (`make e2e` starts it; the demo's `.cluster` is left alone).
 pub fn cluster_dir() -> PathBuf {
     std::env::var_os("CLUSTER_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cluster"))
+        .unwrap_or_else(|| repo_root().join(".cluster-test"))
 }
 
 /// The kubeconfig `make cluster-up` writes; `CLUSTER_DIR` moves it, as it moves the cluster.

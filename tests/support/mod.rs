@@ -65,10 +65,25 @@ impl TestServers {
     }
 }
 
-/// A free loopback port. The listener is dropped before the server binds, so another process
-/// could take it in between; the tests run few servers, so this has not mattered.
+/// A free loopback port for a server a test starts. The port is released before the server
+/// binds it (TorchServe's JVM takes seconds), so it is taken below Linux's ephemeral range
+/// (32768 and up), where the kernel's own picks for outgoing connections and `:0` listeners
+/// never land, and from a counter, so that two servers of one test run never get the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own place in the range.
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) % SPAN;
+        let port = u16::try_from(FIRST + offset).expect("below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A server process in its own process group: dropping it kills the group (TorchServe's Java
