@@ -24,7 +24,9 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{Operator, TEST_MANAGER, TestNamespace, cluster, cluster_dir, eventually, kubeconfig_path};
+use crate::support::{
+    Operator, ReadyWatch, TEST_MANAGER, TestNamespace, cluster, cluster_dir, eventually, kubeconfig_path, warnings,
+};
 
 const API_SERVICE: &str = "v1beta2.custom.metrics.k8s.io";
 const METRICS_SERVICE: &str = "custom-metrics";
@@ -491,13 +493,19 @@ async fn hpa_scales_on_gpu_utilization_served_through_the_aggregation_layer() {
     .await;
     assert_eq!(rig.deployment_replicas().await, Some(1));
 
-    // Load above the 50 % target: 90 % → ceil(1 × 90/50) = 2 (the maximum).
+    // Load above the 50 % target: 90 % → ceil(1 × 90/50) = 2 (the maximum). The model keeps
+    // serving on its first replica while the second starts: Ready never turns False.
+    let watch = ReadyWatch::start(rig.ns.api::<model_operator::api::ModelDeployment>(), MODEL);
     rig.set_utilization(90);
     eventually(SCALE_WAIT, "the HPA scales the Deployment out to 2", || async {
         (rig.deployment_replicas().await == Some(MAX_REPLICAS)).then_some(())
     })
     .await;
     rig.wait_for_served_pods(2, "90").await;
+    let lapses = watch.stop();
+    assert!(lapses.is_empty(), "Ready was not True during the scale-up: {lapses:#?}");
+    let warnings = warnings(&rig.ns).await;
+    assert!(warnings.is_empty(), "no Warning Event for a scale-up: {warnings:#?}");
 
     // Load well under: 10 % → ceil(2 × 10/50) = 1, at once with no stabilisation window.
     rig.set_utilization(10);

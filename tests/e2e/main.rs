@@ -7,7 +7,9 @@ mod autoscaling;
 /// The table of bad specs the offline admission test reads too.
 #[path = "../support/bad_specs.rs"]
 mod bad_specs;
+mod handovers;
 mod model_readiness;
+mod ownership;
 mod reconciler;
 /// The protocol tier's harness: the real model servers `make test-servers` installs.
 #[path = "../support/mod.rs"]

@@ -90,6 +90,19 @@ async fn the_status_follows_the_model_in_the_real_runtime() {
     app.stop();
     let gone = model_ready_becomes(&ns, "False", reasons::SERVER_UNAVAILABLE).await;
     assert_eq!(gone.status.as_ref().unwrap().phase, Some(Phase::Deploying));
+    let ready = gone
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::NOT_SERVING),
+        "a model that stops answering is not Ready"
+    );
     eventually(SETTLE, "a Warning Event reports the model gone", || async {
         let events = ns.api::<Event>().list(&ListParams::default()).await.ok()?;
         events

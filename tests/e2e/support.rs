@@ -340,3 +340,57 @@ pub fn start_inference_app(
         crate::servers::Shutdown::MainProcess,
     )
 }
+
+/// Samples a ModelDeployment's `Ready` condition every 200 ms until stopped, and keeps every
+/// sample where it was not True: a watch on the contract that scaling and rollouts never turn
+/// it False.
+pub struct ReadyWatch {
+    lapses: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    pub fn start(api: Api<ModelDeployment>, name: &str) -> Self {
+        let lapses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = lapses.clone();
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(model) = api.get(&name).await {
+                    let ready = model
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+                    if ready.as_ref().map(|(status, _, _)| status.as_str()) != Some("True") {
+                        seen.lock().unwrap().push(format!("{ready:?}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { lapses, task }
+    }
+
+    /// Every sample where `Ready` was not True.
+    pub fn stop(self) -> Vec<String> {
+        self.task.abort();
+        self.lapses.lock().unwrap().clone()
+    }
+}
+
+/// The Warning Events in a namespace, as `reason: note`.
+pub async fn warnings(ns: &TestNamespace) -> Vec<String> {
+    ns.api::<k8s_openapi::api::core::v1::Event>()
+        .list(&kube::api::ListParams::default())
+        .await
+        .map(|events| {
+            events
+                .items
+                .into_iter()
+                .filter(|e| e.type_.as_deref() == Some("Warning"))
+                .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
