@@ -136,7 +136,7 @@ render() {
 install_crd() {
   require_context
   k apply --server-side --field-manager="$FIELD_MANAGER" -f "$CRD_FILE"
-  k wait --for=condition=Established --timeout=60s crd/modeldeployments.mlops.sathvik.dev
+  wait_for_condition k Established 60 crd/modeldeployments.mlops.sathvik.dev
 }
 
 uninstall_crd() {

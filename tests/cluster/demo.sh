@@ -100,7 +100,7 @@ spec:
   groupPriorityMinimum: 100
   versionPriority: 200
 EOT
-  kubectl_q wait --for=condition=Available --timeout=60s apiservice/v1beta2.custom.metrics.k8s.io
+  wait_for_condition "$KUBECTL" Available 60 apiservice/v1beta2.custom.metrics.k8s.io
   log "custom.metrics.k8s.io/v1beta2 served by the operator on 127.0.0.1:$CUSTOM_METRICS_PORT"
 }
 
@@ -142,7 +142,7 @@ all_settled() {
 main() {
   "$CLUSTER_SCRIPTS/up.sh"
   kubectl_q apply --server-side --field-manager=model-operator-demo -f "$REPO_ROOT/crds/modeldeployments.mlops.sathvik.dev.yaml"
-  kubectl_q wait --for=condition=Established --timeout=30s crd/modeldeployments.mlops.sathvik.dev
+  wait_for_condition "$KUBECTL" Established 30 crd/modeldeployments.mlops.sathvik.dev
   "$KUBECTL" create namespace "$OPERATOR_NAMESPACE" --dry-run=client -o yaml | kubectl_q apply -f -
   start_node_agents
   start_operator

@@ -92,4 +92,19 @@ start_detached() {
 }
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# Waits until OBJECT (kind/name, or kind name) reports condition TYPE=True, polling once a second
+# for up to TIMEOUT seconds: `kubectl wait --for=condition` fails at once ("accessor error: <nil>")
+# on an object whose status has no conditions yet, as a CRD or APIService just applied has.
+# Usage: wait_for_condition KUBECTL TYPE TIMEOUT OBJECT... (KUBECTL may be a shell function).
+wait_for_condition() {
+  local kubectl=$1 type=$2 timeout=$3; shift 3
+  local deadline=$((SECONDS + timeout)) status
+  while true; do
+    status=$("$kubectl" get "$@" -o "jsonpath={.status.conditions[?(@.type==\"$type\")].status}" 2>/dev/null || true)
+    [[ $status == True ]] && return 0
+    ((SECONDS < deadline)) || { log "$* is not $type after ${timeout}s"; return 1; }
+    sleep 1
+  done
+}
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -294,7 +294,7 @@ spec:
   autoscale: true
   autoscaling: {minReplicas: 1, maxReplicas: 2, metric: cpu, target: 80}
 EOF
-  k wait --for=condition=Ready "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" --timeout=90s >/dev/null ||
+  wait_for_condition k Ready 90 "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" ||
     operator_fail "$log" "$label: ModelDeployment $MODEL did not become Ready under the operator's RBAC"
   for object in job configmap deployment service hpa; do
     k get "$object" -n "$MODEL_NAMESPACE" -l app.kubernetes.io/managed-by=model-operator -o name | grep -q . ||
@@ -339,7 +339,7 @@ require_no_servicemonitor_crd() {
 install_servicemonitor_crd() {
   k apply --server-side -f "$SERVICEMONITOR_CRD_FILE" >/dev/null
   k label --overwrite crd "$SERVICEMONITOR_CRD" "$CRD_OWNER_LABEL" >/dev/null
-  k wait --for=condition=Established "crd/$SERVICEMONITOR_CRD" --timeout=60s >/dev/null
+  wait_for_condition k Established 60 "crd/$SERVICEMONITOR_CRD"
   log "installed prometheus-operator $PROMETHEUS_OPERATOR_VERSION's ServiceMonitor CRD"
 }
 
