@@ -9,7 +9,7 @@
 //! - [`api`]: the `ModelDeployment` CRD, its conditions, and offline admission.
 //! - [`gpu`]: GPU placement and the capacity pre-flight; [`runtimes`]: one profile per inference
 //!   server; [`model_fetch`]: the init container that downloads a model; [`telemetry`]: metrics
-//!   and logs.
+//!   and logs; [`bounded_io`]: reads from peers, bounded in bytes.
 //! - [`model_readiness`]: whether the model itself answers, per runtime; [`custom_metrics`]: the
 //!   aggregated metrics API the HPA scales on (GPU utilisation, queue time).
 //! - [`reconcile`]: the driver, fetch → validate → build → apply → readiness → status, and the
@@ -21,6 +21,7 @@ pub mod vocabulary;
 
 pub mod api;
 
+pub mod bounded_io;
 pub mod gpu;
 pub mod model_fetch;
 pub mod runtimes;

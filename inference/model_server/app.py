@@ -155,6 +155,13 @@ def create_app(settings: Settings) -> FastAPI:
             log.error("model %s failed to load: %s", settings.model_name, err)
             model.failed(str(err))
             return
+        except Exception as err:  # noqa: BLE001 - any loader error must end in FAILED, not a dead thread
+            # An error the loader does not anticipate (a PermissionError on MODEL_PATH, an
+            # out-of-memory from torch) would otherwise end the thread and leave the state
+            # LOADING forever: readiness, and the operator's ModelReady, would wait for nothing.
+            log.exception("model %s failed to load", settings.model_name)
+            model.failed(f"{type(err).__name__}: {err}")
+            return
         model.loaded(module)
         metrics.load_seconds.set(time.monotonic() - started)
         metrics.model_loaded.set(1)

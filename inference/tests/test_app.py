@@ -147,3 +147,27 @@ def test_shutdown_does_not_wait_for_a_model_that_never_came(tmp_path: Path) -> N
     with TestClient(create_app(settings_for(tmp_path / "never.pt", wait_seconds=60))) as client:
         assert client.get("/v2/health/ready").json()["state"] == "LOADING"
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        # MODEL_PATH the server's user may not read (the tests run as root, who reads anything,
+        # so the loader is made to raise what it would).
+        (PermissionError(13, "Permission denied", "/models/model.pt"), "PermissionError: [Errno 13] Permission denied: '/models/model.pt'"),
+        (RuntimeError("CUDA error: out of memory"), "RuntimeError: CUDA error: out of memory"),
+    ],
+)
+def test_any_loader_exception_fails_the_model_instead_of_loading_forever(
+    affine_model: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, reason: str
+) -> None:
+    import model_server.app as app_module
+
+    def explode(path: Path, device: object) -> None:
+        raise error
+
+    monkeypatch.setattr(app_module, "load_torchscript", explode)
+    with TestClient(create_app(settings_for(affine_model))) as client:
+        body = wait_for_state(client, "FAILED")
+        assert body["reason"] == reason, body
+        assert client.get("/v2/health/ready").status_code == 503

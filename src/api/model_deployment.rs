@@ -8,8 +8,8 @@
 use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
-    api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration},
-    apimachinery::pkg::apis::meta::v1::Condition,
+    api::core::v1::{Affinity, EnvFromSource, EnvVar, ResourceRequirements, Toleration},
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -128,10 +128,31 @@ pub struct ModelDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
-    /// Environment of the runtime and model-fetch containers (object-store credentials go here).
-    /// A variable named here replaces the operator's variable of the same name.
+    /// Environment of the runtime and model-fetch containers (and the validation script). A
+    /// variable named here replaces the operator's variable of the same name. Take secrets from
+    /// a Secret with `valueFrom.secretKeyRef`, never as a plain `value`: the spec is readable by
+    /// whoever may read ModelDeployments. Object-store credentials belong in `modelCredentials`,
+    /// which only the model fetch sees.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+
+    /// Whole ConfigMaps or Secrets as the runtime container's environment (`secretRef`,
+    /// `configMapRef`), as in a Pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// A Secret with the model store's credentials, given to the model fetch alone (the init
+    /// container, and the validation Job's fetch), not to the runtime unless
+    /// `exposeToRuntime` says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_credentials: Option<ModelCredentials>,
+
+    /// The most the fetched model may take on the node's disk: the size limit of the model
+    /// volume, which the fetch also enforces while it downloads and unpacks. Default: the
+    /// runtime's `resources.limits.ephemeral-storage` when set, else 100Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))").message("modelSizeLimit must be a positive quantity of bytes, such as 20Gi"))]
+    pub model_size_limit: Option<Quantity>,
 
     /// Arguments appended to the runtime's command line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -144,6 +165,28 @@ fn default_version() -> String {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Where the model fetch finds the model store's credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCredentials {
+    /// A Secret in the model's namespace. Its keys become the fetch's environment (for S3,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+    /// `AWS_ENDPOINT`), and it is mounted at `/var/run/secrets/model-credentials`: a key
+    /// `service-account.json` is the GCS service account, and a key `uri` is the URI to
+    /// download (a presigned or `user:password@` URL of the object `modelURI` names), so that
+    /// the credentials never appear in the ModelDeployment or the pod spec.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub secret_name: String,
+
+    /// Give the Secret to the runtime container as well (for a runtime that reads the store
+    /// itself). Off by default: a model is code, and the runtime runs it.
+    #[serde(default)]
+    pub expose_to_runtime: bool,
 }
 
 /// GPUs for each replica.

@@ -66,6 +66,9 @@ pub fn bound_pod_fields(schema: &mut Schema) {
     if let Some(env) = properties.get_mut("env") {
         env_rules(object_of(env));
     }
+    if let Some(env_from) = properties.get_mut("envFrom") {
+        env_from_rules(object_of(env_from));
+    }
     if let Some(node_selector) = properties.get_mut("nodeSelector") {
         let node_selector = object_of(node_selector);
         set(node_selector, "maxProperties", json!(MAX_NODE_SELECTOR));
@@ -272,6 +275,41 @@ fn env_rules(env: &mut Map<String, Value>) {
             }
         }
     }
+}
+
+/// `envFrom`: one source per entry, named, with a prefix that keeps names valid.
+fn env_from_rules(env_from: &mut Map<String, Value>) {
+    set(env_from, "maxItems", json!(MAX_TOLERATIONS));
+    let item = item_of(env_from);
+    if let Some(prefix) = properties_of(item).get_mut("prefix") {
+        let prefix = object_of(prefix);
+        set(prefix, "maxLength", json!(MAX_ENV_NAME));
+        set(prefix, "pattern", json!("^[ -<>-~]*$"));
+    }
+    for source in ["secretRef", "configMapRef"] {
+        if let Some(reference) = properties_of(item).get_mut(source)
+            && let Some(name) = properties_of(object_of(reference)).get_mut("name")
+        {
+            set(object_of(name), "maxLength", json!(253));
+        }
+    }
+    rules(
+        item,
+        [
+            (
+                "(has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1".to_owned(),
+                "envFrom[] must name exactly one of secretRef and configMapRef".to_owned(),
+                None,
+            ),
+            (
+                "(!has(self.secretRef) || (has(self.secretRef.name) && self.secretRef.name != '')) && \
+                 (!has(self.configMapRef) || (has(self.configMapRef.name) && self.configMapRef.name != ''))"
+                    .to_owned(),
+                "envFrom[] needs the name of its Secret or ConfigMap".to_owned(),
+                None,
+            ),
+        ],
+    );
 }
 
 fn toleration_rules(toleration: &mut Map<String, Value>) {

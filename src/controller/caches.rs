@@ -17,7 +17,7 @@ use k8s_openapi::{
     },
 };
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
@@ -52,10 +52,25 @@ pub struct Watches {
 }
 
 /// Starts every watch: ModelDeployments and the operator's children in `namespace` (all when
-/// `None`); pods and nodes everywhere, since every pod counts toward GPU capacity.
-pub fn start(client: &Client, namespace: Option<&str>) -> Watches {
+/// `None`); pods and nodes everywhere, since every pod counts toward GPU capacity. Each
+/// ModelDeployment a watch reports deleted is sent to `deleted` as (namespace, name).
+pub fn start(
+    client: &Client,
+    namespace: Option<&str>,
+    deleted: futures::channel::mpsc::UnboundedSender<(String, String)>,
+) -> Watches {
     let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let (models, model_stream) = namespaced::<ModelDeployment>(client, namespace, watcher::Config::default());
+    let models_api: Api<ModelDeployment> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (models, model_stream) = reflect_noting_deletes(
+        models_api,
+        watcher::Config::default(),
+        move |model: &ModelDeployment| {
+            let _ = deleted.unbounded_send((model.namespace().unwrap_or_default(), model.name_any()));
+        },
+    );
     let (deployments, deployment_stream) = namespaced::<Deployment>(client, namespace, children.clone());
     let (services, service_stream) = namespaced::<Service>(client, namespace, children.clone());
     let (hpas, hpa_stream) = namespaced::<HorizontalPodAutoscaler>(client, namespace, children.clone());
@@ -179,11 +194,28 @@ fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Triggers<K>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    reflect_noting_deletes(api, config, |_: &K| {})
+}
+
+/// As `reflect`, calling `deleted` with each object a watch event reports gone.
+fn reflect_noting_deletes<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    deleted: impl Fn(&K) + Send + 'static,
+) -> (Store<K>, Triggers<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     let (store, writer) = reflector::store();
     let reflector = watcher(api, config)
         .default_backoff()
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(object)) = event {
+                deleted(object);
+            }
+        })
         .touched_objects();
     // The cache is kept by its own task, so that it fills whatever the Controller does: the
     // Controller polls its triggers only as its scheduler asks, and a cache that waits on it

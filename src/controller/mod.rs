@@ -84,6 +84,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let synced_flag = CachesSynced::default();
     let listeners = admin::bind(metrics_addr, health_addr).await?;
     let shutdown = Shutdown::on_signal();
+    let (deleted_tx, deleted_rx) = futures::channel::mpsc::unbounded();
 
     let Watches {
         caches,
@@ -95,7 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         config_maps,
         pods,
         nodes,
-    } = caches::start(&client, watch_namespace.as_deref());
+    } = caches::start(&client, watch_namespace.as_deref(), deleted_tx);
     // The custom-metrics API reads the same pod cache; it serves before the caches sync, when
     // an empty answer makes the HPA keep the current scale.
     let custom_metrics = CustomMetricsServer::bind(custom_metrics, &client, caches.pods.clone()).await?;
@@ -135,6 +136,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             caches_synced,
         },
     });
+
+    tokio::spawn(forget_deleted_models(operator.clone(), deleted_rx, shutdown.wait()));
 
     let pod_models = models.clone();
     let node_models = models.clone();
@@ -181,6 +184,49 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     admin_result?;
     Ok(())
+}
+
+/// How often state kept for models is compared with the models that exist: a deletion the
+/// watch did not report (it missed it across a re-list) is forgotten by then.
+const FORGET_SWEEP: Duration = Duration::from_secs(60);
+
+/// Drops what the driver and the report keep for each model that is gone: at once when the
+/// watch reports a deletion, and by a sweep against the cache for deletions it did not report.
+/// Without this the state, and the `model_operator_model_ready*` series, would only grow.
+async fn forget_deleted_models(
+    operator: Arc<Operator>,
+    mut deleted: futures::channel::mpsc::UnboundedReceiver<(String, String)>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let forget = |namespace: &str, name: &str| {
+        operator.context.forget(namespace, name);
+        operator.reporter.forget(namespace, name);
+        debug!(%namespace, %name, "forgot a deleted ModelDeployment");
+    };
+    let mut sweep = tokio::time::interval(FORGET_SWEEP);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            gone = deleted.next() => match gone {
+                Some((namespace, name)) => forget(&namespace, &name),
+                None => break,
+            },
+            _ = sweep.tick() => {
+                let models = &operator.context.caches.models;
+                let mut kept: Vec<(String, String)> = operator.context.models_kept();
+                kept.extend(operator.reporter.models());
+                kept.sort();
+                kept.dedup();
+                for (namespace, name) in kept {
+                    let key = kube::runtime::reflector::ObjectRef::<ModelDeployment>::new(&name).within(&namespace);
+                    if models.get(&key).is_none() && *operator.context.caches_synced.borrow() {
+                        forget(&namespace, &name);
+                    }
+                }
+            }
+            () = &mut shutdown => break,
+        }
+    }
 }
 
 /// The Controller's reconcile: the driver, then its report, then the requeue it asked for.

@@ -16,12 +16,12 @@ const HTTP_ATTEMPTS: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Opens a single-object source: the body stream and its length when known.
-pub async fn open(uri: &ModelUri) -> Result<(ByteStream, Option<u64>), FetchError> {
+pub async fn open(uri: &ModelUri, gcs_service_account: Option<&Path>) -> Result<(ByteStream, Option<u64>), FetchError> {
     let shown = uri.to_string();
     match &uri.source {
-        ModelSource::Http(url) => open_http(url.clone()).await,
+        ModelSource::Http(url) => open_http(url.clone(), &shown).await,
         ModelSource::ObjectStore { store, bucket, key } => {
-            let store = object_store_for(*store, bucket, &shown)?;
+            let store = object_store_for(*store, bucket, &shown, gcs_service_account)?;
             let result = store
                 .get(&ObjectPath::from(key.as_str()))
                 .await
@@ -52,14 +52,16 @@ pub async fn open(uri: &ModelUri) -> Result<(ByteStream, Option<u64>), FetchErro
     }
 }
 
-async fn open_http(url: url::Url) -> Result<(ByteStream, Option<u64>), FetchError> {
+/// `shown` is the URL without its secrets, for messages; reqwest's own errors have the URL
+/// taken out for the same reason.
+async fn open_http(url: url::Url, shown: &str) -> Result<(ByteStream, Option<u64>), FetchError> {
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .user_agent(concat!("model-operator/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| FetchError::Transfer {
-            uri: url.to_string(),
-            message: e.to_string(),
+            uri: shown.to_owned(),
+            message: e.without_url().to_string(),
         })?;
     let mut attempt = 1;
     let response = loop {
@@ -71,42 +73,50 @@ async fn open_http(url: url::Url) -> Result<(ByteStream, Option<u64>), FetchErro
         if !retryable || attempt == HTTP_ATTEMPTS {
             break outcome;
         }
-        warn!(url = %url, attempt, "download failed, retrying");
+        warn!(url = %shown, attempt, "download failed, retrying");
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         attempt += 1;
     };
     let response = response.map_err(|e| FetchError::Transfer {
-        uri: url.to_string(),
-        message: e.to_string(),
+        uri: shown.to_owned(),
+        message: e.without_url().to_string(),
     })?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::HttpStatus {
-            url: url.to_string(),
+            url: shown.to_owned(),
             status,
         });
     }
     let total = response.content_length();
-    let shown = url.to_string();
+    let shown = shown.to_owned();
     let stream = response.bytes_stream().map_err(move |e| FetchError::Transfer {
         uri: shown.clone(),
-        message: e.to_string(),
+        message: e.without_url().to_string(),
     });
     Ok((stream.boxed(), total))
 }
 
 /// Credentials and endpoints come from the environment the way each cloud's tools read them
 /// (`AWS_*`, `GOOGLE_*`), so the pod's env configures the fetcher.
-fn object_store_for(kind: ObjectStoreKind, bucket: &str, shown: &str) -> Result<Arc<dyn ObjectStore>, FetchError> {
+fn object_store_for(
+    kind: ObjectStoreKind,
+    bucket: &str,
+    shown: &str,
+    gcs_service_account: Option<&Path>,
+) -> Result<Arc<dyn ObjectStore>, FetchError> {
     let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match kind {
         ObjectStoreKind::S3 => AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .build()
             .map(|s| Arc::new(s) as _),
-        ObjectStoreKind::Gcs => GoogleCloudStorageBuilder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map(|s| Arc::new(s) as _),
+        ObjectStoreKind::Gcs => {
+            let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            if let Some(path) = gcs_service_account {
+                builder = builder.with_service_account_path(path.to_string_lossy());
+            }
+            builder.build().map(|s| Arc::new(s) as _)
+        }
     };
     built.map_err(|e| store_error(shown, e))
 }
@@ -122,12 +132,17 @@ fn store_error(uri: &str, error: object_store::Error) -> FetchError {
 }
 
 /// Every object under an object-store prefix, written under `dest` by relative key.
-pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchError> {
+pub async fn fetch_prefix(
+    uri: &ModelUri,
+    dest: &Path,
+    size_limit: Option<u64>,
+    gcs_service_account: Option<&Path>,
+) -> Result<Fetched, FetchError> {
     let ModelSource::ObjectStore { store, bucket, key } = &uri.source else {
         unreachable!("fetch_prefix is only called for object-store prefixes");
     };
     let shown = uri.to_string();
-    let store = object_store_for(*store, bucket, &shown)?;
+    let store = object_store_for(*store, bucket, &shown, gcs_service_account)?;
     let prefix = ObjectPath::from(key.trim_end_matches('/'));
     let objects: Vec<_> = store
         .list(Some(&prefix))
@@ -136,6 +151,12 @@ pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchE
         .map_err(|e| store_error(&shown, e))?;
     if objects.is_empty() {
         return Err(FetchError::NotFound { uri: shown });
+    }
+    let listed: u64 = objects.iter().map(|o| o.size).sum();
+    if let Some(limit) = size_limit
+        && listed > limit
+    {
+        return Err(FetchError::TooLarge { uri: shown, limit });
     }
     let mut bytes = 0;
     for object in &objects {
@@ -146,6 +167,18 @@ pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchE
             .flatten()
             .map(|p| p.as_ref().to_owned())
             .collect();
+        // A key is any string: one that climbs out of the prefix (`a/../../x`) is refused.
+        if relative.is_empty()
+            || relative
+                .iter()
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(FetchError::UnsafeKey {
+                uri: shown.clone(),
+                key: object.location.to_string(),
+                why: "its path leaves the prefix",
+            });
+        }
         let target = relative.iter().fold(dest.to_path_buf(), |path, part| path.join(part));
         let partial = target.with_file_name(format!(
             ".{}.partial",
@@ -169,7 +202,17 @@ pub async fn fetch_prefix(uri: &ModelUri, dest: &Path) -> Result<Fetched, FetchE
             source: uri.source.clone(),
             sha256: None,
         };
-        match super::write_verified(stream.boxed(), Some(object.size), &partial, &no_checksum, &object_uri).await {
+        let room = size_limit.map(|limit| limit.saturating_sub(bytes));
+        match super::write_verified(
+            stream.boxed(),
+            Some(object.size),
+            &partial,
+            &no_checksum,
+            &object_uri,
+            room,
+        )
+        .await
+        {
             Ok(written) => bytes += written,
             Err(error) => {
                 let _ = tokio::fs::remove_file(&partial).await;

@@ -4,9 +4,13 @@
 use reqwest::{StatusCode, Url};
 
 use super::{ProbeOutcome, ProbeTarget};
-use crate::api::conditions::reasons;
+use crate::{
+    api::conditions::reasons,
+    bounded_io::{BodyError, PROBE_BODY_LIMIT, body_within},
+};
 
-/// A server's answer; the body is read whole (probe answers are small).
+/// A server's answer; the body is read up to `PROBE_BODY_LIMIT` (probe answers are small, and a
+/// server that sends more is broken or hostile).
 pub struct HttpAnswer {
     pub status: StatusCode,
     pub body: String,
@@ -45,6 +49,16 @@ pub async fn get(
         ProbeOutcome::not_ready(reason, format!("{server} on {endpoint} does not answer: {err}"))
     })?;
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let body = body_within(response, PROBE_BODY_LIMIT).await.map_err(|err| {
+        let reason = match &err {
+            BodyError::Transfer(e) if e.is_timeout() => reasons::PROBE_TIMEOUT,
+            _ => reasons::PROBE_FAILED,
+        };
+        ProbeOutcome::not_ready(
+            reason,
+            format!("{server} on {endpoint} answered {path} with {status}, but {err}"),
+        )
+    })?;
+    let body = String::from_utf8_lossy(&body).into_owned();
     Ok(HttpAnswer { status, body, path })
 }

@@ -59,9 +59,14 @@ impl ProbeSchedule {
             .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    /// How many models have a silent streak now.
-    pub fn tracked(&self) -> usize {
-        self.silent_streaks.lock().expect("probe schedule lock").len()
+    /// The models (namespace, name) with a silent streak now.
+    pub fn models(&self) -> Vec<(String, String)> {
+        self.silent_streaks
+            .lock()
+            .expect("probe schedule lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -114,6 +119,6 @@ mod tests {
         );
         schedule.forget("ml", "bert");
         schedule.forget("ml", "other");
-        assert_eq!(schedule.tracked(), 0);
+        assert!(schedule.models().is_empty());
     }
 }

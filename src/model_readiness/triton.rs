@@ -16,7 +16,10 @@ use self::kserve::{
     repository_index_response::ModelIndex,
 };
 use super::{ModelProbe, ProbeOutcome, ProbeTarget};
-use crate::api::{ModelInfo, TensorInfo, conditions::reasons};
+use crate::{
+    api::{ModelInfo, TensorInfo, conditions::reasons},
+    bounded_io::PROBE_MESSAGE_LIMIT,
+};
 
 /// Client code generated from `proto/kserve/v2/grpc_predict_v2.proto`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -56,7 +59,10 @@ impl TritonProbe {
                     format!("nothing answers gRPC on {endpoint}: {}", error_chain(&err)),
                 )
             })?;
-        Ok(GrpcInferenceServiceClient::new(channel))
+        // Explicit, not tonic's default: no answer a server sends may grow the operator by more.
+        Ok(GrpcInferenceServiceClient::new(channel)
+            .max_decoding_message_size(PROBE_MESSAGE_LIMIT)
+            .max_encoding_message_size(PROBE_MESSAGE_LIMIT))
     }
 }
 

@@ -34,4 +34,17 @@ impl Context {
     pub fn caches_synced(&self) -> bool {
         *self.caches_synced.borrow()
     }
+
+    /// Drops what the driver keeps for a model that is gone (probe backoff, apply retries).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.probe_schedule.forget(namespace, name);
+        self.apply_retries.forget(namespace, name);
+    }
+
+    /// The models the driver keeps something for.
+    pub fn models_kept(&self) -> Vec<(String, String)> {
+        let mut models = self.probe_schedule.models();
+        models.extend(self.apply_retries.models());
+        models
+    }
 }

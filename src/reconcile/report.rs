@@ -1,7 +1,10 @@
 //! Report: publishes what a reconcile's [`Outcome`] says, as Prometheus metrics and Kubernetes
 //! Events. Nothing here changes a child or a status.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Mutex,
+};
 
 use kube::{
     Client, Resource,
@@ -10,7 +13,11 @@ use kube::{
 use tracing::warn;
 
 use super::{Outcome, ReconcileError, status};
-use crate::{api::ModelDeployment, telemetry::Metrics, vocabulary::names::CONTROLLER_NAME};
+use crate::{
+    api::ModelDeployment,
+    telemetry::Metrics,
+    vocabulary::{Runtime, names::CONTROLLER_NAME},
+};
 
 /// events.k8s.io refuses a note longer than this many bytes, and with it the whole Event.
 pub const EVENT_NOTE_LIMIT: usize = 1024;
@@ -34,10 +41,22 @@ fn fit_note(mut note: String) -> String {
 pub struct Reporter {
     metrics: Metrics,
     recorder: Recorder,
+    /// What is kept per model, dropped when the model is gone ([`Reporter::forget`]).
+    models: Mutex<HashMap<ModelKey, Kept>>,
+}
+
+/// One model's share of the report's state.
+#[derive(Debug, Default)]
+struct Kept {
     /// Deployments and validation verdicts already counted, by UID or Job: two reconciles in a
     /// row may both read the cache from before the first one's writes.
-    counted: Mutex<HashSet<String>>,
+    counted: HashSet<String>,
+    /// The runtime label of the model's gauge series.
+    runtime: Option<Runtime>,
 }
+
+/// A model's namespace and name.
+pub type ModelKey = (String, String);
 
 impl Reporter {
     /// Events name this replica (`instance`, the pod name) as their source.
@@ -51,7 +70,7 @@ impl Reporter {
                     instance,
                 },
             ),
-            counted: Mutex::default(),
+            models: Mutex::default(),
         }
     }
 
@@ -64,18 +83,19 @@ impl Reporter {
         let Some(work) = outcome.reconciled_work() else {
             return;
         };
+        let key = (outcome.namespace.clone(), outcome.name.clone());
         if let Some(uid) = &work.created_deployment
-            && self.first_time(format!("deployment/{uid}"))
+            && self.first_time(&key, format!("deployment/{uid}"))
         {
             self.metrics.deployments_created.inc();
         }
         if let Some(job) = &work.started_validation
-            && self.first_time(format!("started/{}/{job}", outcome.namespace))
+            && self.first_time(&key, format!("started/{job}"))
         {
             self.metrics.validations.with_label_values(&["started"]).inc();
         }
         if let Some(verdict) = &work.validation_verdict
-            && self.first_time(format!("verdict/{}/{}", outcome.namespace, verdict.job))
+            && self.first_time(&key, format!("verdict/{}", verdict.job))
         {
             let label = if verdict.succeeded { "success" } else { "failure" };
             self.metrics.validations.with_label_values(&[label]).inc();
@@ -84,6 +104,11 @@ impl Reporter {
             self.metrics.reconcile_errors.with_label_values(&[reason]).inc();
         }
         if let Some(runtime) = work.runtime {
+            let before = self.gauged_as(&key, runtime);
+            if let Some(old) = before.filter(|old| *old != runtime) {
+                // A runtime switch: the old runtime's series would report a stale value forever.
+                self.remove_gauges(&key.0, &key.1, old);
+            }
             let labels = [outcome.namespace.as_str(), outcome.name.as_str(), runtime.as_str()];
             let model_ready_replicas = work.status.model_ready_replicas.unwrap_or(0);
             self.metrics
@@ -128,9 +153,51 @@ impl Reporter {
         }
     }
 
-    /// True the first time `key` is seen by this process.
-    fn first_time(&self, key: String) -> bool {
-        self.counted.lock().expect("counted lock").insert(key)
+    /// True the first time `what` is seen for the model by this process.
+    fn first_time(&self, model: &ModelKey, what: String) -> bool {
+        self.models
+            .lock()
+            .expect("report lock")
+            .entry(model.clone())
+            .or_default()
+            .counted
+            .insert(what)
+    }
+
+    /// Records that the model's gauges carry `runtime`; returns the runtime they carried before.
+    fn gauged_as(&self, model: &ModelKey, runtime: Runtime) -> Option<Runtime> {
+        self.models
+            .lock()
+            .expect("report lock")
+            .entry(model.clone())
+            .or_default()
+            .runtime
+            .replace(runtime)
+    }
+
+    fn remove_gauges(&self, namespace: &str, name: &str, runtime: Runtime) {
+        let labels = [namespace, name, runtime.as_str()];
+        // A series that was never set is no error worth reporting.
+        let _ = self.metrics.model_ready.remove_label_values(&labels);
+        let _ = self.metrics.model_ready_replicas.remove_label_values(&labels);
+    }
+
+    /// Drops what is kept and exported for a model that is gone: its de-duplication entries and
+    /// its gauge series, so `/metrics` stops reporting a deleted model's last value.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let kept = self
+            .models
+            .lock()
+            .expect("report lock")
+            .remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(runtime) = kept.and_then(|kept| kept.runtime) {
+            self.remove_gauges(namespace, name, runtime);
+        }
+    }
+
+    /// The models something is kept for.
+    pub fn models(&self) -> BTreeSet<ModelKey> {
+        self.models.lock().expect("report lock").keys().cloned().collect()
     }
 }
 

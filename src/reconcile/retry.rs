@@ -24,6 +24,16 @@ impl ApplyRetries {
         delay
     }
 
+    /// The models (namespace, name) with failures now.
+    pub fn models(&self) -> Vec<(String, String)> {
+        self.failures
+            .lock()
+            .expect("apply retries lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The model's children went through (or the model is gone): start afresh.
     pub fn forget(&self, namespace: &str, name: &str) {
         self.failures

@@ -46,6 +46,11 @@ pub trait RuntimeProfile: Sync {
     /// The image used when `runtimeImage` is not given; always a pinned tag.
     fn default_image(&self, images: &OperatorImages, uses_gpu: bool) -> String;
     fn ports(&self) -> &'static [ServerPort];
+    /// The ports the model's Service exposes to the cluster: what clients and scrapers use.
+    /// Ports only the operator needs (a management API) stay on the pod.
+    fn service_ports(&self) -> &'static [ServerPort] {
+        self.ports()
+    }
     /// The port clients send inference requests to (`status.endpoint`).
     fn inference_port(&self) -> ServerPort;
     /// The port the operator's model probe (`crate::model_readiness`) speaks to.

@@ -45,6 +45,13 @@ impl RuntimeProfile for Torchserve {
         &[INFERENCE, MANAGEMENT, METRICS]
     }
 
+    /// The management API registers and unregisters models and scales workers (with token
+    /// auth off, as the operator runs TorchServe): it is not offered to the cluster. The
+    /// operator probes it at each pod's own address.
+    fn service_ports(&self) -> &'static [ServerPort] {
+        &[INFERENCE, METRICS]
+    }
+
     fn inference_port(&self) -> ServerPort {
         INFERENCE
     }

@@ -12,6 +12,7 @@ mod images;
 mod model_uri;
 pub mod names;
 pub mod pods;
+mod quantity;
 mod runtime;
 mod validated;
 
@@ -22,7 +23,12 @@ pub use self::{
     custom_metric::{GPU_UTILIZATION_METRIC, POD_METRICS, PodValue, QUEUE_TIME_METRIC, QueueTimeSeries},
     gpu::{GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL},
     images::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, IMAGE_TAG, OperatorImages},
-    model_uri::{ArtifactShape, CLUSTER_SCHEMES, ModelSource, ModelUri, ObjectStoreKind, UriError, is_archive},
+    model_uri::{
+        ArtifactShape, CLUSTER_SCHEMES, ModelSource, ModelUri, ObjectStoreKind, UriError, is_archive, redact_text,
+    },
+    quantity::{is_quantity, quantity_bytes},
     runtime::Runtime,
-    validated::{AutoscalingPlan, ModelLayout, Scaling, ScalingMetric, Validated, ValidationPlan},
+    validated::{
+        AutoscalingPlan, CredentialsPlan, ModelLayout, Scaling, ScalingMetric, SizeLimit, Validated, ValidationPlan,
+    },
 };

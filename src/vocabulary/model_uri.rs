@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use percent_encoding::percent_decode_str;
 use url::Url;
 
 /// A parsed `modelURI`, with its optional `#sha256=<hex>` checksum.
@@ -78,22 +79,29 @@ impl ModelUri {
             None => (uri, None),
         };
         let sha256 = fragment.map(parse_checksum).transpose()?;
-        let url = Url::parse(base).map_err(|e| UriError::Malformed(uri.to_owned(), e.to_string()))?;
+        // Errors name the URI without its secrets: it reaches the status and the Events.
+        let shown = redact_text(uri);
+        let url = Url::parse(base).map_err(|e| UriError::Malformed(shown.clone(), e.to_string()))?;
         let host = url.host_str().unwrap_or("").to_owned();
-        let path = url.path().trim_start_matches('/').to_owned();
+        // The URL parser percent-encodes what a key may hold (spaces, non-ASCII); the store and
+        // the claim know the key by its real characters.
+        let path = percent_decode_str(url.path().trim_start_matches('/'))
+            .decode_utf8()
+            .map_err(|e| UriError::Malformed(shown.clone(), format!("the path is not UTF-8: {e}")))?
+            .into_owned();
         let source = match url.scheme() {
             "http" | "https" => {
                 if host.is_empty() {
-                    return Err(UriError::MissingHost(uri.to_owned()));
+                    return Err(UriError::MissingHost(shown.clone()));
                 }
                 ModelSource::Http(url)
             }
             scheme @ ("s3" | "gs") => {
                 if host.is_empty() {
-                    return Err(UriError::MissingHost(uri.to_owned()));
+                    return Err(UriError::MissingHost(shown.clone()));
                 }
                 if path.is_empty() {
-                    return Err(UriError::MissingKey(uri.to_owned()));
+                    return Err(UriError::MissingKey(shown.clone()));
                 }
                 let store = if scheme == "s3" {
                     ObjectStoreKind::S3
@@ -108,7 +116,7 @@ impl ModelUri {
             }
             "pvc" => {
                 if host.is_empty() {
-                    return Err(UriError::MissingHost(uri.to_owned()));
+                    return Err(UriError::MissingHost(shown.clone()));
                 }
                 ModelSource::Pvc {
                     claim: host,
@@ -117,7 +125,7 @@ impl ModelUri {
             }
             "file" => ModelSource::File(
                 url.to_file_path()
-                    .map_err(|()| UriError::Malformed(uri.to_owned(), "not a local path".into()))?,
+                    .map_err(|()| UriError::Malformed(shown.clone(), "not a local path".into()))?,
             ),
             other => return Err(UriError::UnsupportedScheme(other.to_owned())),
         };
@@ -169,10 +177,12 @@ impl ModelUri {
     }
 }
 
+/// A URI as it may be shown (status, Events, logs, the runtime's `MODEL_URI`): a password and
+/// every query value (a presigned URL's signature and token) are replaced by `***`.
 impl fmt::Display for ModelUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
-            ModelSource::Http(url) => write!(f, "{url}"),
+            ModelSource::Http(url) => write!(f, "{}", redact_url(url)),
             ModelSource::ObjectStore { store, bucket, key } => {
                 write!(f, "{}://{bucket}/{key}", store.scheme())
             }
@@ -180,6 +190,67 @@ impl fmt::Display for ModelUri {
             ModelSource::File(path) => write!(f, "file://{}", path.display()),
         }
     }
+}
+
+impl ModelUri {
+    /// Whether the URI itself carries secrets: a user's password, or a query (presigned URLs
+    /// carry their signature there). Such a URI reaches only the fetcher.
+    pub fn has_credentials(&self) -> bool {
+        matches!(&self.source, ModelSource::Http(url) if url.password().is_some() || !url.username().is_empty() || url.query().is_some())
+    }
+}
+
+fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if let Some(query) = url.query() {
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=***"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        shown.set_query(Some(&redacted.join("&")));
+    }
+    shown.to_string()
+}
+
+/// `text` with what looks like a password (`user:pass@`) or query values replaced by `***`,
+/// for URIs that do not even parse.
+pub fn redact_text(text: &str) -> String {
+    let (text, query) = match text.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (text, None),
+    };
+    let mut shown = match text.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    format!("{user}:***@{host}")
+                }
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => text.to_owned(),
+    };
+    if let Some(query) = query {
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=***"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&redacted.join("&"));
+    }
+    shown
 }
 
 /// Tar archives are unpacked by the fetcher; everything else is stored as it is (a TorchServe
@@ -272,6 +343,48 @@ mod tests {
             ModelUri::parse("https://h/m.pt#sha256=abc"),
             Err(UriError::BadChecksum("sha256=abc".into()))
         );
+    }
+
+    #[test]
+    fn object_keys_are_read_by_their_real_characters() {
+        let uri = ModelUri::parse("s3://models/my models/résumé v2.pt").unwrap();
+        assert_eq!(
+            uri.source,
+            ModelSource::ObjectStore {
+                store: ObjectStoreKind::S3,
+                bucket: "models".into(),
+                key: "my models/résumé v2.pt".into()
+            }
+        );
+        let encoded = ModelUri::parse("gs://models/my%20models/r%C3%A9sum%C3%A9.pt").unwrap();
+        assert!(matches!(encoded.source, ModelSource::ObjectStore { ref key, .. } if key == "my models/résumé.pt"));
+    }
+
+    #[test]
+    fn credentials_in_a_uri_are_never_shown() {
+        let basic = ModelUri::parse("https://deploy:s3cr3t@models.example.com/m.pt").unwrap();
+        assert!(basic.has_credentials());
+        assert_eq!(basic.to_string(), "https://deploy:***@models.example.com/m.pt");
+        let presigned = ModelUri::parse(
+            "https://bucket.s3.amazonaws.com/m.pt?X-Amz-Credential=AKIA%2F&X-Amz-Signature=abc123&X-Amz-Expires=600",
+        )
+        .unwrap();
+        assert!(presigned.has_credentials());
+        assert_eq!(
+            presigned.to_string(),
+            "https://bucket.s3.amazonaws.com/m.pt?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=***"
+        );
+        assert!(
+            !ModelUri::parse("https://models.example.com/m.pt")
+                .unwrap()
+                .has_credentials()
+        );
+        assert_eq!(
+            redact_text("htp://user:pw@host/x?token=t"),
+            "htp://user:***@host/x?token=***"
+        );
+        let error = ModelUri::parse("ftp://user:pw@host/x").unwrap_err().to_string();
+        assert!(!error.contains("pw"), "{error}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
-    api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration},
+    api::core::v1::{Affinity, EnvFromSource, EnvVar, ResourceRequirements, Toleration},
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use schemars::JsonSchema;
@@ -25,9 +25,16 @@ pub struct Validated {
     pub version: String,
     pub image: String,
     pub fetcher_image: String,
-    /// `modelURI` as written, checksum fragment included (the fetcher verifies it).
+    /// `modelURI` as written, checksum fragment included (the fetcher verifies it). It may
+    /// carry credentials: only the fetch container gets it, everything else `source`'s redacted
+    /// display.
     pub model_uri: String,
     pub source: ModelUri,
+    /// The model volume's size limit, as the emptyDir takes it and in bytes for the fetch;
+    /// `None` for a claim, which is mounted as it is.
+    pub size_limit: Option<SizeLimit>,
+    /// The Secret with the model store's credentials, for the fetch (and the runtime if asked).
+    pub credentials: Option<CredentialsPlan>,
     pub layout: ModelLayout,
     /// The user's CPU and memory; the GPU resource is added from `gpu`.
     pub resources: ResourceRequirements,
@@ -38,7 +45,23 @@ pub struct Validated {
     pub tolerations: Vec<Toleration>,
     pub affinity: Option<Affinity>,
     pub env: Vec<EnvVar>,
+    pub env_from: Vec<EnvFromSource>,
     pub runtime_args: Vec<String>,
+}
+
+/// How much the fetched model may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeLimit {
+    /// As written (`100Gi`), for the emptyDir's `sizeLimit`.
+    pub quantity: String,
+    pub bytes: u64,
+}
+
+/// The Secret the model fetch reads credentials from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsPlan {
+    pub secret_name: String,
+    pub expose_to_runtime: bool,
 }
 
 impl fmt::Debug for Validated {

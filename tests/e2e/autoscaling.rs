@@ -684,7 +684,7 @@ async fn hpa_scales_on_the_runtime_queue_time_of_a_real_triton() {
 }
 
 /// Only the API server's front proxy is served: no certificate, a forged user header or a
-/// certificate from another CA (the cluster admin's) are refused; the front proxy's own
+/// certificate from another CA (the cluster admin's) fail the handshake; the front proxy's own
 /// certificate with a user header works for users RBAC allows.
 async fn direct_requests_are_refused(rig: &Rig) {
     let url = format!(
@@ -705,22 +705,20 @@ async fn direct_requests_are_refused(rig: &Rig) {
         builder.build().unwrap()
     };
 
-    let anonymous = client_with(None).get(&url).send().await.unwrap();
-    assert_eq!(anonymous.status(), 401);
-    let status: Value = serde_json::from_str(&anonymous.text().await.unwrap()).unwrap();
-    assert_eq!(
-        (status["kind"].as_str(), status["reason"].as_str()),
-        (Some("Status"), Some("Unauthorized"))
-    );
-
+    // Without the front proxy's certificate there is no TLS session at all, so no HTTP request,
+    // forged headers or not.
+    let anonymous = client_with(None).get(&url).send().await;
+    assert!(anonymous.is_err(), "no certificate fails the handshake: {anonymous:?}");
     let forged = client_with(None)
         .get(&url)
         .header("X-Remote-User", "system:admin")
         .header("X-Remote-Group", "system:masters")
         .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 401, "a user header without the proxy's certificate");
+        .await;
+    assert!(
+        forged.is_err(),
+        "a user header without the proxy's certificate: {forged:?}"
+    );
 
     let other_ca = client_with(Some(("admin.crt", "admin.key"))).get(&url).send().await;
     assert!(

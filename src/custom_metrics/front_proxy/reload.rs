@@ -160,6 +160,54 @@ pub async fn for_tests(allowed_names: Vec<String>) -> Arc<LiveTls> {
     Arc::new(LiveTls::load(identity, trust).await.unwrap())
 }
 
+/// A front-proxy CA and a client certificate it signed, as a test's API server would hold them.
+#[cfg(test)]
+pub struct TestFrontProxy {
+    pub ca_pem: String,
+    /// The client's certificate and key, PEM.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+#[cfg(test)]
+impl TestFrontProxy {
+    pub fn new(client_name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "test-front-proxy-ca");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params.distinguished_name.push(DnType::CommonName, client_name);
+        let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+        }
+    }
+
+    /// A client configuration that presents the client certificate and trusts `server`.
+    pub fn client_config(&self, server: &CertificateDer<'static>) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.clone()).unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(self.client_cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.client_key_pem.as_bytes()).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -183,17 +231,10 @@ mod tests {
         ((cert, key), generated.cert.der().clone())
     }
 
-    /// Whether a client that trusts only `trusted` completes a handshake with a connection
-    /// accepted by `live` now.
-    async fn handshake_trusting(live: &LiveTls, trusted: &CertificateDer<'static>) -> bool {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(trusted.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    /// Whether a client that trusts only `trusted`, presenting the front proxy's certificate,
+    /// completes a handshake with a connection accepted by `live` now.
+    async fn handshake_trusting(live: &LiveTls, proxy: &TestFrontProxy, trusted: &CertificateDer<'static>) -> bool {
+        let config = proxy.client_config(trusted);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let acceptor = live.acceptor();
@@ -210,28 +251,40 @@ mod tests {
     async fn new_connections_are_served_the_renewed_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let ((cert, key), first) = write_pair_for(dir.path(), vec!["localhost".to_owned()]);
+        let proxy = TestFrontProxy::new("front-proxy-client");
+        let ca = dir.path().join("front-proxy-ca.crt");
+        std::fs::write(&ca, &proxy.ca_pem).unwrap();
         let live = LiveTls::load(
             IdentitySource::Files { cert, key },
             TrustSource::File {
-                ca: write_ca(dir.path()),
+                ca,
                 allowed_names: vec![],
             },
         )
         .await
         .unwrap();
-        assert!(handshake_trusting(&live, &first).await, "the first certificate serves");
+        assert!(
+            handshake_trusting(&live, &proxy, &first).await,
+            "the first certificate serves"
+        );
 
         let (_, second) = write_pair_for(dir.path(), vec!["localhost".to_owned()]);
         assert!(
-            !handshake_trusting(&live, &second).await,
+            !handshake_trusting(&live, &proxy, &second).await,
             "not read again yet: the first one still serves"
         );
         assert!(live.reload().await.unwrap());
         assert!(
-            handshake_trusting(&live, &second).await,
+            handshake_trusting(&live, &proxy, &second).await,
             "the renewed certificate serves"
         );
-        assert!(!handshake_trusting(&live, &first).await, "the old one no longer does");
+        assert!(
+            !handshake_trusting(&live, &proxy, &first).await,
+            "the old one no longer does"
+        );
+        // A client with a certificate from another CA gets no session at all.
+        let stranger = TestFrontProxy::new("front-proxy-client");
+        assert!(!handshake_trusting(&live, &stranger, &second).await);
     }
 
     fn write_ca(dir: &Path) -> PathBuf {

@@ -1,8 +1,9 @@
 //! TLS for the custom-metrics server and the front-proxy check. The serving certificate comes
 //! from files or is generated at start (the APIService then needs `insecureSkipTLSVerify` or the
-//! certificate as `caBundle`). Clients may connect without a certificate, so that they get a
-//! readable 401 instead of a handshake failure; a certificate that the requestheader CA did not
-//! sign fails the handshake.
+//! certificate as `caBundle`). A client must present a certificate the requestheader CA signed
+//! (kube-apiserver's front proxy always does, for its proxied requests and its availability
+//! checks), or the handshake fails: nobody else gets as far as an HTTP request, let alone a
+//! TLS session held open.
 
 use std::{path::Path, sync::Arc};
 
@@ -169,7 +170,6 @@ pub fn server_config(
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
         .build()
         .map_err(|e| invalid(&trust.source, e.to_string()))?;
     let (chain, key) = identity;

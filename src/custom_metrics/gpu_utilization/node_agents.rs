@@ -10,7 +10,10 @@ use kube::runtime::reflector::Store;
 use node_agent::samples::{NodeSamples, SAMPLES_PATH};
 use tracing::debug;
 
-use crate::vocabulary::host_port;
+use crate::{
+    bounded_io::{SAMPLES_BODY_LIMIT, body_within},
+    vocabulary::host_port,
+};
 
 /// One `NODE=HOST:PORT` of `--agent-endpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +101,12 @@ pub enum SamplesError {
         address: String,
         source: reqwest::Error,
     },
+    #[error("node agent of {node} at {address}: {source}")]
+    TooMuch {
+        node: String,
+        address: String,
+        source: crate::bounded_io::BodyError,
+    },
     #[error("node agent of {node} at {address} answered samples that do not parse: {source}")]
     Unreadable {
         node: String,
@@ -148,16 +157,20 @@ impl SampleSource {
             address: address.clone(),
             source,
         };
-        let body = self
+        let response = self
             .http
             .get(format!("http://{address}{SAMPLES_PATH}"))
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(unreachable)?
-            .bytes()
-            .await
             .map_err(unreachable)?;
+        let body = body_within(response, SAMPLES_BODY_LIMIT)
+            .await
+            .map_err(|source| SamplesError::TooMuch {
+                node: node.to_owned(),
+                address: address.clone(),
+                source,
+            })?;
         let samples: NodeSamples = serde_json::from_slice(&body).map_err(|source| SamplesError::Unreadable {
             node: node.to_owned(),
             address: address.clone(),

@@ -24,6 +24,7 @@ use self::{
     runtime_counters::{CountersError, QueueCounters, read_counters},
 };
 use crate::{
+    bounded_io::{BodyError, METRICS_BODY_LIMIT, body_within},
     runtimes::profile,
     vocabulary::{
         ModelEndpoints, PodValue, QueueTimeSeries, Runtime, host_port,
@@ -50,6 +51,12 @@ pub struct Settings {
 enum ReadError {
     #[error("{url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
+    #[error("{url}: {source}")]
+    TooMuch {
+        url: String,
+        #[source]
+        source: BodyError,
+    },
     #[error("{url}: {source}")]
     Unreadable {
         url: String,
@@ -121,16 +128,20 @@ impl QueueTimeSource {
             url: target.url.clone(),
             source,
         };
-        let text = self
+        let response = self
             .http
             .get(&target.url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(unreachable)?
-            .text()
-            .await
             .map_err(unreachable)?;
+        let body = body_within(response, METRICS_BODY_LIMIT)
+            .await
+            .map_err(|source| ReadError::TooMuch {
+                url: target.url.clone(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&body);
         read_counters(&target.series, &text).map_err(|source| ReadError::Unreadable {
             url: target.url.clone(),
             source,

@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 use super::{
     common_labels, object_meta,
     pod::{
-        container_security_context, fetch_init_container, model_env, model_mount, model_volume, pod_security_context,
+        container_security_context, credentials_volume, fetch_init_container, model_env, model_mount, model_volume,
+        pod_security_context, runtime_credentials_mount, runtime_env_from,
     },
     server_selector,
 };
@@ -60,7 +61,9 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
 
     let profile = runtimes::of(model);
     let mut volumes = vec![model_volume(model)];
+    volumes.extend(credentials_volume(model));
     let mut mounts = vec![model_mount(model)];
+    mounts.extend(runtime_credentials_mount(model));
     if profile.needs_shared_memory() {
         volumes.push(Volume {
             name: SHM_VOLUME.to_owned(),
@@ -114,6 +117,7 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
                 .collect(),
         ),
         env: Some(model_env(model, profile.env(model))),
+        env_from: Some(runtime_env_from(model)).filter(|sources| !sources.is_empty()),
         resources: Some(runtime_resources(model)),
         readiness_probe: Some(probes.readiness),
         liveness_probe: Some(probes.liveness),

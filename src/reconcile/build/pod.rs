@@ -3,8 +3,9 @@
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-        ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+        Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, PersistentVolumeClaimVolumeSource,
+        PodSecurityContext, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource, SecurityContext,
+        Volume, VolumeMount,
     },
     apimachinery::pkg::api::resource::Quantity,
 };
@@ -16,6 +17,9 @@ use crate::{
 
 pub const MODEL_VOLUME: &str = "model-store";
 pub const FETCH_CONTAINER: &str = "model-fetch";
+/// The volume of the `modelCredentials` Secret, and where the containers that get it see it.
+pub const CREDENTIALS_VOLUME: &str = "model-credentials";
+pub const CREDENTIALS_DIR: &str = "/var/run/secrets/model-credentials";
 /// Runtimes and our images run as this user; NGC's Triton and TorchServe images define it.
 const RUNTIME_UID: i64 = 1000;
 
@@ -30,11 +34,79 @@ pub fn model_volume(model: &Validated) -> Volume {
             }),
             ..Volume::default()
         },
+        // A size limit, so that a model larger than meant (or an archive that unpacks without
+        // end) is an evicted pod, not a full node disk; the fetch enforces it as it writes too.
         _ => Volume {
             name: MODEL_VOLUME.to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: model.size_limit.as_ref().map(|limit| Quantity(limit.quantity.clone())),
+            }),
             ..Volume::default()
         },
+    }
+}
+
+/// The `modelCredentials` Secret as a volume, when the spec names one.
+pub fn credentials_volume(model: &Validated) -> Option<Volume> {
+    let plan = model.credentials.as_ref()?;
+    Some(Volume {
+        name: CREDENTIALS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(plan.secret_name.clone()),
+            // Readable by the container's user only.
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+}
+
+fn credentials_mount() -> VolumeMount {
+    VolumeMount {
+        name: CREDENTIALS_VOLUME.to_owned(),
+        mount_path: CREDENTIALS_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn credentials_env_from(model: &Validated) -> Option<EnvFromSource> {
+    let plan = model.credentials.as_ref()?;
+    Some(EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: plan.secret_name.clone(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    })
+}
+
+/// What the runtime (and the validation script) gets besides `env`: the spec's `envFrom`, and
+/// the credentials when `exposeToRuntime` asks for them.
+pub fn runtime_env_from(model: &Validated) -> Vec<EnvFromSource> {
+    let mut sources = model.env_from.clone();
+    if model.credentials.as_ref().is_some_and(|c| c.expose_to_runtime) {
+        sources.extend(credentials_env_from(model));
+    }
+    sources
+}
+
+/// The credentials' mount for the runtime container, when `exposeToRuntime` asks for it.
+pub fn runtime_credentials_mount(model: &Validated) -> Option<VolumeMount> {
+    model
+        .credentials
+        .as_ref()
+        .filter(|c| c.expose_to_runtime)
+        .map(|_| credentials_mount())
+}
+
+/// `modelURI` as every container but the fetch sees it: without a password or query values.
+pub fn shown_model_uri(model: &Validated) -> String {
+    if model.source.has_credentials() {
+        model.source.to_string()
+    } else {
+        model.model_uri.clone()
     }
 }
 
@@ -61,23 +133,48 @@ pub fn fetch_init_container(model: &Validated) -> Option<Container> {
     if matches!(model.source.source, ModelSource::Pvc { .. }) {
         return None;
     }
-    let mut args = vec![
-        "fetch".to_owned(),
-        "--uri".to_owned(),
-        model.model_uri.clone(),
-        "--dest".to_owned(),
-        model.layout.fetch_dir.clone(),
-    ];
+    let mut args = vec!["fetch".to_owned()];
+    // The user's env (a region, an endpoint), less the names the fetch sets itself.
+    let mut env: Vec<EnvVar> = model
+        .env
+        .iter()
+        .filter(|e| !["MODEL_URI", "MODEL_CREDENTIALS_DIR"].contains(&e.name.as_str()))
+        .cloned()
+        .collect();
+    if model.source.has_credentials() {
+        // Not an argument, which `ps` and every pod description show: the fetch reads it from
+        // its environment, and nothing else gets it.
+        env.push(EnvVar {
+            name: "MODEL_URI".to_owned(),
+            value: Some(model.model_uri.clone()),
+            value_from: None,
+        });
+    } else {
+        args.extend(["--uri".to_owned(), model.model_uri.clone()]);
+    }
+    args.extend(["--dest".to_owned(), model.layout.fetch_dir.clone()]);
     if let Some(file_name) = &model.layout.file_name {
         args.extend(["--file-name".to_owned(), file_name.clone()]);
+    }
+    if let Some(limit) = &model.size_limit {
+        args.extend(["--size-limit".to_owned(), limit.bytes.to_string()]);
+    }
+    let mut mounts = vec![model_mount(model)];
+    if model.credentials.is_some() {
+        mounts.push(credentials_mount());
+        env.push(EnvVar {
+            name: "MODEL_CREDENTIALS_DIR".to_owned(),
+            value: Some(CREDENTIALS_DIR.to_owned()),
+            value_from: None,
+        });
     }
     Some(Container {
         name: FETCH_CONTAINER.to_owned(),
         image: Some(model.fetcher_image.clone()),
         args: Some(args),
-        // Object-store credentials come from the user's env.
-        env: (!model.env.is_empty()).then(|| model.env.clone()),
-        volume_mounts: Some(vec![model_mount(model)]),
+        env: (!env.is_empty()).then_some(env),
+        env_from: credentials_env_from(model).map(|source| vec![source]),
+        volume_mounts: Some(mounts),
         resources: Some(ResourceRequirements {
             requests: Some(
                 [
@@ -105,7 +202,7 @@ pub fn model_env(model: &Validated, runtime_env: Vec<EnvVar>) -> Vec<EnvVar> {
     let mut env = vec![
         plain("MODEL_NAME", &model.model_name),
         plain("MODEL_VERSION", &model.version),
-        plain("MODEL_URI", &model.model_uri),
+        plain("MODEL_URI", &shown_model_uri(model)),
         plain("MODEL_PATH", &model.layout.model_path),
     ];
     if model.gpu.is_none() {

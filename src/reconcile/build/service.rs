@@ -16,7 +16,7 @@ use crate::{
 
 pub fn build(model: &Validated) -> Service {
     let ports = runtimes::of(model)
-        .ports()
+        .service_ports()
         .iter()
         .map(|port| ServicePort {
             name: Some(port.name.to_owned()),

@@ -104,7 +104,10 @@ fn original_dummy_model_renders_a_fastapi_deployment_and_service() {
             "--uri",
             "https://dummy.com/dummy_model.pt",
             "--dest",
-            "/models"
+            "/models",
+            // The model volume's default size limit, 100Gi.
+            "--size-limit",
+            "107374182400"
         ],
         "{deployment}"
     );
@@ -323,7 +326,7 @@ fn triton_on_two_gpus_gets_its_ports_probes_and_placement() {
 
     let fetch = &pod.init_containers.as_ref().unwrap()[0];
     assert_eq!(
-        fetch.args.as_deref().unwrap()[3..],
+        fetch.args.as_deref().unwrap()[3..5],
         ["--dest".to_owned(), "/models/resnet50".to_owned()],
         "{deployment}"
     );
@@ -360,7 +363,9 @@ fn triton_single_file_becomes_version_one_of_the_repository() {
             "--dest",
             "/models/densenet/1",
             "--file-name",
-            "model.onnx"
+            "model.onnx",
+            "--size-limit",
+            "107374182400"
         ],
         "{}",
         show(&desired.deployment)
@@ -379,7 +384,11 @@ fn triton_single_files_keep_their_last_extension() {
             "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {{name: m}}\nspec:\n  modelURI: {uri}\n  runtime: triton\n"
         ));
         let args = pod(&desired).init_containers.as_ref().unwrap()[0].args.clone().unwrap();
-        assert_eq!(args[args.len() - 2..], ["--file-name", file_name], "{uri}: {args:?}");
+        assert_eq!(
+            args[args.len() - 4..args.len() - 2],
+            ["--file-name", file_name],
+            "{uri}: {args:?}"
+        );
     }
 }
 
@@ -963,4 +972,169 @@ fn another_kind_is_refused() {
         "kind",
         "expected ModelDeployment",
     );
+}
+
+/// A fastapi model with `patch` added to its spec.
+fn fastapi_with(uri: &str, patch: &str) -> Desired {
+    render(&format!(
+        "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {{name: m}}\nspec:\n  modelURI: \"{uri}\"\n  runtime: fastapi-pytorch\n{}\n",
+        patch.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    ))
+}
+
+fn fetch_container(desired: &Desired) -> &Container {
+    &pod(desired).init_containers.as_ref().expect("a fetch init container")[0]
+}
+
+#[test]
+fn torchserve_keeps_its_management_api_off_the_service() {
+    let desired = render(TORCHSERVE_MIG);
+    let ports: Vec<&str> = desired
+        .service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.name.as_deref())
+        .collect();
+    assert_eq!(ports, ["http", "metrics"], "{}", show(&desired.service));
+    let container_ports: Vec<i32> = server(&desired)
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.container_port)
+        .collect();
+    assert!(
+        container_ports.contains(&8081),
+        "the operator still probes it on the pod"
+    );
+}
+
+#[test]
+fn model_credentials_reach_the_fetch_and_not_the_runtime_unless_asked() {
+    let desired = fastapi_with("s3://models/m.pt", "modelCredentials: {secretName: store-keys}");
+    let fetch = fetch_container(&desired);
+    let from = fetch.env_from.as_ref().expect("the fetch reads the Secret's keys");
+    assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "store-keys");
+    assert!(
+        fetch
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/var/run/secrets/model-credentials"),
+        "{}",
+        show(fetch)
+    );
+    let volume = pod(&desired)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "model-credentials")
+        .unwrap();
+    assert_eq!(
+        volume.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("store-keys")
+    );
+    let runtime = server(&desired);
+    assert!(runtime.env_from.is_none(), "{}", show(runtime));
+    assert!(
+        runtime
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|m| m.name != "model-credentials")
+    );
+    let job = fastapi_with(
+        "s3://models/m.pt",
+        "modelCredentials: {secretName: store-keys}\nvalidateScript: check.py",
+    )
+    .validation_job
+    .unwrap();
+    let job_pod = job.spec.unwrap().template.spec.unwrap();
+    assert!(
+        job_pod.init_containers.unwrap()[0].env_from.is_some(),
+        "the validation's fetch reads it too"
+    );
+    assert!(
+        job_pod.containers[0].env_from.is_none(),
+        "the validation script does not"
+    );
+
+    let exposed = fastapi_with(
+        "s3://models/m.pt",
+        "modelCredentials: {secretName: store-keys, exposeToRuntime: true}",
+    );
+    let runtime = server(&exposed);
+    assert_eq!(
+        runtime.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name,
+        "store-keys"
+    );
+    assert!(
+        runtime
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "model-credentials")
+    );
+}
+
+#[test]
+fn a_uri_with_credentials_reaches_the_fetch_alone_and_nowhere_as_an_argument() {
+    let secret_uri = "https://deploy:s3cr3t@models.example.com/m.pt?token=t0k3n";
+    let desired = fastapi_with(secret_uri, "");
+    let deployment = show(&desired.deployment);
+    let fetch = fetch_container(&desired);
+    assert!(
+        fetch
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|a| !a.contains("s3cr3t") && !a.contains("t0k3n")),
+        "{deployment}"
+    );
+    assert_eq!(env_value(fetch.env.as_ref().unwrap(), "MODEL_URI"), Some(secret_uri));
+    assert_eq!(
+        env_value(server(&desired).env.as_ref().unwrap(), "MODEL_URI"),
+        Some("https://deploy:***@models.example.com/m.pt?token=***"),
+        "the runtime is told the URI without its secrets"
+    );
+    assert_eq!(
+        deployment.matches("s3cr3t").count(),
+        1,
+        "only the fetch's env holds it:\n{deployment}"
+    );
+}
+
+#[test]
+fn the_model_volume_is_bounded_by_the_spec() {
+    let size_limit = |desired: &Desired| {
+        pod(desired).volumes.as_ref().unwrap()[0]
+            .empty_dir
+            .as_ref()
+            .unwrap()
+            .size_limit
+            .clone()
+            .map(|q| q.0)
+    };
+    assert_eq!(
+        size_limit(&fastapi_with("https://h/m.pt", "")).as_deref(),
+        Some("100Gi")
+    );
+    assert_eq!(
+        size_limit(&fastapi_with("https://h/m.pt", "modelSizeLimit: 20Gi")).as_deref(),
+        Some("20Gi")
+    );
+    let from_resources = fastapi_with("https://h/m.pt", "resources: {limits: {ephemeral-storage: 50Gi}}");
+    assert_eq!(size_limit(&from_resources).as_deref(), Some("50Gi"));
+    let args = fetch_container(&from_resources).args.clone().unwrap();
+    assert_eq!(args[args.len() - 2..], ["--size-limit", "53687091200"], "{args:?}");
 }

@@ -12,7 +12,8 @@ use k8s_openapi::{
 use super::{
     common_labels, object_meta,
     pod::{
-        container_security_context, fetch_init_container, model_env, model_mount, model_volume, pod_security_context,
+        container_security_context, credentials_volume, fetch_init_container, model_env, model_mount, model_volume,
+        pod_security_context, runtime_credentials_mount, runtime_env_from,
     },
 };
 use crate::vocabulary::{
@@ -61,8 +62,14 @@ pub fn build(model: &Validated) -> Option<Job> {
         image: Some(model.image.clone()),
         command: Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), RUN_SCRIPT.to_owned()]),
         env: Some(env),
+        env_from: Some(runtime_env_from(model)).filter(|sources| !sources.is_empty()),
         resources: Some(model.resources.clone()),
-        volume_mounts: Some(vec![model_mount(model)]),
+        volume_mounts: Some(
+            [model_mount(model)]
+                .into_iter()
+                .chain(runtime_credentials_mount(model))
+                .collect(),
+        ),
         security_context: Some(container_security_context(false)),
         ..Container::default()
     };
@@ -81,7 +88,12 @@ pub fn build(model: &Validated) -> Option<Job> {
                     restart_policy: Some("Never".to_owned()),
                     init_containers: fetch_init_container(model).map(|c| vec![c]),
                     containers: vec![container],
-                    volumes: Some(vec![model_volume(model)]),
+                    volumes: Some(
+                        [model_volume(model)]
+                            .into_iter()
+                            .chain(credentials_volume(model))
+                            .collect(),
+                    ),
                     node_selector: (!model.node_selector.is_empty()).then(|| model.node_selector.clone()),
                     tolerations: (!model.tolerations.is_empty()).then(|| model.tolerations.clone()),
                     security_context: Some(pod_security_context()),

@@ -1,0 +1,109 @@
+//! Reads from peers the operator does not control, bounded in bytes as well as in time. A model
+//! server runs the image a ModelDeployment's author chose, so its answers (to the model probe,
+//! on its metrics endpoint) may be anything, of any length; so may a node agent's. Every body
+//! read here stops at a limit, and an answer longer than that is an error that names the limit,
+//! so that no peer can grow the operator's memory. (Time is bounded by each HTTP client's own
+//! timeout, which covers the body too.)
+
+use bytes::{Bytes, BytesMut};
+
+/// The most a model probe reads of an answer: they are a few hundred bytes of JSON.
+pub const PROBE_BODY_LIMIT: usize = 256 * 1024;
+/// The most of one gRPC message a model probe decodes (Triton's metadata of a model with many
+/// inputs stays far below it).
+pub const PROBE_MESSAGE_LIMIT: usize = 1024 * 1024;
+/// The most of a runtime's Prometheus text: a Triton serving hundreds of models stays below it.
+pub const METRICS_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// The most of a node agent's samples: eight GPUs with their MIG slices and pods are a few KiB.
+pub const SAMPLES_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Why a body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is longer than the {limit} bytes read from a peer")]
+    TooLarge { limit: usize },
+    #[error("reading the answer: {0}")]
+    Transfer(#[from] reqwest::Error),
+}
+
+/// The body of `response`, if it is at most `limit` bytes. A declared length over the limit is
+/// refused before anything is read; otherwise chunks are taken until the limit is passed.
+pub async fn body_within(mut response: reqwest::Response, limit: usize) -> Result<Bytes, BodyError> {
+    if response.content_length().is_some_and(|length| length > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that answers every request with a chunked body that never ends, or with a
+    /// declared length of `declared` bytes it never sends.
+    async fn endless_server(declared: Option<u64>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request).await;
+                    let head = match declared {
+                        Some(length) => format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n"),
+                        None => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned(),
+                    };
+                    if stream.write_all(head.as_bytes()).await.is_err() || declared.is_some() {
+                        return;
+                    }
+                    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                    // Bounded: the client gives up long before this many.
+                    for _ in 0..100_000 {
+                        if stream.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn an_endless_body_stops_at_the_limit() {
+        let address = endless_server(None).await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let response = http.get(format!("http://{address}/")).send().await.unwrap();
+        let error = body_within(response, 1024 * 1024).await.unwrap_err();
+        assert!(matches!(error, BodyError::TooLarge { limit: 1_048_576 }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "the answer is longer than the 1048576 bytes read from a peer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_unread() {
+        let address = endless_server(Some(10 * 1024 * 1024 * 1024)).await;
+        let http = reqwest::Client::new();
+        let response = http.get(format!("http://{address}/")).send().await.unwrap();
+        assert!(matches!(
+            body_within(response, 4096).await,
+            Err(BodyError::TooLarge { limit: 4096 })
+        ));
+    }
+}
