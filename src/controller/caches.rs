@@ -51,8 +51,8 @@ pub struct Watches {
     pub nodes: Triggers<Node>,
 }
 
-/// Starts every watch: ModelDeployments and the operator's children in `namespace` (all when
-/// `None`); pods and nodes everywhere, since every pod counts toward GPU capacity. Each
+/// Starts every watch: ModelDeployments, the operator's children and pods in `namespace` (all
+/// when `None`; a namespaced install may read no further), nodes everywhere. Each
 /// ModelDeployment a watch reports deleted is sent to `deleted` as (namespace, name).
 pub fn start(
     client: &Client,
@@ -76,7 +76,7 @@ pub fn start(
     let (hpas, hpa_stream) = namespaced::<HorizontalPodAutoscaler>(client, namespace, children.clone());
     let (jobs, job_stream) = namespaced::<Job>(client, namespace, children.clone());
     let (config_maps, config_map_stream) = namespaced::<ConfigMap>(client, namespace, children);
-    let (pods, pod_stream) = namespaced::<Pod>(client, None, watcher::Config::default());
+    let (pods, pod_stream) = namespaced::<Pod>(client, namespace, watcher::Config::default());
     let (nodes, node_stream) = cluster_wide::<Node>(client);
     Watches {
         caches: Caches {
@@ -88,6 +88,7 @@ pub fn start(
             config_maps,
             pods,
             nodes,
+            pods_namespace: namespace.map(str::to_owned),
         },
         models: model_stream,
         deployments: deployment_stream,
@@ -114,6 +115,7 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
             config_maps,
             pods,
             nodes,
+            pods_namespace: _,
         } = caches;
         let waits = [
             ("modeldeployments", models.wait_until_ready().boxed()),

@@ -41,6 +41,9 @@ pub struct Caches {
     pub config_maps: Store<ConfigMap>,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    /// The one namespace pods are cached from, when the operator watches only that one: GPUs
+    /// that pods of other namespaces hold are then unseen, and the capacity message says so.
+    pub pods_namespace: Option<String>,
 }
 
 /// The children of one ModelDeployment as they are now; only those it controls.
@@ -152,12 +155,18 @@ impl Caches {
                 .and_then(|n| n.required_during_scheduling_ignored_during_execution.clone()),
             tolerations: pod_tolerations(model),
         };
-        Some(check_capacity(
+        let mut report = check_capacity(
             placement,
             i32::try_from(unscheduled).unwrap_or(i32::MAX),
             &constraints,
             &nodes,
-        ))
+        );
+        if let Some(namespace) = &self.pods_namespace {
+            report.message.push_str(&format!(
+                " (counting only pods of namespace {namespace}, the one the operator watches)"
+            ));
+        }
+        Some(report)
     }
 }
 

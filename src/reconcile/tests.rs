@@ -92,6 +92,7 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
             config_maps,
             pods,
             nodes,
+            pods_namespace: None,
         },
         images: OperatorImages::default(),
         prober: Prober::new(ProbeSettings::default()).expect("a prober"),

@@ -50,6 +50,9 @@ HELM_NAMESPACE=model-operator-helm-check
 HELM_RELEASE=helm-check
 # Where the operator runs as its ServiceAccount: one namespace of its own, so nothing else is touched.
 MODEL_NAMESPACE=install-check-models
+# The namespaced install's own, fresh: the first namespace cannot be deleted while the release's
+# APIService is unavailable (the namespace controller needs complete discovery), so cleanup does it.
+NAMESPACED_MODEL_NAMESPACE=install-check-namespaced
 MODEL=install-check
 
 WORK=$(mktemp -d /tmp/install-check.XXXXXX)
@@ -98,8 +101,10 @@ delete_api_service() {
 
 # The namespace the operator wrote into; deleted once the APIService is gone.
 delete_model_namespace() {
-  k delete namespace "$MODEL_NAMESPACE" --ignore-not-found --wait=true --timeout="${WAIT_S}s" >/dev/null ||
-    log "warning: namespace $MODEL_NAMESPACE was not gone after ${WAIT_S}s"
+  for namespace in "$MODEL_NAMESPACE" "$NAMESPACED_MODEL_NAMESPACE"; do
+    k delete namespace "$namespace" --ignore-not-found --wait=true --timeout="${WAIT_S}s" >/dev/null ||
+      log "warning: namespace $namespace was not gone after ${WAIT_S}s"
+  done
 }
 
 delete_kustomize_install() {
@@ -250,7 +255,7 @@ has_events() {
 check_operator_rbac() {
   local namespace=$1 account=$2 agent_service=$3 label=$4
   local log="$WORK/operator-$label.log"
-  k create namespace "$MODEL_NAMESPACE" >/dev/null
+  k create namespace "$MODEL_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
   log "$label: running the operator as serviceaccount $namespace/$account"
   # The impersonation variables are kube-rs' own (Config::infer); the admin certificate may
   # impersonate. Groups as the API server gives a ServiceAccount's token.
@@ -496,12 +501,35 @@ check_helm() {
   check_servicemonitors "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent"
   log "helm: with the ServiceMonitor CRD, serviceMonitor.enabled=true added the monitors"
 
+  check_helm_namespaced "$chart" "$fullname"
+
   delete_helm_install
   gone namespace "$HELM_NAMESPACE" || fail "namespace $HELM_NAMESPACE is still there after deleting it"
   gone apiservice "$API_SERVICE" || fail "apiservice $API_SERVICE is still there after helm uninstall"
   gone clusterrole "$fullname" || fail "clusterrole $fullname is still there after helm uninstall"
   k get crd "$MODEL_CRD" >/dev/null || fail "helm uninstall must leave the ModelDeployment CRD"
   log "helm: checked and removed in $((SECONDS - started))s"
+}
+
+# A namespaced install (operator.watchNamespace): the operator's grants on models, children, pods
+# and Events are a Role in the watched namespace, and the only cluster-wide grant left is reading
+# nodes. The real operator, as that ServiceAccount, must do everything it does with no more.
+check_helm_namespaced() {
+  local chart=$1 fullname=$2
+  local MODEL_NAMESPACE=$NAMESPACED_MODEL_NAMESPACE
+  k create namespace "$MODEL_NAMESPACE" >/dev/null
+  helm_ upgrade "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --reuse-values \
+    --set operator.watchNamespace="$MODEL_NAMESPACE" --wait --timeout "${WAIT_S}s" >"$WORK/helm-namespaced.txt" ||
+    fail "helm upgrade --set operator.watchNamespace=$MODEL_NAMESPACE was refused"
+  gone clusterrole "$fullname" || fail "a namespaced install still has the cluster-wide ClusterRole $fullname"
+  k get role "$fullname" -n "$MODEL_NAMESPACE" >/dev/null || fail "a namespaced install has no Role in $MODEL_NAMESPACE"
+  local cluster_wide
+  cluster_wide=$(k get clusterrole "$fullname-nodes" -o jsonpath='{range .rules[*]}{.resources}{" "}{.verbs}{"\n"}{end}')
+  [[ $cluster_wide == '["nodes"] ["list","watch"]' ]] ||
+    fail "a namespaced install grants more than reading nodes cluster-wide: $cluster_wide"
+  printf '%s\n' "ClusterRole $fullname-nodes" "Role $fullname $MODEL_NAMESPACE" | check_no_wildcards
+  check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm-namespaced
+  log "helm: a namespaced install (Role in $MODEL_NAMESPACE, nodes read-only) is enough for the operator"
 }
 
 main() {
@@ -522,7 +550,7 @@ main() {
   [[ -x $KUBECTL && -x $HELM ]] || fail "no kubectl or helm in $CLUSTER_DIR/bin (tests/cluster/up.sh links them)"
   OPERATOR_BIN=$(operator_binary)
   SERVICEMONITOR_CRD_FILE=$(servicemonitor_crd_file)
-  for leftover in "$KUSTOMIZE_NAMESPACE" "$HELM_NAMESPACE" "$MODEL_NAMESPACE"; do
+  for leftover in "$KUSTOMIZE_NAMESPACE" "$HELM_NAMESPACE" "$MODEL_NAMESPACE" "$NAMESPACED_MODEL_NAMESPACE"; do
     gone namespace "$leftover" || fail "namespace $leftover already exists: a previous run's leftover? delete it first"
   done
   require_no_servicemonitor_crd

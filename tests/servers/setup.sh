@@ -9,6 +9,11 @@
 #   python venv    Debian's python3.11 + Debian's CPU python3-torch (PyPI's Linux torch is a
 #                  multi-GB CUDA build), with TorchServe 0.12.0, torch-model-archiver and the
 #                  inference/ app's requirements (FastAPI, uvicorn, prometheus_client, pytest)
+#   moto_server    moto 5.2.5's S3 (and IAM) server mode, in a venv of its own (Debian's python3.11)
+#   fake-gcs-server
+#                  fake-gcs-server v1.56.1, built from its Go module with the local Go toolchain
+#                  (static, CGO_ENABLED=0; module and build caches under the cache, as
+#                  tests/cluster/ keeps them)
 #
 # Needs root for apt (Java 17, python3-torch, python3.11-venv) when those are missing.
 set -euo pipefail
@@ -22,6 +27,11 @@ TORCHSERVE_VERSION=0.12.0
 REQUIREMENTS_HASH="$(cat "$REPO_ROOT/inference/requirements-test.txt" "$REPO_ROOT/inference/requirements.txt" | sha256sum | cut -c1-12)"
 VENV_DIR="$CACHE/py311-debian-torch-ts$TORCHSERVE_VERSION-$REQUIREMENTS_HASH"
 DEBIAN_PYTHON=/usr/bin/python3.11
+MOTO_VERSION=5.2.5
+MOTO_DIR="$CACHE/moto-$MOTO_VERSION"
+FAKE_GCS_VERSION=v1.56.1
+FAKE_GCS_DIR="$CACHE/fake-gcs-server-$FAKE_GCS_VERSION"
+GO=/usr/local/go/bin/go
 
 log() { printf '[test-servers] %s\n' "$*" >&2; }
 
@@ -34,7 +44,7 @@ apt_packages_missing() {
 }
 
 install_apt_packages() {
-    mapfile -t missing < <(apt_packages_missing python3.11 python3.11-venv python3-torch python3-numpy openjdk-17-jre-headless | sed '/^$/d')
+    mapfile -t missing < <(apt_packages_missing python3.11 python3.11-venv python3-torch python3-numpy openjdk-17-jre-headless openssl | sed '/^$/d')
     if ((${#missing[@]} == 0)); then
         return
     fi
@@ -91,10 +101,58 @@ install_python_venv() {
     touch "$VENV_DIR/.complete"
 }
 
+# The S3 fetch tests' server. Its own venv: moto pins Flask, Werkzeug and boto versions that the
+# inference app's environment has no business sharing.
+install_moto() {
+    if [[ -f "$MOTO_DIR/.complete" ]]; then
+        return
+    fi
+    log "installing moto[server] $MOTO_VERSION into $MOTO_DIR"
+    rm -rf "$MOTO_DIR"
+    "$DEBIAN_PYTHON" -m venv "$MOTO_DIR"
+    "$MOTO_DIR/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+    "$MOTO_DIR/bin/python" -c 'import moto.server, moto.s3, moto.iam' ||
+        { log "the venv in $MOTO_DIR cannot import moto's server"; exit 1; }
+    [[ -x "$MOTO_DIR/bin/moto_server" ]] || { log "moto $MOTO_VERSION installed no bin/moto_server"; exit 1; }
+    touch "$MOTO_DIR/.complete"
+}
+
+# The GCS fetch tests' server, built from source: the Go proxy is reachable where release
+# downloads may not be.
+install_fake_gcs_server() {
+    if [[ -f "$FAKE_GCS_DIR/.complete" ]]; then
+        return
+    fi
+    if [[ ! -x $GO ]]; then
+        log "no Go toolchain at $GO: fake-gcs-server $FAKE_GCS_VERSION is built from source"
+        exit 1
+    fi
+    log "building fake-gcs-server $FAKE_GCS_VERSION into $FAKE_GCS_DIR"
+    local staging="$FAKE_GCS_DIR.partial"
+    rm -rf "$staging"
+    mkdir -p "$staging/src" "$staging/bin"
+    (
+        cd "$staging/src"
+        export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+        export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build"
+        "$GO" mod init model-operator.local/fake-gcs-server-build >/dev/null 2>&1
+        "$GO" get -tool "github.com/fsouza/fake-gcs-server@$FAKE_GCS_VERSION"
+        "$GO" build -trimpath -ldflags "-s -w" -o "$staging/bin/fake-gcs-server" github.com/fsouza/fake-gcs-server
+    )
+    rm -rf "$staging/src"
+    "$staging/bin/fake-gcs-server" -help 2>&1 | grep -q -- '-public-host' ||
+        { log "$staging/bin/fake-gcs-server does not run (or lacks -public-host)"; exit 1; }
+    touch "$staging/.complete"
+    rm -rf "$FAKE_GCS_DIR"
+    mv "$staging" "$FAKE_GCS_DIR"
+}
+
 main() {
     install_apt_packages
     install_python_venv
     install_tritonserver
+    install_moto
+    install_fake_gcs_server
     # Tests find the installs through this file, so they never guess at versions themselves.
     mkdir -p "$CACHE"
     cat > "$CACHE/test-servers.env.partial" <<ENV
@@ -105,6 +163,8 @@ TRITON_LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:$TRITON_DIR/wheel/nvidia_pytrit
 PYTHON=$VENV_DIR/bin/python
 TORCHSERVE=$VENV_DIR/bin/torchserve
 TORCH_MODEL_ARCHIVER=$VENV_DIR/bin/torch-model-archiver
+MOTO_SERVER=$MOTO_DIR/bin/moto_server
+FAKE_GCS_SERVER=$FAKE_GCS_DIR/bin/fake-gcs-server
 ENV
     mv "$CACHE/test-servers.env.partial" "$CACHE/test-servers.env"
     log "ready: $CACHE/test-servers.env"
