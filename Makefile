@@ -208,8 +208,9 @@ bench-node-agent:
 bench-readiness: test-servers
 	$(WITH_TEST_CLUSTER) $(CARGO) bench --bench model_ready_latency
 
-## test-servers: install tritonserver, TorchServe and the inference app's Python environment
-## (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe tests need them.
+## test-servers: install tritonserver, TorchServe, the inference app's Python environment, moto
+## and fake-gcs-server (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe
+## and object-store fetch tests need them.
 test-servers:
 	bash tests/servers/setup.sh
 

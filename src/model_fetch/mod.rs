@@ -33,6 +33,12 @@ pub enum FetchError {
     NotFound { uri: String },
     #[error("object store {uri}: {source}")]
     ObjectStore { uri: String, source: object_store::Error },
+    #[error("no credentials for {uri}: {wanted}, and the instance metadata service gave none: {source}")]
+    NoCredentials {
+        uri: String,
+        wanted: &'static str,
+        source: object_store::Error,
+    },
     #[error("checksum mismatch for {uri}: expected sha256 {expected}, downloaded {actual}")]
     ChecksumMismatch {
         uri: String,
@@ -197,14 +203,16 @@ pub fn uri_to_download(spec_uri: &str, credentials_dir: Option<&Path>) -> Result
         Some((base, fragment)) => (base, Some(fragment)),
         None => (spec_uri, None),
     };
+    // What each URI names, credentials and query aside: for object stores the bucket and the
+    // key by its real characters, so `my models/résumé.pt` and `my%20models/r%C3%A9sum%C3%A9.pt`
+    // are one object.
     let object = |text: &str| {
-        url::Url::parse(text).ok().map(|mut url| {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.set_query(None);
-            url.set_fragment(None);
-            url.to_string()
-        })
+        let mut url = url::Url::parse(text).ok()?;
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_query(None);
+        url.set_fragment(None);
+        ModelUri::parse(url.as_str()).ok().map(|uri| uri.source)
     };
     if object(&secret_uri).is_none() || object(&secret_uri) != object(spec_base) {
         return Err(FetchError::CredentialsUriMismatch {

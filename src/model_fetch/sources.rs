@@ -1,9 +1,18 @@
 //! Byte streams from each kind of source.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::{Stream, StreamExt, TryStreamExt, stream::BoxStream};
-use object_store::{ObjectStore, aws::AmazonS3Builder, gcp::GoogleCloudStorageBuilder, path::Path as ObjectPath};
+use object_store::{
+    ObjectStore,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    gcp::{GoogleCloudStorageBuilder, GoogleConfigKey},
+    path::Path as ObjectPath,
+};
 use tracing::{info, warn};
 
 use super::{FetchError, Fetched};
@@ -21,11 +30,9 @@ pub async fn open(uri: &ModelUri, gcs_service_account: Option<&Path>) -> Result<
     match &uri.source {
         ModelSource::Http(url) => open_http(url.clone(), &shown).await,
         ModelSource::ObjectStore { store, bucket, key } => {
+            let location = object_path(key, &shown)?;
             let store = object_store_for(*store, bucket, &shown, gcs_service_account)?;
-            let result = store
-                .get(&ObjectPath::from(key.as_str()))
-                .await
-                .map_err(|e| store_error(&shown, e))?;
+            let result = store.get(&location).await.map_err(|e| store.error(&shown, e))?;
             let size = result.meta.size;
             let stream = result.into_stream().map_err(move |e| store_error(&shown, e));
             Ok((stream.boxed(), Some(size)))
@@ -97,6 +104,62 @@ async fn open_http(url: url::Url, shown: &str) -> Result<(ByteStream, Option<u64
     Ok((stream.boxed(), total))
 }
 
+/// The object-store key as object_store names it. `Path::from` would percent-encode what it
+/// thinks a key should not hold (every non-ASCII byte, `%`, `#`, `~`, `[`, ...) into the key
+/// itself, asking the store for another object; `Path::parse` keeps the key's characters and
+/// refuses only what no `Path` can name.
+fn object_path(key: &str, shown: &str) -> Result<ObjectPath, FetchError> {
+    ObjectPath::parse(key).map_err(|_| FetchError::UnsafeKey {
+        uri: shown.to_owned(),
+        key: key.to_owned(),
+        why: "object_store cannot name a key with an empty, `.` or `..` segment or a control character",
+    })
+}
+
+/// A store, and where its credentials come from when none are configured: the cloud's metadata
+/// service, whose failure is reported as missing credentials.
+struct Store {
+    inner: Arc<dyn ObjectStore>,
+    /// Set when the fetch has no credentials of its own; then a failed request to the metadata
+    /// service means there are none at all.
+    implicit_credentials: Option<ImplicitCredentials>,
+}
+
+struct ImplicitCredentials {
+    /// What object_store's requests to the metadata service have in their URLs (and so in their
+    /// errors), and no store request has.
+    requests: &'static [&'static str],
+    /// What the fetch would need instead.
+    wanted: &'static str,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn ObjectStore;
+
+    fn deref(&self) -> &Self::Target {
+        self.inner.as_ref()
+    }
+}
+
+impl Store {
+    fn error(&self, uri: &str, error: object_store::Error) -> FetchError {
+        if let Some(implicit) = &self.implicit_credentials
+            && !matches!(error, object_store::Error::NotFound { .. })
+            && implicit
+                .requests
+                .iter()
+                .any(|request| error.to_string().contains(request))
+        {
+            return FetchError::NoCredentials {
+                uri: uri.to_owned(),
+                wanted: implicit.wanted,
+                source: error,
+            };
+        }
+        store_error(uri, error)
+    }
+}
+
 /// Credentials and endpoints come from the environment the way each cloud's tools read them
 /// (`AWS_*`, `GOOGLE_*`), so the pod's env configures the fetcher.
 fn object_store_for(
@@ -104,21 +167,60 @@ fn object_store_for(
     bucket: &str,
     shown: &str,
     gcs_service_account: Option<&Path>,
-) -> Result<Arc<dyn ObjectStore>, FetchError> {
-    let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match kind {
-        ObjectStoreKind::S3 => AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map(|s| Arc::new(s) as _),
+) -> Result<Store, FetchError> {
+    let (built, implicit_credentials): (Result<Arc<dyn ObjectStore>, object_store::Error>, _) = match kind {
+        ObjectStoreKind::S3 => {
+            let builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // object_store's order: static keys, a web identity, the container (ECS, EKS pod
+            // identity) endpoints, and last the EC2 instance metadata service.
+            let configured = [
+                AmazonS3ConfigKey::AccessKeyId,
+                AmazonS3ConfigKey::SecretAccessKey,
+                AmazonS3ConfigKey::ContainerCredentialsRelativeUri,
+                AmazonS3ConfigKey::ContainerCredentialsFullUri,
+            ]
+            .iter()
+            .any(|key| builder.get_config_value(key).is_some())
+                || std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some();
+            let implicit = (!configured).then_some(ImplicitCredentials {
+                requests: &["/latest/api/token", "/latest/meta-data/iam/security-credentials"],
+                wanted: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set (a modelCredentials \
+                         Secret with those keys gives them to the fetch as env)",
+            });
+            (builder.build().map(|s| Arc::new(s) as _), implicit)
+        }
         ObjectStoreKind::Gcs => {
             let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            let configured = gcs_service_account.is_some()
+                || [
+                    GoogleConfigKey::ServiceAccount,
+                    GoogleConfigKey::ServiceAccountKey,
+                    GoogleConfigKey::ApplicationCredentials,
+                ]
+                .iter()
+                .any(|key| builder.get_config_value(key).is_some())
+                || gcloud_default_credentials().is_some_and(|path| path.is_file());
             if let Some(path) = gcs_service_account {
                 builder = builder.with_service_account_path(path.to_string_lossy());
             }
-            builder.build().map(|s| Arc::new(s) as _)
+            let implicit = (!configured).then_some(ImplicitCredentials {
+                requests: &["/computeMetadata/v1/instance/service-accounts/default/token"],
+                wanted: "there is no service account (a modelCredentials Secret with a \
+                         `service-account.json` key gives one)",
+            });
+            (builder.build().map(|s| Arc::new(s) as _), implicit)
         }
     };
-    built.map_err(|e| store_error(shown, e))
+    Ok(Store {
+        inner: built.map_err(|e| store_error(shown, e))?,
+        implicit_credentials,
+    })
+}
+
+/// Where gcloud keeps application default credentials, which object_store reads when nothing
+/// else is configured.
+fn gcloud_default_credentials() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config/gcloud/application_default_credentials.json"))
 }
 
 fn store_error(uri: &str, error: object_store::Error) -> FetchError {
@@ -142,13 +244,13 @@ pub async fn fetch_prefix(
         unreachable!("fetch_prefix is only called for object-store prefixes");
     };
     let shown = uri.to_string();
+    let prefix = object_path(key.trim_end_matches('/'), &shown)?;
     let store = object_store_for(*store, bucket, &shown, gcs_service_account)?;
-    let prefix = ObjectPath::from(key.trim_end_matches('/'));
     let objects: Vec<_> = store
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|e| store_error(&shown, e))?;
+        .map_err(|e| store.error(&shown, e))?;
     if objects.is_empty() {
         return Err(FetchError::NotFound { uri: shown });
     }
@@ -193,7 +295,7 @@ pub async fn fetch_prefix(
         let result = store
             .get(&object.location)
             .await
-            .map_err(|e| store_error(&object_uri, e))?;
+            .map_err(|e| store.error(&object_uri, e))?;
         let stream = result.into_stream().map_err({
             let object_uri = object_uri.clone();
             move |e| store_error(&object_uri, e)
@@ -273,4 +375,31 @@ fn tokio_util_stream(file: tokio::fs::File) -> impl Stream<Item = std::io::Resul
         buffer.truncate(read);
         Ok(Some((bytes::Bytes::from(buffer), file)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_named_by_their_own_characters() {
+        for key in [
+            "my models/résumé v2.pt",
+            "v1~final [best].pt",
+            "take#2.pt",
+            "100%/model.pt",
+        ] {
+            assert_eq!(object_path(key, "s3://b/k").unwrap().as_ref(), key);
+        }
+        // What `Path::from` would have asked the store for instead.
+        assert_eq!(ObjectPath::from("résumé~.pt").as_ref(), "r%C3%A9sum%C3%A9%7E.pt");
+    }
+
+    #[test]
+    fn keys_no_path_can_name_are_refused() {
+        for key in ["a//b.pt", "a/../b.pt", "./b.pt", "a/\u{7}.pt"] {
+            let error = object_path(key, "s3://b/k").unwrap_err();
+            assert!(matches!(error, FetchError::UnsafeKey { .. }), "{key:?}: {error}");
+        }
+    }
 }

@@ -103,6 +103,14 @@ impl ModelUri {
                 if path.is_empty() {
                     return Err(UriError::MissingKey(shown.clone()));
                 }
+                // A store's key has no query: a `?` in `s3://b/what?.pt` would end the key at
+                // `what` and fetch another object, so it must be written %3F.
+                if url.query().is_some() {
+                    return Err(UriError::Malformed(
+                        shown.clone(),
+                        "an object key has no query: write a `?` in a key as %3F".into(),
+                    ));
+                }
                 let store = if scheme == "s3" {
                     ObjectStoreKind::S3
                 } else {
@@ -358,6 +366,21 @@ mod tests {
         );
         let encoded = ModelUri::parse("gs://models/my%20models/r%C3%A9sum%C3%A9.pt").unwrap();
         assert!(matches!(encoded.source, ModelSource::ObjectStore { ref key, .. } if key == "my models/résumé.pt"));
+        // The characters URI syntax reserves are written percent-encoded and read back.
+        let reserved = ModelUri::parse("s3://models/take%20%232%3F%25.pt").unwrap();
+        assert!(matches!(reserved.source, ModelSource::ObjectStore { ref key, .. } if key == "take #2?%.pt"));
+        assert_eq!(
+            reserved.shape(),
+            ArtifactShape::File {
+                file_name: "take #2?%.pt".into()
+            }
+        );
+        for uri in ["s3://models/what?.pt", "gs://models/m.pt?generation=1"] {
+            assert!(
+                matches!(ModelUri::parse(uri), Err(UriError::Malformed(_, ref why)) if why.contains("%3F")),
+                "{uri}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real model servers the probe tests run against, once per machine, into versioned
-# directories under ~/.cache/model-operator. Idempotent: a directory that holds its `.complete`
-# marker is left alone, so a second run costs a few stat calls.
+# Installs the real servers the probe and object-store fetch tests run against, once per machine,
+# into versioned directories under ~/.cache/model-operator. Idempotent: a directory that holds its
+# `.complete` marker is left alone, so a second run costs a few stat calls.
 #
 #   tritonserver   the Triton 2.51.0 binary bundled in the nvidia-pytriton 0.7.0 wheel (CPU only),
 #                  with a python-backend directory whose stub matches Debian's python3.11
@@ -15,7 +15,8 @@
 #                  (static, CGO_ENABLED=0; module and build caches under the cache, as
 #                  tests/cluster/ keeps them)
 #
-# Needs root for apt (Java 17, python3-torch, python3.11-venv) when those are missing.
+# The object-store fetch tests also need openssl (they make a service account's RSA key with it).
+# Needs root for apt (Java 17, python3-torch, python3.11-venv, openssl) when those are missing.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -140,8 +141,10 @@ install_fake_gcs_server() {
         "$GO" build -trimpath -ldflags "-s -w" -o "$staging/bin/fake-gcs-server" github.com/fsouza/fake-gcs-server
     )
     rm -rf "$staging/src"
-    "$staging/bin/fake-gcs-server" -help 2>&1 | grep -q -- '-public-host' ||
-        { log "$staging/bin/fake-gcs-server does not run (or lacks -public-host)"; exit 1; }
+    local usage
+    usage=$("$staging/bin/fake-gcs-server" -help 2>&1 || true)
+    [[ $usage == *-public-host* ]] ||
+        { log "$staging/bin/fake-gcs-server does not run (or lacks -public-host): $usage"; exit 1; }
     touch "$staging/.complete"
     rm -rf "$FAKE_GCS_DIR"
     mv "$staging" "$FAKE_GCS_DIR"
