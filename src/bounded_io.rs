@@ -2,10 +2,16 @@
 //! server runs the image a ModelDeployment's author chose, so its answers (to the model probe,
 //! on its metrics endpoint) may be anything, of any length; so may a node agent's. Every body
 //! read here stops at a limit, and an answer longer than that is an error that names the limit,
-//! so that no peer can grow the operator's memory. (Time is bounded by each HTTP client's own
-//! timeout, which covers the body too.)
+//! so that no peer can grow the operator's memory. Reads in flight at once share one budget,
+//! [`IN_FLIGHT_BUDGET`]: many hostile peers answering many reads together cannot add up past it
+//! either, since a read that would take the budget past its end fails at once (waiting could
+//! leave every reader holding part of it). Time is bounded by each HTTP client's own timeout,
+//! which covers the body too.
 
-use bytes::{Bytes, BytesMut};
+use std::ops::Deref;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The most a model probe reads of an answer: they are a few hundred bytes of JSON.
 pub const PROBE_BODY_LIMIT: usize = 256 * 1024;
@@ -17,29 +23,86 @@ pub const METRICS_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// The most of a node agent's samples: eight GPUs with their MIG slices and pods are a few KiB.
 pub const SAMPLES_BODY_LIMIT: usize = 1024 * 1024;
 
+/// The most the bodies being read from peers hold together, across every read in the process:
+/// four metrics endpoints at their limit, or a hundred ordinary answers of 100 KiB. A read past
+/// it fails, and is tried again at the next probe or request.
+pub const IN_FLIGHT_BUDGET: usize = 16 * 1024 * 1024;
+
+static IN_FLIGHT: Semaphore = Semaphore::const_new(IN_FLIGHT_BUDGET);
+
 /// Why a body was not read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("the answer is longer than the {limit} bytes read from a peer")]
     TooLarge { limit: usize },
+    #[error(
+        "the operator is already holding {budget} bytes of answers from peers, so this one was not read; it is read again next time"
+    )]
+    OverBudget { budget: usize },
     #[error("reading the answer: {0}")]
     Transfer(#[from] reqwest::Error),
 }
 
-/// The body of `response`, if it is at most `limit` bytes. A declared length over the limit is
-/// refused before anything is read; otherwise chunks are taken until the limit is passed.
-pub async fn body_within(mut response: reqwest::Response, limit: usize) -> Result<Bytes, BodyError> {
+/// A body read within its limits. It holds its share of [`IN_FLIGHT_BUDGET`] until dropped, so
+/// parse it and let it go.
+#[derive(Debug)]
+pub struct Body {
+    bytes: Bytes,
+    _share: Option<SemaphorePermit<'static>>,
+}
+
+impl Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Takes `bytes` more of the budget into `share`, or says that the budget is spent.
+fn reserve(share: &mut Option<SemaphorePermit<'static>>, bytes: usize) -> Result<(), BodyError> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let over_budget = || BodyError::OverBudget {
+        budget: IN_FLIGHT_BUDGET,
+    };
+    let wanted = u32::try_from(bytes).map_err(|_| over_budget())?;
+    let more = IN_FLIGHT.try_acquire_many(wanted).map_err(|_| over_budget())?;
+    match share {
+        Some(held) => held.merge(more),
+        None => *share = Some(more),
+    }
+    Ok(())
+}
+
+/// The body of `response`, if it is at most `limit` bytes and the process-wide budget has room
+/// for it. A declared length over the limit is refused before anything is read; otherwise
+/// chunks are taken until the limit is passed. The budget is charged for the buffer's capacity,
+/// not only what it holds, since that is what the process keeps.
+pub async fn body_within(mut response: reqwest::Response, limit: usize) -> Result<Body, BodyError> {
     if response.content_length().is_some_and(|length| length > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    let mut body = BytesMut::new();
+    let mut share = None;
+    let mut body: Vec<u8> = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
+        let needed = body.len() + chunk.len();
+        if needed > limit {
             return Err(BodyError::TooLarge { limit });
+        }
+        if needed > body.capacity() {
+            // Doubling, as a Vec would, but never past the limit and always paid for first.
+            let capacity = needed.max(body.capacity() * 2).min(limit);
+            reserve(&mut share, capacity - body.capacity())?;
+            body.reserve_exact(capacity - body.len());
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok(Body {
+        bytes: Bytes::from(body),
+        _share: share,
+    })
 }
 
 #[cfg(test)]
@@ -94,6 +157,19 @@ mod tests {
             error.to_string(),
             "the answer is longer than the 1048576 bytes read from a peer"
         );
+    }
+
+    #[tokio::test]
+    async fn reads_together_stay_within_the_budget_and_give_it_back() {
+        let mut share = None;
+        reserve(&mut share, IN_FLIGHT_BUDGET / 2).unwrap();
+        let mut second = None;
+        reserve(&mut second, IN_FLIGHT_BUDGET / 4).unwrap();
+        let error = reserve(&mut None, IN_FLIGHT_BUDGET / 2).unwrap_err();
+        assert!(matches!(error, BodyError::OverBudget { .. }), "{error}");
+        drop((share, second));
+        // Other tests read bodies at the same time, but far less than half the budget.
+        reserve(&mut None, IN_FLIGHT_BUDGET / 2).expect("the shares were given back");
     }
 
     #[tokio::test]

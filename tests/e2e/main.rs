@@ -8,6 +8,7 @@ mod autoscaling;
 #[path = "../support/bad_specs.rs"]
 mod bad_specs;
 mod handovers;
+mod hostile_peers;
 mod model_readiness;
 mod ownership;
 mod reconciler;

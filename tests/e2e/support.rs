@@ -274,6 +274,11 @@ impl Operator {
         None
     }
 
+    /// The process ID, to read its memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
