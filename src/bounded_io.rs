@@ -23,6 +23,19 @@ pub const METRICS_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// The most of a node agent's samples: eight GPUs with their MIG slices and pods are a few KiB.
 pub const SAMPLES_BODY_LIMIT: usize = 1024 * 1024;
 
+/// The HTTP client for peers: every request, connecting included, ends within `timeout`, and a
+/// redirect is an answer, never followed. Following one would let a model server send the
+/// operator's request anywhere the operator can reach (a cloud metadata service, another
+/// tenant's pod) and have the answer quoted back in the model's status.
+pub fn peer_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client without TLS settings builds")
+}
+
 /// The most the bodies being read from peers hold together, across every read in the process:
 /// four metrics endpoints at their limit, or a hundred ordinary answers of 100 KiB. A read past
 /// it fails, and is tried again at the next probe or request.
@@ -156,6 +169,34 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "the answer is longer than the 1048576 bytes read from a peer"
+        );
+    }
+
+    #[tokio::test]
+    async fn peers_redirects_are_answers_not_followed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let answer = "HTTP/1.1 302 Found\r\nlocation: /latest/meta-data/\r\ncontent-length: 0\r\n\r\n";
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        let response = peer_client(Duration::from_secs(5))
+            .get(format!("http://{address}/models/m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302);
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the redirect was not followed"
         );
     }
 

@@ -77,16 +77,6 @@ const H2_MAX_STREAMS: u32 = 64;
 /// How long open connections may finish their requests after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A plain-HTTP client whose every request, connecting included, ends within `timeout`: for the
-/// node agents' samples and the runtimes' metrics endpoints.
-fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-        .expect("an HTTP client without TLS settings builds")
-}
-
 /// The custom-metrics server's flags.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -129,8 +129,6 @@ impl Default for ProbeSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProberError {
-    #[error("the HTTP client for probes cannot be built: {0}")]
-    HttpClient(#[from] reqwest::Error),
     #[error("max_concurrent must be at least 1")]
     NoConcurrency,
 }
@@ -156,10 +154,7 @@ impl Prober {
             return Err(ProberError::NoConcurrency);
         }
         // One connection pool for every HTTP runtime; its timeout backs up the outer one.
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .build()?;
+        let http = crate::bounded_io::peer_client(timeout);
         Ok(Self {
             triton: TritonProbe::new(timeout),
             torchserve: TorchserveProbe::new(http.clone(), torchserve_token),

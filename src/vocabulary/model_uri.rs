@@ -212,6 +212,9 @@ fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
         let _ = shown.set_password(Some("***"));
+    } else if !shown.username().is_empty() {
+        // A user name alone is how tokens are written (`https://TOKEN@host/...`).
+        let _ = shown.set_username("***");
     }
     if let Some(query) = url.query() {
         let redacted: Vec<String> = query
@@ -237,10 +240,10 @@ pub fn redact_text(text: &str) -> String {
         Some((scheme, rest)) => {
             let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let authority = match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    format!("{user}:***@{host}")
-                }
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***@{host}"),
+                    None => format!("***@{host}"),
+                },
                 None => authority.to_owned(),
             };
             format!("{scheme}://{authority}{path}")
@@ -402,10 +405,14 @@ mod tests {
                 .unwrap()
                 .has_credentials()
         );
+        let token = ModelUri::parse("https://ghp_t0ken@models.example.com/m.pt").unwrap();
+        assert!(token.has_credentials());
+        assert_eq!(token.to_string(), "https://***@models.example.com/m.pt");
         assert_eq!(
             redact_text("htp://user:pw@host/x?token=t"),
             "htp://user:***@host/x?token=***"
         );
+        assert_eq!(redact_text("htp://t0ken@host/x"), "htp://***@host/x");
         let error = ModelUri::parse("ftp://user:pw@host/x").unwrap_err().to_string();
         assert!(!error.contains("pw"), "{error}");
     }

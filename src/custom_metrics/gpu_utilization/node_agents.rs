@@ -141,7 +141,7 @@ impl SampleSource {
     pub fn new(directory: AgentDirectory, timeout: Duration, max_age: Duration) -> Self {
         Self {
             directory,
-            http: super::super::http_client(timeout),
+            http: crate::bounded_io::peer_client(timeout),
             max_age,
         }
     }

@@ -88,7 +88,7 @@ pub struct Target {
 impl QueueTimeSource {
     pub fn new(settings: Settings) -> Self {
         Self {
-            http: super::http_client(settings.timeout),
+            http: crate::bounded_io::peer_client(settings.timeout),
             overrides: settings.endpoints,
             pod_ips: settings.pod_ips,
             reads: Mutex::default(),
