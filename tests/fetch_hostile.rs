@@ -133,6 +133,18 @@ async fn links_out_of_the_destination_and_devices_are_refused() {
         "points outside",
     )
     .await;
+    // Two links that each stay inside, but not together: `e` climbs through `d/up`.
+    assert_refused(
+        &[symlink("d/up", ".."), symlink("e", "d/up/..")],
+        "through the archive's other links",
+    )
+    .await;
+    // Inside the archive, outside the model once its one top directory is dropped.
+    assert_refused(
+        &[file("model/model.pt", b"weights"), symlink("model/config", "../secret")],
+        "points outside",
+    )
+    .await;
     assert_refused(
         &[Entry {
             path: "null",

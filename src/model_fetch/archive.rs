@@ -78,8 +78,21 @@ fn unpack_blocking(archive: &Path, dest: &Path, size_limit: Option<u64>) -> Resu
     let mut reader = tar::Archive::new(open(archive).map_err(unpack_error)?);
     reader.set_preserve_permissions(false);
     reader.set_unpack_xattrs(false);
+    let staged = staging.path().canonicalize().map_err(unpack_error)?;
     for entry in reader.entries().map_err(unpack_error)? {
         let mut entry = entry.map_err(unpack_error)?;
+        // A hard link's target exists by now; through links unpacked before it, its path may
+        // resolve elsewhere than it reads.
+        if entry.header().entry_type() == EntryType::Link
+            && let Some(target) = entry.link_name().map_err(unpack_error)?
+            && !resolves_inside(&staging.path().join(target), &staged)
+        {
+            return Err(FetchError::UnsafeArchive {
+                file: shown.clone(),
+                entry: entry.path().map(|p| p.display().to_string()).unwrap_or_default(),
+                why: "it is a link that points outside the destination",
+            });
+        }
         // `unpack_in` also refuses to write through a link that leaves the staging directory.
         if !entry.unpack_in(staging.path()).map_err(unpack_error)? {
             return Err(FetchError::UnsafeArchive {
@@ -99,6 +112,16 @@ fn unpack_blocking(archive: &Path, dest: &Path, size_limit: Option<u64>) -> Resu
         && only.file_type().map_err(unpack_error)?.is_dir()
     {
         root = only.path();
+    }
+    // Each link was checked as written; together they may still lead out (`d/l -> ..` and then
+    // `e -> d/l/..`), and a link to `../x` from the top directory leads out once that directory
+    // is dropped. So every link is resolved again, on disk, against the tree that will be moved.
+    if let Some(link) = link_leading_out(&root).map_err(unpack_error)? {
+        return Err(FetchError::UnsafeArchive {
+            file: shown.clone(),
+            entry: link.strip_prefix(&root).unwrap_or(&link).display().to_string(),
+            why: "it is a link that, through the archive's other links, points outside the destination",
+        });
     }
     let mut files = 0;
     for entry in std::fs::read_dir(&root).map_err(unpack_error)? {
@@ -156,6 +179,52 @@ fn contained(path: &Path, base: &Path) -> Option<PathBuf> {
     Some(inside.iter().collect())
 }
 
+/// The first symbolic link under `root` that resolves outside it, walking without following.
+fn link_leading_out(root: &Path) -> std::io::Result<Option<PathBuf>> {
+    let inside = root.canonicalize()?;
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                if !resolves_inside(&dir.join(target), &inside) {
+                    return Ok(Some(entry.path()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `path` (absolute) resolves under `inside` (canonical) on disk. The part that exists
+/// is resolved by the file system, links and all; what follows it, which holds no link since it
+/// does not exist, lexically. A link loop resolves nowhere and is left for its reader to fail on.
+fn resolves_inside(path: &Path, inside: &Path) -> bool {
+    let components: Vec<Component> = path.components().collect();
+    for existing in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..existing].iter().collect();
+        let Ok(mut resolved) = prefix.canonicalize() else {
+            continue;
+        };
+        for component in &components[existing..] {
+            match component {
+                Component::Normal(name) => resolved.push(name),
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                Component::CurDir => {}
+                Component::RootDir | Component::Prefix(_) => return false,
+            }
+        }
+        return resolved.starts_with(inside);
+    }
+    false
+}
+
 /// Removes what is at `target`, a link itself rather than what it points to.
 fn remove_existing(target: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(target) {
@@ -189,6 +258,24 @@ mod tests {
         assert_eq!(contained(Path::new("/etc/passwd"), Path::new("")), None);
         assert_eq!(contained(Path::new("../x"), Path::new("dir")), Some(PathBuf::from("x")));
         assert_eq!(contained(Path::new("../../x"), Path::new("dir")), None);
+    }
+
+    #[test]
+    fn links_are_resolved_through_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("d/up")).unwrap();
+        std::os::unix::fs::symlink("d/up/model.pt", root.join("fine")).unwrap();
+        std::os::unix::fs::symlink("missing/../d", root.join("dangling-but-inside")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(link_leading_out(&root).unwrap(), None);
+        // Each reads as inside; through `d/up` it is the directory above the root.
+        std::os::unix::fs::symlink("d/up/..", root.join("out")).unwrap();
+        assert_eq!(link_leading_out(&root).unwrap(), Some(root.join("out")));
+        std::fs::remove_file(root.join("out")).unwrap();
+        std::os::unix::fs::symlink("d/up/../gone/x", root.join("out-and-dangling")).unwrap();
+        assert_eq!(link_leading_out(&root).unwrap(), Some(root.join("out-and-dangling")));
     }
 
     #[test]
