@@ -212,6 +212,7 @@ async fn forget_deleted_models(
                 None => break,
             },
             _ = sweep.tick() => {
+                operator.reporter.prune();
                 let models = &operator.context.caches.models;
                 let mut kept: Vec<(String, String)> = operator.context.models_kept();
                 kept.extend(operator.reporter.models());

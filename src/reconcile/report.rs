@@ -8,14 +8,14 @@ use std::{
 
 use kube::{
     Client, Resource,
-    runtime::events::{Event, EventType, Recorder, Reporter as EventSource},
+    runtime::events::{Event, EventType},
 };
 use tracing::warn;
 
 use super::{Outcome, ReconcileError, status};
 use crate::{
     api::ModelDeployment,
-    telemetry::Metrics,
+    telemetry::{EventPublisher, Metrics},
     vocabulary::{Runtime, names::CONTROLLER_NAME},
 };
 
@@ -40,7 +40,7 @@ fn fit_note(mut note: String) -> String {
 
 pub struct Reporter {
     metrics: Metrics,
-    recorder: Recorder,
+    events: EventPublisher,
     /// What is kept per model, dropped when the model is gone ([`Reporter::forget`]).
     models: Mutex<HashMap<ModelKey, Kept>>,
 }
@@ -63,13 +63,7 @@ impl Reporter {
     pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
         Self {
             metrics,
-            recorder: Recorder::new(
-                client,
-                EventSource {
-                    controller: CONTROLLER_NAME.to_owned(),
-                    instance,
-                },
-            ),
+            events: EventPublisher::new(client, CONTROLLER_NAME, instance),
             models: Mutex::default(),
         }
     }
@@ -147,7 +141,7 @@ impl Reporter {
                 action: transition.type_.clone(),
                 secondary: None,
             };
-            if let Err(error) = self.recorder.publish(&event, &reference).await {
+            if let Err(error) = self.events.publish(&event, &reference).await {
                 warn!(%error, reason = %transition.reason, "could not publish an Event");
             }
         }
@@ -185,6 +179,7 @@ impl Reporter {
     /// Drops what is kept and exported for a model that is gone: its de-duplication entries and
     /// its gauge series, so `/metrics` stops reporting a deleted model's last value.
     pub fn forget(&self, namespace: &str, name: &str) {
+        self.events.forget(namespace, name);
         let kept = self
             .models
             .lock()
@@ -193,6 +188,11 @@ impl Reporter {
         if let Some(runtime) = kept.and_then(|kept| kept.runtime) {
             self.remove_gauges(namespace, name, runtime);
         }
+    }
+
+    /// Drops the Events too old to grow a series, for models that published nothing lately.
+    pub fn prune(&self) {
+        self.events.prune();
     }
 
     /// The models something is kept for.

@@ -1,10 +1,12 @@
 //! What the operator tells its operators: Prometheus metrics (one registry, built in `run` and
-//! passed down, no globals) and log lines.
+//! passed down, no globals), Kubernetes Events and log lines.
 
+mod events;
 mod logs;
 mod metrics;
 
 pub use self::{
+    events::EventPublisher,
     logs::{LogFormat, init_logs},
     metrics::Metrics,
 };
