@@ -105,11 +105,19 @@ async fn a_foreign_service_is_never_touched_and_the_model_proceeds_once_it_is_go
         "their Service is untouched"
     );
     assert!(after.owner_references().is_empty());
-    assert!(
-        warnings(&ns).await.iter().any(|w| w.starts_with("NameTaken:")),
-        "a Warning Event says so: {:?}",
-        warnings(&ns).await
-    );
+    // The Event is published after the status is written, so it may trail it a little.
+    eventually(
+        Duration::from_secs(30),
+        "a Warning Event says the name is taken",
+        || async {
+            warnings(&ns)
+                .await
+                .iter()
+                .any(|w| w.starts_with("NameTaken:"))
+                .then_some(())
+        },
+    )
+    .await;
 
     // Deleting the model deletes nothing of theirs.
     ns.api::<ModelDeployment>()

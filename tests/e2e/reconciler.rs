@@ -199,12 +199,19 @@ async fn examples_deploy_their_children_on_matching_gpu_nodes() {
     assert_eq!(code, 200, "ready after the caches synced");
 
     // Events tell the story of each transition.
-    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
-    let reasons: BTreeSet<_> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
-    assert!(
-        reasons.contains(conditions::reasons::SERVING) && reasons.contains(conditions::reasons::VALIDATION_SUCCEEDED),
-        "{reasons:?}"
-    );
+    // Events are published after the status they tell of, so they may trail it a little.
+    eventually(
+        Duration::from_secs(30),
+        "Events tell of validation and serving",
+        || async {
+            let events = ns.api::<Event>().list(&ListParams::default()).await.ok()?;
+            let reasons: BTreeSet<_> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
+            (reasons.contains(conditions::reasons::SERVING)
+                && reasons.contains(conditions::reasons::VALIDATION_SUCCEEDED))
+            .then_some(())
+        },
+    )
+    .await;
     ns.delete().await;
 }
 
@@ -363,12 +370,22 @@ async fn a_version_rolls_out_after_validation_and_a_failed_one_keeps_the_old_ser
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
-    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
-    assert!(
-        events.items.iter().any(|e| e.type_.as_deref() == Some("Warning")
-            && e.reason.as_deref() == Some(conditions::reasons::VALIDATION_FAILED)),
-        "a Warning Event reports the failed validation"
-    );
+    eventually(
+        Duration::from_secs(30),
+        "a Warning Event reports the failed validation",
+        || async {
+            let events = ns.api::<Event>().list(&ListParams::default()).await.ok()?;
+            events
+                .items
+                .iter()
+                .any(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some(conditions::reasons::VALIDATION_FAILED)
+                })
+                .then_some(())
+        },
+    )
+    .await;
     ns.delete().await;
 }
 
