@@ -33,9 +33,18 @@ pub struct RunArgs {
     /// This replica's identity in the Lease; defaults to the pod name, else host name and pid.
     #[arg(long, env = "POD_NAME")]
     pub holder_id: Option<String>,
-    /// How long a Lease holds without renewal; a standby takes over after it runs out.
+    /// How long a Lease holds without renewal; a standby takes over after it runs out (whole
+    /// seconds, at least 1s).
     #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// How long after its last successful renewal a leader stops writing; shorter than the
+    /// lease. Two thirds of `--lease-duration` when unset.
+    #[arg(long, env = "RENEW_DEADLINE", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Option<Duration>,
+    /// How often the leader renews and a standby looks at the Lease, and the timeout of each
+    /// such call; shorter than the renew deadline. Two fifteenths of `--lease-duration` when unset.
+    #[arg(long, env = "RETRY_PERIOD", value_parser = humantime::parse_duration)]
+    pub retry_period: Option<Duration>,
     /// Reconciles that run at once.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -129,6 +138,8 @@ impl RunArgs {
             lease_name,
             holder_id,
             lease_duration,
+            renew_deadline,
+            retry_period,
             concurrency,
             metrics_addr,
             health_addr,
@@ -165,12 +176,24 @@ impl RunArgs {
                     return ExitCode::from(2);
                 }
             };
-        let lease = (!disable_leader_election).then(|| LeaseSettings {
-            namespace: lease_namespace,
-            lease_name,
-            holder_id: holder_id.unwrap_or_else(default_holder_id),
-            lease_duration,
-        });
+        let lease = if disable_leader_election {
+            None
+        } else {
+            match LeaseSettings::new(
+                lease_namespace,
+                lease_name,
+                holder_id.unwrap_or_else(default_holder_id),
+                lease_duration,
+                renew_deadline,
+                retry_period,
+            ) {
+                Ok(settings) => Some(settings),
+                Err(problem) => {
+                    error!("{problem}");
+                    return ExitCode::from(2);
+                }
+            }
+        };
         let settings = Settings {
             images: images.into_images(),
             watch_namespace,

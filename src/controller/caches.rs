@@ -26,7 +26,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::admin::CachesSynced;
 use crate::{
@@ -209,7 +209,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let reflector = watcher(api, config)
+    let reflector = watching_anew_after_failures(api, config)
         .default_backoff()
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
@@ -223,11 +223,49 @@ where
     // Controller polls its triggers only as its scheduler asks, and a cache that waits on it
     // can wait on a reconcile that waits on the cache. Events reach the Controller through an
     // unbounded channel; it drains it continuously, so the channel holds only a burst.
+    //
+    // Only objects reach the Controller, never the watch's errors: the Controller backs off its
+    // whole trigger stream on each error it is given (exponentially, up to 30 s, reset only
+    // after two quiet minutes), so the burst of errors an API server restart causes would stop
+    // every reconcile for half a minute. The watch here retries with its own backoff.
     let (events, triggers) = futures::channel::mpsc::unbounded();
     tokio::spawn(reflector.for_each(move |event| {
-        // A closed channel means the Controller has stopped; the cache keeps serving reads.
-        let _ = events.unbounded_send(event);
+        match event {
+            // A closed channel means the Controller has stopped; the cache keeps serving reads.
+            Ok(object) => {
+                let _ = events.unbounded_send(Ok(object));
+            }
+            Err(error) => debug!(%error, "watch error; retrying"),
+        }
         future::ready(())
     }));
     (store, triggers)
+}
+
+/// kube-runtime's watcher, started anew (a fresh list, then a watch) whenever its watch stream
+/// fails. kube-runtime 4.2 keeps reading a watch stream after it failed, and a connection the API
+/// server dropped mid-body (it was restarted) fails on every read from then on: the watcher
+/// backs off up to 30 s between reads of the dead stream and never watches again, so the cache
+/// stops changing while the process looks healthy. A new watcher lists again, and the reflector
+/// swaps the whole cache in when that list is complete, so nothing stale is left.
+fn watching_anew_after_failures<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    type Watch<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+    futures::stream::unfold(None::<Watch<K>>, move |current| {
+        let (api, config) = (api.clone(), config.clone());
+        async move {
+            let mut watch = current.unwrap_or_else(|| watcher(api, config).boxed());
+            let item = watch.next().await?;
+            let failed = matches!(item, Err(watcher::Error::WatchFailed(_)));
+            if failed {
+                warn!("a watch stream failed; listing and watching anew");
+            }
+            Some((item, (!failed).then_some(watch)))
+        }
+    })
 }

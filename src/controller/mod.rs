@@ -16,14 +16,17 @@ use kube::{
     Client, ResourceExt,
     runtime::{Controller, controller::Action},
 };
-use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-pub use self::{admin::CachesSynced, leader::LeaseSettings};
+pub use self::{
+    admin::CachesSynced,
+    leader::{LeaseSettings, LeaseSettingsError},
+};
 use self::{
     caches::Watches,
+    leader::NotLeader,
     shutdown::Shutdown,
-    triggers::{leadership_gained, models_affected_by_pod, models_short_of_gpus},
+    triggers::{leadership_gained, models_affected_by_node, models_affected_by_pod},
 };
 use crate::{
     api::ModelDeployment,
@@ -31,7 +34,7 @@ use crate::{
     model_readiness::{EndpointResolver, ProbeSchedule, ProbeSettings, Prober},
     reconcile::{self, ReconcileError, report::Reporter},
     telemetry::Metrics,
-    vocabulary::OperatorImages,
+    vocabulary::{Leadership, OperatorImages},
 };
 
 /// How long in-flight reconciles may run on after SIGTERM.
@@ -77,9 +80,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         custom_metrics,
     } = settings;
     let prober = Prober::new(probes)?;
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?;
+    // Reads, the election's own Lease calls and the custom-metrics server's reviews go through
+    // this client; the reconcile driver and the report write through `writer` below.
+    let client = Client::try_from(config.clone())?;
     let metrics = Metrics::new();
     let synced_flag = CachesSynced::default();
     let listeners = admin::bind(metrics_addr, health_addr).await?;
@@ -109,30 +115,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let caches_synced = caches::report_sync(caches.clone(), synced_flag.clone());
 
-    let (leader, election) = match lease {
+    let (leadership, election) = match lease {
         Some(lease) => {
-            let (leader, task) = leader::spawn(client.clone(), lease, metrics.clone(), shutdown.receiver());
-            (leader, Some(task))
+            let (leadership, task) = leader::spawn(client.clone(), lease, shutdown.receiver());
+            (leadership, Some(task))
         }
-        None => {
-            metrics.leader.set(1);
-            (watch::channel(true).1, None)
-        }
+        None => (Leadership::always(), None),
     };
-    let became_leader = leadership_gained(leader.clone());
+    metrics.track_leadership(leadership.clone());
+    let became_leader = leadership_gained(leadership.clone());
+    // Every write of the driver and the report is refused once this replica's term is over,
+    // so a reconcile in flight when the Lease is lost stops before its next write.
+    let writer = leader::writer_client(&config, leadership.clone())?;
 
     let models = caches.models.clone();
     let operator = Arc::new(Operator {
-        reporter: Reporter::new(client.clone(), metrics.clone(), std::env::var("POD_NAME").ok()),
+        reporter: Reporter::new(writer.clone(), metrics.clone(), std::env::var("POD_NAME").ok()),
         context: reconcile::Context {
-            client,
+            client: writer,
             caches,
             images,
             prober,
             endpoints,
             probe_schedule: ProbeSchedule::default(),
             apply_retries: reconcile::ApplyRetries::default(),
-            leader,
+            leader: leadership,
             caches_synced,
         },
     });
@@ -141,6 +148,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let pod_models = models.clone();
     let node_models = models.clone();
+    let node_pods = operator.context.caches.pods.clone();
     let controller = Controller::for_stream(model_stream, models)
         .owns_stream(deployments)
         .owns_stream(services)
@@ -148,7 +156,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .owns_stream(jobs)
         .owns_stream(config_maps)
         .watches_stream(pods, move |pod| models_affected_by_pod(&pod, &pod_models))
-        .watches_stream(nodes, move |_node| models_short_of_gpus(&node_models))
+        .watches_stream(nodes, move |node| {
+            models_affected_by_node(&node, &node_pods, &node_models)
+        })
         .reconcile_all_on(became_leader)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown.wait())
@@ -266,6 +276,11 @@ async fn reconcile_and_report(model: Arc<ModelDeployment>, operator: Arc<Operato
 }
 
 fn error_policy(model: Arc<ModelDeployment>, error: &ReconcileError, operator: Arc<Operator>) -> Action {
+    if NotLeader::caused(error) {
+        // The term ended mid-reconcile; the next leader reconciles everything when it starts.
+        debug!(name = %model.name_any(), %error, "a write was refused: no longer the leader");
+        return Action::await_change();
+    }
     operator.reporter.failed(error);
     if error.is_transient() {
         debug!(name = %model.name_any(), %error, "reconcile raced another writer; retrying");

@@ -1,19 +1,18 @@
 //! Which ModelDeployments a change to something else concerns: a serving pod its model, a freed
 //! GPU or a node change the models short of GPUs, a new leadership every model.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
-};
-use tokio::sync::watch;
-
 use crate::{
     api::{ModelDeployment, conditions},
     vocabulary::{
+        Leadership,
         names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY},
         pods::{is_finished, is_terminating, requests_gpus},
     },
+};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
 };
 
 /// A serving pod changes its ModelDeployment's status; a GPU pod that finishes or goes away
@@ -39,6 +38,29 @@ pub fn models_affected_by_pod(pod: &Pod, models: &Store<ModelDeployment>) -> Vec
     }
 }
 
+/// A node that changes (or goes away) concerns the models with pods on it, whose capacity and
+/// readiness it changes, and the models short of GPUs, which it may let in.
+pub fn models_affected_by_node(
+    node: &Node,
+    pods: &Store<Pod>,
+    models: &Store<ModelDeployment>,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    let node_name = node.name_any();
+    let mut affected = models_short_of_gpus(models);
+    for pod in pods.state() {
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()) {
+            affected.extend(
+                models_affected_by_pod(&pod, models)
+                    .into_iter()
+                    .filter(|model| models.get(model).is_some()),
+            );
+        }
+    }
+    affected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    affected.dedup();
+    affected
+}
+
 /// ModelDeployments whose last status said the GPUs are missing: a node change may fix that.
 pub fn models_short_of_gpus(models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
     models
@@ -56,15 +78,82 @@ pub fn models_short_of_gpus(models: &Store<ModelDeployment>) -> Vec<ObjectRef<Mo
         .collect()
 }
 
-/// One item each time `leader` turns true: the standby skipped every event, so becoming the
-/// leader re-reconciles everything.
-pub fn leadership_gained(leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(leader, |mut leader| async move {
+/// One item each time a term starts (not when one is renewed): the standby skipped every
+/// event, so becoming the leader re-reconciles everything.
+pub fn leadership_gained(leadership: Leadership) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let terms = leadership.changes();
+    let previous = *terms.borrow();
+    futures::stream::unfold((terms, previous), |(mut terms, mut previous)| async move {
         loop {
-            leader.changed().await.ok()?;
-            if *leader.borrow_and_update() {
-                return Some(((), leader));
+            terms.changed().await.ok()?;
+            let term = *terms.borrow_and_update();
+            let now = std::time::Instant::now();
+            let started = term.is_leading_at(now) && !previous.is_leading_at(now);
+            previous = term;
+            if started {
+                return Some(((), (terms, previous)));
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    use super::*;
+
+    fn store_of<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store
+    }
+
+    fn model(name: &str, short_of_gpus: bool) -> ModelDeployment {
+        let status = if short_of_gpus { "False" } else { "True" };
+        serde_json::from_value(json!({
+            "apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": "ml"},
+            "spec": {"modelURI": "s3://models/m", "runtime": "triton"},
+            "status": {"conditions": [{"type": conditions::GPU_CAPACITY, "status": status, "reason": "r",
+                                       "message": "m", "lastTransitionTime": "2026-12-01T00:00:00Z"}]}
+        }))
+        .unwrap()
+    }
+
+    fn serving_pod(model: &str, node: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{model}-pod"), "namespace": "ml", "labels": {
+                LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_SERVER, LABEL_NAME: model}},
+            "spec": {"nodeName": node, "containers": []}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_change_concerns_the_models_on_it_and_those_short_of_gpus() {
+        let models = store_of(vec![
+            model("on-the-node", false),
+            model("elsewhere", false),
+            model("waiting", true),
+        ]);
+        let pods = store_of(vec![
+            serving_pod("on-the-node", "gpu-0"),
+            serving_pod("elsewhere", "gpu-1"),
+        ]);
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "gpu-0"}})).unwrap();
+        let names: Vec<String> = models_affected_by_node(&node, &pods, &models)
+            .into_iter()
+            .map(|model| model.name)
+            .collect();
+        assert_eq!(names, ["on-the-node", "waiting"]);
+    }
 }

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use super::{fetch::Caches, retry::ApplyRetries};
 use crate::{
     model_readiness::{EndpointResolver, ProbeSchedule, Prober},
-    vocabulary::OperatorImages,
+    vocabulary::{Leadership, OperatorImages},
 };
 
 pub struct Context {
@@ -20,15 +20,17 @@ pub struct Context {
     pub probe_schedule: ProbeSchedule,
     /// When to write each model's children again after a failure.
     pub apply_retries: ApplyRetries,
-    /// True while this replica holds the leader Lease (always, without leader election).
-    pub leader: watch::Receiver<bool>,
+    /// Whether this replica's term as leader runs (always, without leader election). The
+    /// client's writes are gated on it too; the driver checks it to skip work a standby
+    /// would have thrown away.
+    pub leader: Leadership,
     /// True once every watch cache has listed.
     pub caches_synced: watch::Receiver<bool>,
 }
 
 impl Context {
     pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
+        self.leader.is_leading()
     }
 
     pub fn caches_synced(&self) -> bool {

@@ -132,7 +132,19 @@ impl Caches {
             .map(Arc::as_ref)
             .filter(|pod| !is_terminating(pod) && !is_finished(pod))
             .collect();
-        let bound = live.iter().filter(|pod| node_name(pod).is_some()).count();
+        // A pod bound to a node that is gone or not Ready holds no GPU that serves: it counts
+        // as waiting for one, so the status follows a lost node at once instead of when the
+        // garbage collector (or the eviction after the taint's grace) removes the pod.
+        let bound = live
+            .iter()
+            .filter(|pod| {
+                node_name(pod).is_some_and(|node| {
+                    self.nodes
+                        .get(&ObjectRef::new(node))
+                        .is_some_and(|node| node_is_ready(&node))
+                })
+            })
+            .count();
         let pending = live.len() - bound;
         let unscheduled = (usize::try_from(wanted).unwrap_or(0).saturating_sub(bound)).max(pending);
 
@@ -197,4 +209,14 @@ fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
         .iter()
         .flatten()
         .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == owner_uid)
+}
+
+/// A node whose Ready condition is not False or Unknown (a node without conditions yet counts as
+/// ready: the scheduler places pods there).
+fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_none_or(|ready| ready.status == "True")
 }

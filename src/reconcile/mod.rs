@@ -80,6 +80,19 @@ impl ReconcileError {
 
 /// Reconciles one ModelDeployment: fetch → validate → build → apply → readiness → status.
 pub async fn reconcile(model: &ModelDeployment, ctx: &Context) -> Result<Outcome, ReconcileError> {
+    let result = reconcile_while_leading(model, ctx).await;
+    // The term can end mid-reconcile (the Lease was lost, the replica was frozen): the client
+    // refused every write after that, which is no failure of the model's, and what was decided
+    // is the next leader's to redo.
+    if !ctx.is_leader() {
+        ctx.apply_retries
+            .forget(&model.namespace().unwrap_or_default(), &model.name_any());
+        return Ok(Outcome::skipped(model, Skipped::NotLeader, None));
+    }
+    result
+}
+
+async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Result<Outcome, ReconcileError> {
     // Until every cache has listed, "not in the cache" would read as "does not exist". The
     // reconcile must not wait here: a waiting reconcile holds a concurrency slot, and the
     // Controller stops polling the watches (and so the caches) while its slots are full.

@@ -16,7 +16,7 @@ use crate::{
     api::conditions::reasons,
     model_readiness::{EndpointResolver, ProbeSchedule, ProbeSettings, Prober},
     telemetry::Metrics,
-    vocabulary::OperatorImages,
+    vocabulary::{Leadership, OperatorImages},
 };
 
 /// The original project's `dummy-model`, as the API server stores it.
@@ -100,7 +100,11 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
         endpoints: EndpointResolver::new(&[], false).expect("no overrides"),
         probe_schedule: ProbeSchedule::default(),
         apply_retries: ApplyRetries::default(),
-        leader: watch::channel(leader).1,
+        leader: if leader {
+            Leadership::always()
+        } else {
+            Leadership::standby()
+        },
         caches_synced: watch::channel(caches_synced).1,
     }
 }

@@ -2,9 +2,13 @@
 //! The original project's `model_deployments_created_total` and `model_validations_total` keep
 //! their names so existing dashboards keep working.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::vocabulary::Leadership;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -18,8 +22,10 @@ pub struct Metrics {
     /// 1 when the model answers on at least one replica, per ModelDeployment.
     pub model_ready: IntGaugeVec,
     pub model_ready_replicas: IntGaugeVec,
-    /// 1 while this replica holds the leader Lease.
+    /// 1 while this replica's term as leader runs: set from the term at every scrape, so a
+    /// replica that wakes from a freeze past its term never shows 1 beside the new leader.
     pub leader: prometheus::IntGauge,
+    leadership: Arc<OnceLock<Leadership>>,
 }
 
 impl Metrics {
@@ -88,11 +94,20 @@ impl Metrics {
             model_ready,
             model_ready_replicas,
             leader,
+            leadership: Arc::default(),
         }
+    }
+
+    /// Makes `model_operator_leader` follow `leadership` (once; later calls are ignored).
+    pub fn track_leadership(&self, leadership: Leadership) {
+        let _ = self.leadership.set(leadership);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(leadership) = self.leadership.get() {
+            self.leader.set(i64::from(leadership.is_leading()));
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

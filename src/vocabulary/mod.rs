@@ -1,6 +1,7 @@
 //! The words every layer of the operator shares, in one place: the validated view of a model
 //! that every builder reads, the enumerations a spec chooses from, the names and labels of the
-//! children, the custom metrics' names and value types, and small helpers on pods.
+//! children, the custom metrics' names and value types, small helpers on pods, and whether this
+//! replica leads (which the election sets and every writer reads).
 //!
 //! This module imports nothing else from the crate, so any module may import it without making
 //! a cycle (`tests/module_layering.rs` checks the whole crate for cycles).
@@ -9,6 +10,7 @@ mod addresses;
 mod custom_metric;
 mod gpu;
 mod images;
+mod leadership;
 mod model_uri;
 pub mod names;
 pub mod pods;
@@ -23,6 +25,7 @@ pub use self::{
     custom_metric::{GPU_UTILIZATION_METRIC, POD_METRICS, PodValue, QUEUE_TIME_METRIC, QueueTimeSeries},
     gpu::{GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL},
     images::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, IMAGE_TAG, OperatorImages},
+    leadership::{Leadership, Term},
     model_uri::{
         ArtifactShape, CLUSTER_SCHEMES, ModelSource, ModelUri, ObjectStoreKind, UriError, is_archive, redact_text,
     },
