@@ -252,7 +252,11 @@ start_apiserver() {
     --requestheader-allowed-names=front-proxy-client \
     --requestheader-username-headers=X-Remote-User \
     --requestheader-group-headers=X-Remote-Group \
-    --requestheader-extra-headers-prefix=X-Remote-Extra-
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --audit-policy-file="$(cd "$(dirname "$0")" && pwd)/audit-policy.yaml" \
+    --audit-log-path="$LOGS/audit.log" \
+    --audit-log-maxsize=200 \
+    --audit-log-maxbackup=1
   wait_for kube-apiserver "kube-apiserver ready on https://127.0.0.1:$APISERVER_PORT" apiserver_ready
 }
 

@@ -7,6 +7,9 @@ mod autoscaling;
 /// The table of bad specs the offline admission test reads too.
 #[path = "../support/bad_specs.rs"]
 mod bad_specs;
+/// The GPU autoscaling rig (node agents on the fake NVML, the APIService), which the chaos tier
+/// includes too.
+mod gpu_rig;
 mod handovers;
 mod hostile_peers;
 mod model_readiness;

@@ -193,17 +193,48 @@ impl Operator {
 
     /// As `start_with`, with the leader Lease in `lease_namespace`.
     pub fn start_with_lease(namespace: &str, identity: &str, lease_namespace: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_env(namespace, identity, lease_namespace, extra_args, &[])
+    }
+
+    /// As `start_with_lease`, with more environment (a later `KUBECONFIG` replaces the
+    /// cluster's: the chaos tier reaches the API server through a proxy it can cut).
+    pub fn start_with_env(
+        namespace: &str,
+        identity: &str,
+        lease_namespace: &str,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         // Port 0 and the addresses from the log: ports picked here could be taken by another
         // test's operator before this one binds them.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_model-operator"))
+        // `E2E_OPERATOR_BIN` runs another build (the release image's static musl binary, whose
+        // allocator is the one production has); `E2E_OPERATOR_WRAPPER` runs it under a profiler
+        // (`heaptrack -o FILE`).
+        let binary =
+            std::env::var("E2E_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_model-operator").to_owned());
+        let wrapper = std::env::var("E2E_OPERATOR_WRAPPER").unwrap_or_default();
+        let mut command = match wrapper.split_whitespace().collect::<Vec<_>>().split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let mut child = command
             .args(["--log-format", "json"])
             .arg("run")
             .args(["--watch-namespace", namespace])
             .args(["--lease-namespace", lease_namespace])
             .args(["--holder-id", identity])
-            .args(["--lease-duration", "4s"])
+            // Short, so takeovers are quick; a test may pass its own.
+            .args(
+                ["--lease-duration", "4s"]
+                    .iter()
+                    .filter(|_| !extra_args.contains(&"--lease-duration")),
+            )
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--health-addr", "127.0.0.1:0"])
             // The test cluster's pod IPs are fake: the operator must never dial them. Tests
@@ -214,6 +245,7 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,model_operator=debug")
             .env("POD_NAME", identity)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
