@@ -18,7 +18,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::api::{DeleteParams, ListParams};
 use model_operator::api::{ModelDeployment, Phase};
-use support::{Operator, TestNamespace, cluster, eventually};
+use support::{Operator, TestNamespace, cluster, eventually, rss_kib};
 
 /// Models created and deleted in all (`BENCH_CHURN_MODELS` for fewer), and at once.
 const MODELS: usize = 1000;
@@ -48,16 +48,6 @@ fn model_yaml(name: &str) -> String {
     format!(
         "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {{name: {name}}}\nspec:\n  modelURI: https://models.example/{name}.pt\n  runtime: fastapi-pytorch\n  resources:\n    requests: {{cpu: 10m, memory: 64Mi}}\n"
     )
-}
-
-/// The operator's resident memory in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the operator is running");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 /// The series of `/metrics` that carry a model's name label, for the names `matches` picks.

@@ -11,7 +11,7 @@ use model_operator::api::{ModelDeployment, Phase};
 
 use crate::{
     faults::{ClusterProcess, alive, api_server_ready},
-    support::{Operator, TestNamespace, cluster, cluster_dir, eventually},
+    support::{Operator, TestNamespace, cluster, eventually, front_proxy_client},
 };
 
 /// What the issue asks of a model applied after the restart.
@@ -34,22 +34,6 @@ async fn ready(ns: &TestNamespace, name: &str, within: Duration) -> Duration {
     })
     .await;
     started.elapsed()
-}
-
-/// A client of the operator's custom metrics API presenting the front proxy's certificate, as
-/// kube-apiserver does; the operator checks the caller with a SubjectAccessReview, so an answer
-/// needs its connection to the API server back too.
-fn front_proxy_client() -> reqwest::Client {
-    let pki = cluster_dir().join("pki");
-    let mut pem = std::fs::read(pki.join("front-proxy-client.crt")).unwrap();
-    pem.extend(std::fs::read(pki.join("front-proxy-client.key")).unwrap());
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .identity(reqwest::Identity::from_pem(&pem).unwrap())
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .unwrap()
 }
 
 async fn custom_metrics_answer(operator: &Operator, ns: &TestNamespace, http: &reqwest::Client) -> Option<()> {
@@ -78,7 +62,7 @@ async fn restart_under_the_operator(
     survivor: &str,
     fresh: &str,
 ) {
-    let http = front_proxy_client();
+    let http = front_proxy_client(Duration::from_secs(5));
     let killed = Instant::now();
     ClusterProcess::new(component).kill_and_restart(DOWN_FOR);
     let back = api_server_ready(client, Duration::from_secs(60)).await;

@@ -20,7 +20,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::support::{Operator, TestNamespace, cluster, cluster_dir, eventually};
+use crate::support::{Operator, TestNamespace, cluster, eventually, front_proxy_client, rss_kib};
 
 const MODEL: &str = "hostile";
 const REPLICAS: usize = 3;
@@ -112,30 +112,6 @@ spec:
     )
 }
 
-/// The operator's resident memory in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the operator is running");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
-/// A client of the operator's custom metrics API that presents the front proxy's certificate,
-/// as kube-apiserver does, for a user RBAC lets read everything.
-fn front_proxy_client() -> reqwest::Client {
-    let pki = cluster_dir().join("pki");
-    let mut pem = std::fs::read(pki.join("front-proxy-client.crt")).unwrap();
-    pem.extend(std::fs::read(pki.join("front-proxy-client.key")).unwrap());
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .identity(reqwest::Identity::from_pem(&pem).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_answers_are_cut_short_and_memory_stays_flat() {
     let endless = EndlessServer::start().await;
@@ -199,7 +175,7 @@ async fn endless_answers_are_cut_short_and_memory_stays_flat() {
     })
     .await;
 
-    let http = front_proxy_client();
+    let http = front_proxy_client(Duration::from_secs(30));
     let url = |metric: &str| {
         format!(
             "https://{}/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/%2A/{metric}?labelSelector=app.kubernetes.io%2Fname%3D{MODEL}",

@@ -431,3 +431,28 @@ pub async fn warnings(ns: &TestNamespace) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A process's resident memory in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// A client of an operator's custom metrics API that presents the front proxy's certificate, as
+/// kube-apiserver does (the requests then name a user in X-Remote-User).
+pub fn front_proxy_client(timeout: Duration) -> reqwest::Client {
+    let pki = cluster_dir().join("pki");
+    let mut pem = std::fs::read(pki.join("front-proxy-client.crt")).unwrap();
+    pem.extend(std::fs::read(pki.join("front-proxy-client.key")).unwrap());
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
