@@ -326,15 +326,15 @@ pub fn spawn(
         } = elector.settings.clone();
         // Said once: repeating it every retry period would bury it.
         let mut told_namespace_missing = false;
-        let mut leading = false;
         loop {
+            // Leading is holding the Lease as this process last wrote it.
+            let was_leading = elector.held.is_some();
             let sent = Instant::now();
             match elector.round().await {
                 Ok(true) => {
                     terms.send_replace(Term::Until(sent + renew_deadline));
-                    if !leading {
+                    if !was_leading {
                         info!(holder = %holder_id, lease = %lease_name, "became the leader");
-                        leading = true;
                     }
                 }
                 Ok(false) => {}
@@ -356,7 +356,6 @@ pub fn spawn(
                     elector.held = None;
                     terms.send_replace(Term::Standby);
                     warn!(lease = %lease_name, "lost the leader Lease: another replica took it over");
-                    leading = false;
                 }
                 Err(error) => {
                     if elector.held.is_some() {
@@ -368,7 +367,7 @@ pub fn spawn(
             }
             // A leader whose renewals have failed up to its deadline stops; from then on it is a
             // candidate like any other and waits the Lease out before taking it again.
-            if leading && !term.is_leading() {
+            if elector.held.is_some() && !term.is_leading() {
                 elector.held = None;
                 terms.send_replace(Term::Standby);
                 warn!(
@@ -376,7 +375,6 @@ pub fn spawn(
                     ?renew_deadline,
                     "stopped leading: the Lease was not renewed within the renew deadline"
                 );
-                leading = false;
             }
             tokio::select! {
                 () = tokio::time::sleep(retry_period.saturating_sub(sent.elapsed())) => {}

@@ -49,11 +49,7 @@ pub fn models_affected_by_node(
     let mut affected = models_short_of_gpus(models);
     for pod in pods.state() {
         if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()) {
-            affected.extend(
-                models_affected_by_pod(&pod, models)
-                    .into_iter()
-                    .filter(|model| models.get(model).is_some()),
-            );
+            affected.extend(models_affected_by_pod(&pod, models));
         }
     }
     affected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
