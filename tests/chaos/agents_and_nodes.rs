@@ -7,7 +7,6 @@
 use std::{
     cell::Cell,
     collections::BTreeSet,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -17,16 +16,14 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{Node, Pod},
 };
-use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
-};
+use kube::{Api, ResourceExt, api::ListParams};
 use model_operator::api::{ModelDeployment, conditions};
 use serde_json::json;
 
 use crate::{
+    faults::FakeNodes,
     gpu_rig::{API_SERVICE_TURN, MAX_REPLICAS, Rig, SCALE_WAIT, model_yaml},
-    support::{Operator, TestNamespace, cluster, cluster_dir, eventually, kubeconfig_path},
+    support::{Operator, TestNamespace, cluster, cluster_dir, eventually},
 };
 
 /// How long a lost agent's or GPU's pods must go unserved: past the operator's
@@ -343,76 +340,6 @@ fn gpu_node(index: usize) -> Node {
     .unwrap()
 }
 
-/// The test's fake GPU nodes, created at the start and deleted when dropped, also when the test
-/// panics (kubectl, since Drop cannot await): the cluster is shared, and a node left over would
-/// be GPUs the next test does not expect.
-struct GpuNodes {
-    api: Api<Node>,
-    nodes: Vec<Node>,
-}
-
-impl GpuNodes {
-    async fn create(client: &Client) -> Self {
-        let nodes = Self {
-            api: Api::all(client.clone()),
-            nodes: (0..NODES).map(gpu_node).collect(),
-        };
-        for node in &nodes.nodes {
-            nodes.recreate(&node.name_any()).await;
-        }
-        for node in &nodes.nodes {
-            nodes.wait_ready(&node.name_any()).await;
-        }
-        nodes
-    }
-
-    /// Creates `name` again from the same object, as a node that rejoins registers itself
-    /// again; one left over from an earlier run is replaced.
-    async fn recreate(&self, name: &str) {
-        let node = self.nodes.iter().find(|n| n.name_any() == name).unwrap();
-        let _ = self.api.delete(name, &DeleteParams::default()).await;
-        eventually(Duration::from_secs(30), &format!("node {name} is created"), || async {
-            self.api.create(&PostParams::default(), node).await.ok().map(drop)
-        })
-        .await;
-    }
-
-    async fn wait_ready(&self, name: &str) {
-        eventually(Duration::from_secs(30), &format!("kwok makes {name} Ready"), || async {
-            let node = self.api.get(name).await.ok()?;
-            node.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-    }
-
-    async fn delete(&self, name: &str) {
-        self.api
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap_or_else(|e| panic!("deleting node {name}: {e}"));
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.nodes.iter().map(ResourceExt::name_any).collect()
-    }
-}
-
-impl Drop for GpuNodes {
-    fn drop(&mut self) {
-        let _ = Command::new(cluster_dir().join("bin/kubectl"))
-            .env("KUBECONFIG", kubeconfig_path())
-            .args(["delete", "node", "--ignore-not-found", "--wait=false"])
-            .args(self.names())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// The model's pods that are not being deleted, with the node each is bound to.
 async fn placed_pods(ns: &TestNamespace) -> Vec<(String, Option<String>, Option<String>)> {
     ns.api::<Pod>()
@@ -447,7 +374,7 @@ async fn a_lost_gpu_node_moves_its_models_where_gpus_remain() {
     let test_started = Instant::now();
     let client = cluster().await;
     let ns = TestNamespace::create(&client, "chaos-nodes").await;
-    let nodes = GpuNodes::create(&client).await;
+    let nodes = FakeNodes::create(&client, (0..NODES).map(gpu_node).collect()).await;
     let mut operator = Operator::start(&ns.name, "nodes");
     ns.apply_model(&placed_model_yaml())
         .await

@@ -27,7 +27,7 @@ use kube::{
 use model_operator::api::{ModelDeployment, Phase};
 
 use crate::{
-    faults::{CpuNodes, Random, pods_gone, setting},
+    faults::{FakeNodes, Random, cpu_node, pods_gone, setting},
     support::{Operator, TestNamespace, cluster, eventually},
 };
 
@@ -195,7 +195,8 @@ async fn twenty_crashes_during_a_rollout_leave_one_child_of_each_kind_per_model(
     let client = cluster().await;
     more_service_addresses(&client).await;
     // cpu-0 runs 110 pods; each model has one, a validated one a Job's pod too.
-    let nodes = CpuNodes::create(&client, (models as usize * 6 / 5).div_ceil(100)).await;
+    let extra = (models as usize * 6 / 5).div_ceil(100);
+    let nodes = FakeNodes::create(&client, (0..extra).map(cpu_node).collect()).await;
     let ns = TestNamespace::create(&client, "chaos-crashes").await;
 
     let started = Instant::now();

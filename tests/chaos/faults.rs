@@ -14,6 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    ResourceExt,
+    api::{DeleteParams, PostParams},
+};
 use serde_json::Value;
 use tokio::{
     io::copy_bidirectional,
@@ -348,68 +353,98 @@ impl LeaderSampler {
     }
 }
 
-/// Extra fake CPU nodes (kwok manages every node with its annotation), for a rollout larger than
-/// the shared cpu-0's 110 pods. Deleted when dropped, also when the test panics (kubectl, since
-/// Drop cannot await), once the test's namespace has let go of them.
-pub struct CpuNodes {
-    names: Vec<String>,
+/// Fake nodes a test adds to the shared cluster (kwok manages every node with its annotation):
+/// created at the start and deleted when dropped, also when the test panics (kubectl, since
+/// Drop cannot await), so that no node is left over for the next test.
+pub struct FakeNodes {
+    api: kube::Api<Node>,
+    nodes: Vec<Node>,
 }
 
-impl CpuNodes {
-    pub async fn create(client: &kube::Client, count: usize) -> Self {
-        let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-        let names: Vec<String> = (0..count).map(|i| format!("chaos-cpu-{i}")).collect();
-        for (i, name) in names.iter().enumerate() {
-            let cidr = format!("10.244.{}.0/24", 220 + i);
-            let resources =
-                serde_json::json!({"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "200Gi"});
-            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                               "kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": "m6i.16xlarge"},
-                },
-                "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-                "status": {
-                    "addresses": [{"type": "InternalIP", "address": format!("10.1.0.{}", 220 + i)},
-                                  {"type": "Hostname", "address": name}],
-                    "capacity": resources, "allocatable": resources,
-                },
-            }))
-            .unwrap();
-            match api.create(&kube::api::PostParams::default(), &node).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(error) => panic!("creating node {name}: {error}"),
-            }
+impl FakeNodes {
+    pub async fn create(client: &kube::Client, nodes: Vec<Node>) -> Self {
+        let nodes = Self {
+            api: kube::Api::all(client.clone()),
+            nodes,
+        };
+        for name in nodes.names() {
+            nodes.recreate(&name).await;
         }
-        for name in &names {
-            eventually(Duration::from_secs(30), &format!("kwok makes {name} Ready"), || async {
-                let node = api.get(name).await.ok()?;
-                node.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-                    .then_some(())
-            })
-            .await;
+        for name in nodes.names() {
+            nodes.wait_ready(&name).await;
         }
-        Self { names }
+        nodes
+    }
+
+    /// Creates `name` again from the same object, as a node that rejoins registers itself
+    /// again; one left over from an earlier run is replaced.
+    pub async fn recreate(&self, name: &str) {
+        let node = self.nodes.iter().find(|n| n.name_any() == name).unwrap();
+        let _ = self.api.delete(name, &DeleteParams::default()).await;
+        eventually(Duration::from_secs(30), &format!("node {name} is created"), || async {
+            self.api.create(&PostParams::default(), node).await.ok().map(drop)
+        })
+        .await;
+    }
+
+    pub async fn wait_ready(&self, name: &str) {
+        eventually(Duration::from_secs(30), &format!("kwok makes {name} Ready"), || async {
+            let node = self.api.get(name).await.ok()?;
+            node.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.api
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting node {name}: {e}"));
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(ResourceExt::name_any).collect()
     }
 }
 
-impl Drop for CpuNodes {
+impl Drop for FakeNodes {
     fn drop(&mut self) {
         let _ = Command::new(cluster_dir().join("bin/kubectl"))
             .env("KUBECONFIG", kubeconfig_path())
             .args(["delete", "node", "--ignore-not-found", "--wait=false"])
-            .args(&self.names)
+            .args(self.names())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// An extra fake CPU node, shaped as tests/cluster/nodes.yaml's cpu-0 but larger, for a rollout
+/// beyond cpu-0's 110 pods.
+pub fn cpu_node(index: usize) -> Node {
+    let name = format!("chaos-cpu-{index}");
+    let cidr = format!("10.244.{}.0/24", 220 + index);
+    let resources = serde_json::json!({"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "200Gi"});
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+                       "kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": "m6i.16xlarge"},
+        },
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": format!("10.1.0.{}", 220 + index)},
+                          {"type": "Hostname", "address": name}],
+            "capacity": resources, "allocatable": resources,
+        },
+    }))
+    .unwrap()
 }
 
 /// Waits (bounded) until no pod of `namespace` is left, so the nodes they ran on can go.
