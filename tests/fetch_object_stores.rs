@@ -160,55 +160,42 @@ fn hermetic(command: &mut tokio::process::Command, home: &Path, closed_port: u16
 }
 
 // ---------------------------------------------------------------------------------------------
-// moto (S3)
+// A protocol server on loopback
 // ---------------------------------------------------------------------------------------------
 
-/// moto's server on a loopback port. It starts open (as moto does), takes the fixtures, then
-/// has IAM authentication switched on: every later request must be signed by a key IAM knows,
-/// and the key's policy must allow the action.
-struct Moto {
+/// A test server the fetch talks to, started on `port`, with a client for setting it up. Every
+/// failure names the call and shows the server's log.
+struct LocalServer {
     process: ServerProcess,
-    endpoint: String,
+    url: String,
     http: reqwest::Client,
 }
 
-impl Moto {
-    async fn start(servers: &TestServers, log_dir: &Path) -> Self {
-        let port = free_port();
-        let mut command = Command::new(servers.path("MOTO_SERVER"));
-        command
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .env_clear()
-            .env("HOME", log_dir)
-            .env("PATH", "/usr/bin:/bin");
-        let process = ServerProcess::spawn(
-            "moto_server",
-            command,
-            log_dir.join(format!("moto-{port}.log")),
-            Shutdown::WholeGroup,
-        );
-        let moto = Moto {
-            process,
-            endpoint: format!("http://127.0.0.1:{port}"),
+impl LocalServer {
+    /// Spawns `command` (listening on `port`) and waits until `ready_path` answers a success.
+    async fn start(name: &'static str, command: Command, log: PathBuf, port: u16, ready_path: &str) -> Self {
+        let server = LocalServer {
+            process: ServerProcess::spawn(name, command, log, Shutdown::WholeGroup),
+            url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
                 .unwrap(),
         };
-        let ready = format!("{}/moto-api/data.json", moto.endpoint);
-        wait_for("moto answers", SERVER_START, || async {
-            match moto.http.get(&ready).send().await {
+        let ready = format!("{}{ready_path}", server.url);
+        wait_for(&format!("{name} answers"), SERVER_START, || async {
+            match server.http.get(&ready).send().await {
                 Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err(format!("{}\n{}", response.status(), moto.process.log_tail())),
-                Err(error) => Err(format!("{error}\n{}", moto.process.log_tail())),
+                Ok(response) => Err(format!("{}\n{}", response.status(), server.process.log_tail())),
+                Err(error) => Err(format!("{error}\n{}", server.process.log_tail())),
             }
         })
         .await;
-        moto
+        server
     }
 
-    /// A request moto must answer with a success; the failure names the call and the log.
+    /// A request the server must answer with a success; the failure names the call and the log.
     async fn expect_ok(&self, what: &str, request: reqwest::RequestBuilder) -> String {
         let response = request
             .send()
@@ -223,19 +210,46 @@ impl Moto {
         );
         body
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// moto (S3)
+// ---------------------------------------------------------------------------------------------
+
+/// moto's server on a loopback port. It starts open (as moto does), takes the fixtures, then
+/// has IAM authentication switched on: every later request must be signed by a key IAM knows,
+/// and the key's policy must allow the action.
+struct Moto {
+    server: LocalServer,
+}
+
+impl Moto {
+    async fn start(servers: &TestServers, log_dir: &Path) -> Self {
+        let port = free_port();
+        let mut command = Command::new(servers.path("MOTO_SERVER"));
+        command
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_clear()
+            .env("HOME", log_dir)
+            .env("PATH", "/usr/bin:/bin");
+        let log = log_dir.join(format!("moto-{port}.log"));
+        Moto {
+            server: LocalServer::start("moto_server", command, log, port, "/moto-api/data.json").await,
+        }
+    }
 
     /// An IAM call, while authentication is still off. moto tells services apart by the
     /// credential scope of the Authorization header; nothing checks the signature yet.
     async fn iam(&self, params: &[(&str, &str)]) -> String {
-        let request = self
+        let request = self.server
             .http
-            .post(format!("{}/", self.endpoint))
+            .post(format!("{}/", self.server.url))
             .header(
                 "Authorization",
                 "AWS4-HMAC-SHA256 Credential=setup/20240101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
             )
             .form(&[&[("Version", "2010-05-08")], params].concat());
-        self.expect_ok(&format!("IAM {params:?}"), request).await
+        self.server.expect_ok(&format!("IAM {params:?}"), request).await
     }
 
     /// An IAM user allowed to read `bucket` and nothing else; returns its access key.
@@ -268,23 +282,27 @@ impl Moto {
     }
 
     async fn create_bucket(&self, bucket: &str) {
-        let request = self.http.put(format!("{}/{bucket}", self.endpoint));
-        self.expect_ok(&format!("create bucket {bucket}"), request).await;
+        let request = self.server.http.put(format!("{}/{bucket}", self.server.url));
+        self.server.expect_ok(&format!("create bucket {bucket}"), request).await;
     }
 
     async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
         let request = self
+            .server
             .http
-            .put(format!("{}/{bucket}/{}", self.endpoint, encoded_path(key)))
+            .put(format!("{}/{bucket}/{}", self.server.url, encoded_path(key)))
             .header("Content-Type", "application/octet-stream")
             .body(bytes);
-        self.expect_ok(&format!("put {key:?}"), request).await;
+        self.server.expect_ok(&format!("put {key:?}"), request).await;
     }
 
     /// The keys moto holds, by their real characters (ListObjectsV2 without encoding-type).
     async fn keys(&self, bucket: &str) -> Vec<String> {
-        let request = self.http.get(format!("{}/{bucket}?list-type=2", self.endpoint));
-        let listed = self.expect_ok(&format!("list {bucket}"), request).await;
+        let request = self
+            .server
+            .http
+            .get(format!("{}/{bucket}?list-type=2", self.server.url));
+        let listed = self.server.expect_ok(&format!("list {bucket}"), request).await;
         let mut keys = xml_values(&listed, "Key");
         keys.sort();
         keys
@@ -293,11 +311,12 @@ impl Moto {
     /// From here on, every request must be signed by an IAM key that may do what it asks.
     async fn require_credentials(&self) {
         let request = self
+            .server
             .http
-            .post(format!("{}/moto-api/reset-auth", self.endpoint))
+            .post(format!("{}/moto-api/reset-auth", self.server.url))
             .header("Content-Type", "text/plain")
             .body("0");
-        self.expect_ok("switch IAM authentication on", request).await;
+        self.server.expect_ok("switch IAM authentication on", request).await;
     }
 }
 
@@ -325,9 +344,7 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
 /// fake-gcs-server on a loopback port, plain HTTP, in memory. It checks no credentials itself;
 /// the fetch reaches it only through `GcsGateway`.
 struct FakeGcs {
-    process: ServerProcess,
-    url: String,
-    http: reqwest::Client,
+    server: LocalServer,
 }
 
 impl FakeGcs {
@@ -341,74 +358,43 @@ impl FakeGcs {
             // the XML listing object_store uses.
             .args(["-public-host", "127.0.0.1"])
             .env_clear();
-        let process = ServerProcess::spawn(
-            "fake-gcs-server",
-            command,
-            log_dir.join(format!("fake-gcs-server-{port}.log")),
-            Shutdown::WholeGroup,
-        );
-        let gcs = FakeGcs {
-            process,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .unwrap(),
-        };
-        let health = format!("{}/_internal/healthcheck", gcs.url);
-        wait_for("fake-gcs-server answers", SERVER_START, || async {
-            match gcs.http.get(&health).send().await {
-                Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err(format!("{}\n{}", response.status(), gcs.process.log_tail())),
-                Err(error) => Err(format!("{error}\n{}", gcs.process.log_tail())),
-            }
-        })
-        .await;
-        gcs
-    }
-
-    async fn expect_ok(&self, what: &str, request: reqwest::RequestBuilder) -> String {
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.process.log_tail()));
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "{what}: {status}: {body}\n{}",
-            self.process.log_tail()
-        );
-        body
+        let log = log_dir.join(format!("fake-gcs-server-{port}.log"));
+        FakeGcs {
+            server: LocalServer::start("fake-gcs-server", command, log, port, "/_internal/healthcheck").await,
+        }
     }
 
     async fn create_bucket(&self, bucket: &str) {
         let request = self
+            .server
             .http
-            .post(format!("{}/storage/v1/b", self.url))
+            .post(format!("{}/storage/v1/b", self.server.url))
             .header("Content-Type", "application/json")
             .body(json!({"name": bucket}).to_string());
-        self.expect_ok(&format!("create bucket {bucket}"), request).await;
+        self.server.expect_ok(&format!("create bucket {bucket}"), request).await;
     }
 
     /// A media upload through the JSON API: the name is a query parameter, `/` and all escaped.
     async fn put(&self, bucket: &str, name: &str, bytes: Vec<u8>) {
         let request = self
+            .server
             .http
             .post(format!(
                 "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
-                self.url,
+                self.server.url,
                 utf8_percent_encode(name, NON_ALPHANUMERIC)
             ))
             .header("Content-Type", "application/octet-stream")
             .body(bytes);
-        self.expect_ok(&format!("upload {name:?}"), request).await;
+        self.server.expect_ok(&format!("upload {name:?}"), request).await;
     }
 
     async fn names(&self, bucket: &str) -> Vec<String> {
-        let request = self.http.get(format!("{}/storage/v1/b/{bucket}/o", self.url));
-        let listed: Value = serde_json::from_str(&self.expect_ok("list objects", request).await).unwrap();
+        let request = self
+            .server
+            .http
+            .get(format!("{}/storage/v1/b/{bucket}/o", self.server.url));
+        let listed: Value = serde_json::from_str(&self.server.expect_ok("list objects", request).await).unwrap();
         let mut names: Vec<String> = listed["items"]
             .as_array()
             .into_iter()
@@ -723,7 +709,7 @@ impl Store {
             ("AWS_SECRET_ACCESS_KEY".to_owned(), secret),
         ]);
         let pod_env = BTreeMap::from([
-            ("AWS_ENDPOINT".to_owned(), moto.endpoint.clone()),
+            ("AWS_ENDPOINT".to_owned(), moto.server.url.clone()),
             ("AWS_ALLOW_HTTP".to_owned(), "true".to_owned()),
             ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
             // Without keys object_store asks the EC2 instance metadata service; here, nothing.
@@ -768,7 +754,7 @@ impl Store {
             "model-fetch@test-project.iam.gserviceaccount.com",
             "key-1",
         );
-        let gateway = GcsGateway::start(&fake.url, account).await;
+        let gateway = GcsGateway::start(&fake.server.url, account).await;
         let secret_dir = tempfile::tempdir().unwrap();
         std::fs::write(
             secret_dir.path().join("service-account.json"),
@@ -838,8 +824,8 @@ impl Store {
 
     fn server_logs(&self) -> String {
         match (&self.moto, &self.gcs) {
-            (Some(moto), _) => moto.process.log_tail(),
-            (_, Some((fake, _))) => fake.process.log_tail(),
+            (Some(moto), _) => moto.server.process.log_tail(),
+            (_, Some((fake, _))) => fake.server.process.log_tail(),
             _ => String::new(),
         }
     }
