@@ -217,16 +217,22 @@ fn redact_url(url: &Url) -> String {
         let _ = shown.set_username("***");
     }
     if let Some(query) = url.query() {
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) => format!("{key}=***"),
-                None => pair.to_owned(),
-            })
-            .collect();
-        shown.set_query(Some(&redacted.join("&")));
+        shown.set_query(Some(&redact_query(query)));
     }
     shown.to_string()
+}
+
+/// A query string with every value replaced by `***` (presigned URLs carry their signature
+/// there); the keys stay, so the reader still sees what kind of URL it was.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) => format!("{key}=***"),
+            None => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `text` with what looks like a password (`user:pass@`) or query values replaced by `***`,
@@ -251,15 +257,8 @@ pub fn redact_text(text: &str) -> String {
         None => text.to_owned(),
     };
     if let Some(query) = query {
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) => format!("{key}=***"),
-                None => pair.to_owned(),
-            })
-            .collect();
         shown.push('?');
-        shown.push_str(&redacted.join("&"));
+        shown.push_str(&redact_query(query));
     }
     shown
 }
