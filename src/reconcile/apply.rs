@@ -99,8 +99,8 @@ pub struct Applied {
     pub started_validation: bool,
 }
 
-/// Applies configuration before the pods that mount it, the validation Job before the
-/// Deployment it gates, the Deployment only when `rollout` allows its version, and the HPA only
+/// Applies configuration before the pods that mount it (and prunes it after they stop), the
+/// validation Job before the Deployment it gates, the Deployment only when `rollout` allows its version, and the HPA only
 /// once its target exists.
 pub async fn apply(
     client: &Client,
@@ -117,11 +117,8 @@ pub async fn apply(
     } = desired;
     let mut applied = Applied::default();
 
-    match runtime_config {
-        Some(config) => {
-            server_side_apply(client, config).await?;
-        }
-        None => prune(client, observed.runtime_config.as_deref()).await?,
+    if let Some(config) = runtime_config {
+        server_side_apply(client, config).await?;
     }
     if let Some(job) = validation_job {
         // A finished Job is never re-applied: its template is immutable and its verdict final.
@@ -138,6 +135,11 @@ pub async fn apply(
         }
         applied.created_deployment = observed.deployment.is_none();
         applied.deployment = Some(server_side_apply(client, deployment).await?);
+    }
+    // A configuration the spec no longer wants goes only once no Deployment mounts it: after the
+    // new template is applied, never while a rollout waits for its validation.
+    if runtime_config.is_none() && (rollout || observed.deployment.is_none()) {
+        prune(client, observed.runtime_config.as_deref()).await?;
     }
     server_side_apply(client, service).await?;
     let target_exists = applied.deployment.is_some() || observed.deployment.is_some();
