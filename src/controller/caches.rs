@@ -2,13 +2,14 @@
 //! of them to list once (until then `/readyz` says 503 and reconciles do nothing).
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::{
-    ClusterResourceScope, NamespaceResourceScope,
+    NamespaceResourceScope,
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
@@ -24,14 +25,14 @@ use kube::{
         watcher,
     },
 };
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::admin::CachesSynced;
+use super::{admin::CachesSynced, projections};
 use crate::{
     api::ModelDeployment,
-    reconcile::Caches,
+    reconcile::{Caches, PodIndex, RequestedGpus},
     vocabulary::names::{LABEL_MANAGED_BY, MANAGED_BY},
 };
 
@@ -64,20 +65,53 @@ pub fn start(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let (models, model_stream) = reflect_noting_deletes(
+    let (models, model_stream) = reflect(
         models_api,
         watcher::Config::default(),
-        move |model: &ModelDeployment| {
-            let _ = deleted.unbounded_send((model.namespace().unwrap_or_default(), model.name_any()));
+        projections::whole,
+        move |event: &watcher::Event<ModelDeployment>| {
+            if let watcher::Event::Delete(model) = event {
+                let _ = deleted.unbounded_send((model.namespace().unwrap_or_default(), model.name_any()));
+            }
         },
     );
-    let (deployments, deployment_stream) = namespaced::<Deployment>(client, namespace, children.clone());
-    let (services, service_stream) = namespaced::<Service>(client, namespace, children.clone());
-    let (hpas, hpa_stream) = namespaced::<HorizontalPodAutoscaler>(client, namespace, children.clone());
-    let (jobs, job_stream) = namespaced::<Job>(client, namespace, children.clone());
-    let (config_maps, config_map_stream) = namespaced::<ConfigMap>(client, namespace, children);
-    let (pods, pod_stream) = namespaced::<Pod>(client, namespace, watcher::Config::default());
-    let (nodes, node_stream) = cluster_wide::<Node>(client);
+    let (deployments, deployment_stream) = reflect(
+        in_scope(client, namespace),
+        children.clone(),
+        projections::deployment,
+        ignore,
+    );
+    let (services, service_stream) = reflect(
+        in_scope(client, namespace),
+        children.clone(),
+        projections::whole,
+        ignore,
+    );
+    let (hpas, hpa_stream) = reflect(
+        in_scope(client, namespace),
+        children.clone(),
+        projections::whole,
+        ignore,
+    );
+    let (jobs, job_stream) = reflect(in_scope(client, namespace), children.clone(), projections::job, ignore);
+    let (config_maps, config_map_stream) =
+        reflect(in_scope(client, namespace), children, projections::config_map, ignore);
+    let pod_index = PodIndex::default();
+    let (pods, pod_stream) = reflect(
+        in_scope(client, namespace),
+        watcher::Config::default(),
+        projections::pod,
+        {
+            let pod_index = pod_index.clone();
+            move |event: &watcher::Event<Pod>| pod_index.follow(event)
+        },
+    );
+    let (nodes, node_stream) = reflect(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        projections::node,
+        ignore,
+    );
     Watches {
         caches: Caches {
             models,
@@ -89,6 +123,8 @@ pub fn start(
             pods,
             nodes,
             pods_namespace: namespace.map(str::to_owned),
+            pod_index,
+            requested_gpus: RequestedGpus::default(),
         },
         models: model_stream,
         deployments: deployment_stream,
@@ -116,6 +152,8 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
             pods,
             nodes,
             pods_namespace: _,
+            pod_index: _,
+            requested_gpus: _,
         } = caches;
         let waits = [
             ("modeldeployments", models.wait_until_ready().boxed()),
@@ -160,65 +198,37 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
     synced_rx
 }
 
-/// A reflector-backed watch of `K` in one namespace or all.
-fn namespaced<K>(client: &Client, namespace: Option<&str>, config: watcher::Config) -> (Store<K>, Triggers<K>)
+/// For caches whose events only the Controller needs.
+fn ignore<K>(_: &watcher::Event<K>) {}
+
+/// `K` in one namespace, or in all when `None`.
+fn in_scope<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
 {
-    let api: Api<K> = match namespace {
+    match namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
-    };
-    reflect(api, config)
+    }
 }
 
-fn cluster_wide<K>(client: &Client) -> (Store<K>, Triggers<K>)
-where
-    K: Resource<DynamicType = (), Scope = ClusterResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    reflect(Api::all(client.clone()), watcher::Config::default())
-}
-
-/// Managed fields are dropped: nobody reads them and they are a large part of every object.
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, Triggers<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    reflect_noting_deletes(api, config, |_: &K| {})
-}
-
-/// As `reflect`, calling `deleted` with each object a watch event reports gone.
-fn reflect_noting_deletes<K>(
+/// A watch of `api` into a cache that keeps what `project` leaves of each object, calling
+/// `follow` with every event after the cache applied it. The Controller gets the objects that
+/// changed in a way the cache shows (their projection's hash moved) and every deleted one.
+fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
-    deleted: impl Fn(&K) + Send + 'static,
+    project: fn(&mut K),
+    follow: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> (Store<K>, Triggers<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let reflector = watching_anew_after_failures(api, config)
         .default_backoff()
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(object)) = event {
-                deleted(object);
-            }
-        })
-        .touched_objects();
+        .modify(project)
+        .reflect(writer);
     // The cache is kept by its own task, so that it fills whatever the Controller does: the
     // Controller polls its triggers only as its scheduler asks, and a cache that waits on it
     // can wait on a reconcile that waits on the cache. Events reach the Controller through an
@@ -229,17 +239,56 @@ where
     // after two quiet minutes), so the burst of errors an API server restart causes would stop
     // every reconcile for half a minute. The watch here retries with its own backoff.
     let (events, triggers) = futures::channel::mpsc::unbounded();
+    let mut changes = ChangeFilter::default();
     tokio::spawn(reflector.for_each(move |event| {
         match event {
-            // A closed channel means the Controller has stopped; the cache keeps serving reads.
-            Ok(object) => {
-                let _ = events.unbounded_send(Ok(object));
+            Ok(event) => {
+                follow(&event);
+                // A closed channel means the Controller has stopped; the cache keeps serving reads.
+                if let Some(object) = changes.changed(event) {
+                    let _ = events.unbounded_send(Ok(object));
+                }
             }
             Err(error) => debug!(%error, "watch error; retrying"),
         }
         future::ready(())
     }));
     (store, triggers)
+}
+
+/// Which watch events carry a change the cache shows: a heartbeat, a status field nobody reads
+/// or a write that changed nothing triggers no reconcile. A (re)list passes every object, as
+/// kube's Controller expects; a deletion always passes.
+#[derive(Default)]
+struct ChangeFilter {
+    /// The projection's hash of each object seen, by UID.
+    seen: HashMap<String, u64>,
+}
+
+impl ChangeFilter {
+    fn changed<K: Resource + Serialize>(&mut self, event: watcher::Event<K>) -> Option<K> {
+        match event {
+            watcher::Event::Init => {
+                self.seen.clear();
+                None
+            }
+            watcher::Event::InitDone => None,
+            watcher::Event::InitApply(mut object) => {
+                let hash = projections::content_hash(&mut object);
+                self.seen.insert(object.meta().uid.clone().unwrap_or_default(), hash);
+                Some(object)
+            }
+            watcher::Event::Apply(mut object) => {
+                let hash = projections::content_hash(&mut object);
+                let uid = object.meta().uid.clone().unwrap_or_default();
+                (self.seen.insert(uid, hash) != Some(hash)).then_some(object)
+            }
+            watcher::Event::Delete(object) => {
+                self.seen.remove(object.meta().uid.as_deref().unwrap_or_default());
+                Some(object)
+            }
+        }
+    }
 }
 
 /// kube-runtime's watcher, started anew (a fresh list, then a watch) whenever its watch stream

@@ -6,6 +6,7 @@
 pub mod admin;
 mod caches;
 pub mod leader;
+mod projections;
 mod shutdown;
 mod triggers;
 
@@ -13,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::{StreamExt, future};
 use kube::{
-    Client, ResourceExt,
+    ResourceExt,
     runtime::{Controller, controller::Action},
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -33,7 +34,7 @@ use crate::{
     custom_metrics::{self, CustomMetricsServer},
     model_readiness::{EndpointResolver, ProbeSchedule, ProbeSettings, Prober},
     reconcile::{self, ReconcileError, report::Reporter},
-    telemetry::Metrics,
+    telemetry::{CountRequests, Metrics},
     vocabulary::{Leadership, OperatorImages},
 };
 
@@ -85,8 +86,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?;
     // Reads, the election's own Lease calls and the custom-metrics server's reviews go through
     // this client; the reconcile driver and the report write through `writer` below.
-    let client = Client::try_from(config.clone())?;
     let metrics = Metrics::new();
+    let counted = CountRequests::new(metrics.kube_requests.clone());
+    let client = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&counted)
+        .build();
     let synced_flag = CachesSynced::default();
     let listeners = admin::bind(metrics_addr, health_addr).await?;
     let shutdown = Shutdown::on_signal();
@@ -126,7 +130,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let became_leader = leadership_gained(leadership.clone());
     // Every write of the driver and the report is refused once this replica's term is over,
     // so a reconcile in flight when the Lease is lost stops before its next write.
-    let writer = leader::writer_client(&config, leadership.clone())?;
+    let writer = leader::writer_client(&config, leadership.clone(), counted)?;
 
     let models = caches.models.clone();
     let operator = Arc::new(Operator {
@@ -139,6 +143,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             endpoints,
             probe_schedule: ProbeSchedule::default(),
             apply_retries: reconcile::ApplyRetries::default(),
+            last_applied: reconcile::LastApplied::default(),
             leader: leadership,
             caches_synced,
         },

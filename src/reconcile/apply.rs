@@ -14,7 +14,11 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::{build::Desired, fetch::Observed};
+use super::{
+    build::Desired,
+    fetch::Observed,
+    last_applied::{LastApplied, desired_hash},
+};
 use crate::{
     api::{ModelDeployment, ModelDeploymentStatus},
     vocabulary::names::FIELD_MANAGER,
@@ -91,7 +95,8 @@ impl ApplyError {
 /// What the apply did, for the status and the metrics.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// The Deployment as the API server returned it, when it was applied this time.
+    /// The Deployment as the API server returned it, when it was written this time (not when
+    /// the cache showed it as last written).
     pub deployment: Option<Deployment>,
     /// The Deployment did not exist before this apply.
     pub created_deployment: bool,
@@ -100,10 +105,13 @@ pub struct Applied {
 }
 
 /// Applies configuration before the pods that mount it (and prunes it after they stop), the
-/// validation Job before the Deployment it gates, the Deployment only when `rollout` allows its version, and the HPA only
-/// once its target exists.
+/// validation Job before the Deployment it gates, the Deployment only when `rollout` allows its
+/// version, and the HPA only once its target exists. A child the cache holds as this process
+/// last wrote it is not written again ([`LastApplied`]).
 pub async fn apply(
     client: &Client,
+    last: &LastApplied,
+    model: (&str, &str),
     desired: &Desired,
     observed: &Observed,
     rollout: bool,
@@ -116,9 +124,12 @@ pub async fn apply(
         validation_job,
     } = desired;
     let mut applied = Applied::default();
+    let writer = Writer { client, last, model };
 
     if let Some(config) = runtime_config {
-        server_side_apply(client, config).await?;
+        writer
+            .apply_unless_current(config, observed.runtime_config.as_deref())
+            .await?;
     }
     if let Some(job) = validation_job {
         // A finished Job is never re-applied: its template is immutable and its verdict final.
@@ -134,23 +145,60 @@ pub async fn apply(
             hand_replicas_to_the_hpa(client, current, hpa).await?;
         }
         applied.created_deployment = observed.deployment.is_none();
-        applied.deployment = Some(server_side_apply(client, deployment).await?);
+        applied.deployment = writer
+            .apply_unless_current(deployment, observed.deployment.as_deref())
+            .await?;
     }
     // A configuration the spec no longer wants goes only once no Deployment mounts it: after the
     // new template is applied, never while a rollout waits for its validation.
     if runtime_config.is_none() && (rollout || observed.deployment.is_none()) {
-        prune(client, observed.runtime_config.as_deref()).await?;
+        writer.prune(observed.runtime_config.as_deref()).await?;
     }
-    server_side_apply(client, service).await?;
+    writer
+        .apply_unless_current(service, observed.service.as_deref())
+        .await?;
     let target_exists = applied.deployment.is_some() || observed.deployment.is_some();
     match hpa {
         Some(hpa) if target_exists => {
-            server_side_apply(client, hpa).await?;
+            writer.apply_unless_current(hpa, observed.hpa.as_deref()).await?;
         }
         Some(_) => {}
-        None => prune(client, observed.hpa.as_deref()).await?,
+        None => writer.prune(observed.hpa.as_deref()).await?,
     }
     Ok(applied)
+}
+
+/// Writes one model's children and remembers what each write returned.
+struct Writer<'a> {
+    client: &'a Client,
+    last: &'a LastApplied,
+    model: (&'a str, &'a str),
+}
+
+impl Writer<'_> {
+    /// Server-side applies `desired` unless `cached` is what the last apply of the same desired
+    /// object returned; the object the API server returned when it was written.
+    async fn apply_unless_current<K>(&self, desired: &K, cached: Option<&K>) -> Result<Option<K>, ApplyError>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let hash = desired_hash(desired);
+        if self.last.is_current(self.model, hash, cached) {
+            return Ok(None);
+        }
+        let written = server_side_apply(self.client, desired).await?;
+        self.last.record(self.model, hash, &written);
+        Ok(Some(written))
+    }
+
+    async fn prune<K>(&self, existing: Option<&K>) -> Result<(), ApplyError>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    {
+        prune(self.client, existing).await?;
+        self.last.forget_child::<K>(self.model);
+        Ok(())
+    }
 }
 
 /// The field manager that holds `spec.replicas` from the moment an HPA is asked for until the

@@ -4,7 +4,7 @@
 use kube::Client;
 use tokio::sync::watch;
 
-use super::{fetch::Caches, retry::ApplyRetries};
+use super::{fetch::Caches, last_applied::LastApplied, retry::ApplyRetries};
 use crate::{
     model_readiness::{EndpointResolver, ProbeSchedule, Prober},
     vocabulary::{Leadership, OperatorImages},
@@ -20,6 +20,8 @@ pub struct Context {
     pub probe_schedule: ProbeSchedule,
     /// When to write each model's children again after a failure.
     pub apply_retries: ApplyRetries,
+    /// What was last written for each child, so that an unchanged child is not written again.
+    pub last_applied: LastApplied,
     /// Whether this replica's term as leader runs (always, without leader election). The
     /// client's writes are gated on it too; the driver checks it to skip work a standby
     /// would have thrown away.
@@ -37,16 +39,19 @@ impl Context {
         *self.caches_synced.borrow()
     }
 
-    /// Drops what the driver keeps for a model that is gone (probe backoff, apply retries).
+    /// Drops what the driver keeps for a model that is gone (probe backoff, apply retries, what
+    /// was last written).
     pub fn forget(&self, namespace: &str, name: &str) {
         self.probe_schedule.forget(namespace, name);
         self.apply_retries.forget(namespace, name);
+        self.last_applied.forget(namespace, name);
     }
 
     /// The models the driver keeps something for.
     pub fn models_kept(&self) -> Vec<(String, String)> {
         let mut models = self.probe_schedule.models();
         models.extend(self.apply_retries.models());
+        models.extend(self.last_applied.models());
         models
     }
 }

@@ -1,7 +1,10 @@
 //! Fetch (reads only): what exists now for one ModelDeployment, read from the operator's watch
 //! caches, never from the API server, so that a thousand ModelDeployments cost no list calls.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex, RwLock},
+};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -11,7 +14,10 @@ use k8s_openapi::api::{
 };
 use kube::{
     Resource, ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 
 use super::build::pod_tolerations;
@@ -21,16 +27,16 @@ use crate::{
     vocabulary::{
         Scaling, Validated,
         names::{
-            COMPONENT_SERVER, COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name,
-            service_name,
+            COMPONENT_SERVER, COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
+            deployment_name, runtime_config_name, service_name,
         },
         pods::{is_finished, is_terminating, node_name},
     },
 };
 
 /// The watch caches the reconciler reads; the process (`crate::controller`) fills them.
-/// Children are cached by the operator's `managed-by` label; nodes and pods in full, because GPU
-/// capacity depends on every pod.
+/// Children are cached by the operator's `managed-by` label; nodes and every pod, because GPU
+/// capacity depends on every pod (`crate::controller` keeps only the fields that are read).
 #[derive(Clone)]
 pub struct Caches {
     pub models: Store<ModelDeployment>,
@@ -44,6 +50,10 @@ pub struct Caches {
     /// The one namespace pods are cached from, when the operator watches only that one: GPUs
     /// that pods of other namespaces hold are then unseen, and the capacity message says so.
     pub pods_namespace: Option<String>,
+    /// The serving pods of each model, kept beside the pod cache.
+    pub pod_index: PodIndex,
+    /// What the pods on each node request of a GPU resource, summed once per change of the pods.
+    pub requested_gpus: RequestedGpus,
 }
 
 /// The children of one ModelDeployment as they are now; only those it controls.
@@ -59,9 +69,6 @@ pub struct Observed {
     pub runtime_config: Option<Arc<ConfigMap>>,
     /// The serving pods, for the capacity check and the model probes.
     pub pods: Vec<Arc<Pod>>,
-    /// Every pod in the cache when this was observed: the capacity check sums GPU requests
-    /// from it, so that one reconcile copies the pod cache once.
-    pub cluster_pods: Vec<Arc<Pod>>,
 }
 
 impl Caches {
@@ -70,7 +77,6 @@ impl Caches {
         let name = model.name_any();
         let namespace = model.namespace().unwrap_or_default();
         let owner_uid = model.uid();
-        let cluster_pods = self.pods.state();
         Observed {
             deployment: owned_child(
                 &self.deployments,
@@ -99,17 +105,12 @@ impl Caches {
                 &runtime_config_name(&name),
                 owner_uid.as_deref(),
             ),
-            pods: cluster_pods
+            pods: self
+                .pod_index
+                .pod_names(&namespace, &name)
                 .iter()
-                .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
-                .filter(|pod| {
-                    let labels = pod.labels();
-                    labels.get(LABEL_NAME) == Some(&name)
-                        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER)
-                })
-                .cloned()
+                .filter_map(|pod| self.pods.get(&ObjectRef::new(pod).within(&namespace)))
                 .collect(),
-            cluster_pods,
         }
     }
 
@@ -148,7 +149,9 @@ impl Caches {
         let pending = live.len() - bound;
         let unscheduled = (usize::try_from(wanted).unwrap_or(0).saturating_sub(bound)).max(pending);
 
-        let requested = requested_per_node(observed.cluster_pods.iter().map(Arc::as_ref), &placement.resource);
+        let requested = self
+            .requested_gpus
+            .per_node(&placement.resource, &self.pods, &self.pod_index);
         let nodes: Vec<NodeGpus> = self
             .nodes
             .state()
@@ -179,6 +182,113 @@ impl Caches {
             ));
         }
         Some(report)
+    }
+}
+
+/// The operator's serving pods by model (namespace, name), kept from the pod cache's events, so
+/// that a reconcile finds its model's pods without copying the pod cache. A relist builds a
+/// fresh index and swaps it in when the list is complete, as the reflector does with its store.
+#[derive(Clone, Default)]
+pub struct PodIndex {
+    state: Arc<RwLock<PodIndexState>>,
+}
+
+type ModelKey = (String, String);
+
+#[derive(Default)]
+struct PodIndexState {
+    by_model: HashMap<ModelKey, BTreeSet<String>>,
+    relisting: Option<HashMap<ModelKey, BTreeSet<String>>>,
+    /// Counts every pod event: what was computed from the pods is stale when it moved.
+    changes: u64,
+}
+
+impl PodIndex {
+    /// Follows one event of the pod cache's watch (after the cache applied it).
+    pub fn follow(&self, event: &watcher::Event<Pod>) {
+        let mut state = self.state.write().expect("pod index lock");
+        state.changes = state.changes.wrapping_add(1);
+        match event {
+            watcher::Event::Init => state.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(pod) => {
+                if let (Some(relisting), Some((model, pod))) = (state.relisting.as_mut(), serving_pod_of(pod)) {
+                    relisting.entry(model).or_default().insert(pod);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = state.relisting.take() {
+                    state.by_model = fresh;
+                }
+            }
+            watcher::Event::Apply(pod) => {
+                if let Some((model, pod)) = serving_pod_of(pod) {
+                    state.by_model.entry(model).or_default().insert(pod);
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some((model, pod)) = serving_pod_of(pod)
+                    && let Some(pods) = state.by_model.get_mut(&model)
+                {
+                    pods.remove(&pod);
+                    if pods.is_empty() {
+                        state.by_model.remove(&model);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The names of the serving pods of one model.
+    pub fn pod_names(&self, namespace: &str, model: &str) -> Vec<String> {
+        let state = self.state.read().expect("pod index lock");
+        state
+            .by_model
+            .get(&(namespace.to_owned(), model.to_owned()))
+            .map(|pods| pods.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many pod events there were so far.
+    pub fn changes(&self) -> u64 {
+        self.state.read().expect("pod index lock").changes
+    }
+}
+
+/// The model a pod serves, when the operator made it to serve one (its labels, which a
+/// ReplicaSet's pods keep for life).
+fn serving_pod_of(pod: &Pod) -> Option<(ModelKey, String)> {
+    let labels = pod.labels();
+    let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER);
+    let model = labels.get(LABEL_NAME).filter(|_| ours)?;
+    Some(((pod.namespace()?, model.clone()), pod.name_any()))
+}
+
+/// The GPU requests of the pods on each node, per GPU resource, computed from the pod cache at
+/// most once per change of it: a thousand models checking capacity at rest cost one pass.
+#[derive(Clone, Default)]
+pub struct RequestedGpus {
+    computed: Arc<Mutex<HashMap<String, Summed>>>,
+}
+
+/// The sums as of a count of pod events (`PodIndex::changes`).
+type Summed = (u64, Arc<PerNode>);
+
+/// A GPU resource's requests summed per node name.
+type PerNode = BTreeMap<String, i64>;
+
+impl RequestedGpus {
+    pub fn per_node(&self, resource: &str, pods: &Store<Pod>, index: &PodIndex) -> Arc<PerNode> {
+        let changes = index.changes();
+        let mut computed = self.computed.lock().expect("requested GPUs lock");
+        if let Some((at, requested)) = computed.get(resource)
+            && *at == changes
+        {
+            return requested.clone();
+        }
+        let requested = Arc::new(requested_per_node(pods.state().iter().map(Arc::as_ref), resource));
+        computed.insert(resource.to_owned(), (changes, requested.clone()));
+        requested
     }
 }
 

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod build;
 mod context;
 pub mod fetch;
+mod last_applied;
 mod outcome;
 pub mod ownership;
 pub mod report;
@@ -35,7 +36,8 @@ use self::{
 };
 pub use self::{
     context::Context,
-    fetch::Caches,
+    fetch::{Caches, PodIndex, RequestedGpus},
+    last_applied::LastApplied,
     outcome::{Outcome, Reconciled, Skipped, ValidationVerdict, Work},
     retry::ApplyRetries,
 };
@@ -268,7 +270,16 @@ async fn apply_children(
             Some(reasons::NAME_TAKEN),
         );
     }
-    match apply::apply(&ctx.client, desired, observed, validation.allows_rollout()).await {
+    match apply::apply(
+        &ctx.client,
+        &ctx.last_applied,
+        (&namespace, &name),
+        desired,
+        observed,
+        validation.allows_rollout(),
+    )
+    .await
+    {
         Ok(applied) => {
             ctx.apply_retries.forget(&namespace, &name);
             (applied, ApplyState::Applied, None)

@@ -93,6 +93,8 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
             pods,
             nodes,
             pods_namespace: None,
+            pod_index: PodIndex::default(),
+            requested_gpus: RequestedGpus::default(),
         },
         images: OperatorImages::default(),
         prober: Prober::new(ProbeSettings::default()).expect("a prober"),
@@ -100,6 +102,7 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
         endpoints: EndpointResolver::new(&[], false).expect("no overrides"),
         probe_schedule: ProbeSchedule::default(),
         apply_retries: ApplyRetries::default(),
+        last_applied: LastApplied::default(),
         leader: if leader {
             Leadership::always()
         } else {
@@ -562,5 +565,89 @@ async fn the_report_publishes_a_warning_event_per_condition_of_a_refused_spec() 
     };
     let ((), api) = within(async { tokio::join!(reporter.publish(&model, &outcome), script) }).await;
     drop((ctx, reporter));
+    api.expect_nothing_more().await;
+}
+
+/// The stored object a server-side apply returns: the sent one with a UID, a generation where
+/// the kind keeps one, and a resourceVersion, as the API server adds them.
+fn stored(sent: &Value, generation: Option<i64>) -> Value {
+    let mut stored = sent.clone();
+    stored["metadata"]["uid"] = json!(format!("uid-of-{}", sent["metadata"]["name"].as_str().unwrap_or("")));
+    stored["metadata"]["resourceVersion"] = json!("100");
+    if let Some(generation) = generation {
+        stored["metadata"]["generation"] = json!(generation);
+    }
+    stored
+}
+
+#[tokio::test]
+async fn a_model_whose_children_are_as_written_costs_no_request_and_a_drifted_child_is_rewritten() {
+    let (client, mut api) = ApiServer::new();
+    let mut ctx = context(client, true, true);
+    let (deployments, mut deployment_cache) = reflector::store();
+    let (services, mut service_cache) = reflector::store();
+    ctx.caches.deployments = deployments;
+    ctx.caches.services = services;
+    let first = model(DUMMY);
+    let script = async {
+        api.expect_absent("/apis/apps/v1/namespaces/ml/deployments/dummy-model")
+            .await;
+        api.expect_absent("/api/v1/namespaces/ml/services/dummy-model-service")
+            .await;
+        let deployment = api
+            .expect(
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/ml/deployments/dummy-model",
+                200,
+                |sent| stored(sent, Some(1)),
+            )
+            .await;
+        let service = api
+            .expect(
+                Method::PATCH,
+                "/api/v1/namespaces/ml/services/dummy-model-service",
+                200,
+                |sent| stored(sent, None),
+            )
+            .await;
+        let status = api.expect_status_write(&first).await;
+        (api, deployment.body, service.body, status.body)
+    };
+    let (outcome, (mut api, deployment, service, status)) =
+        within(async { tokio::join!(reconcile(&first, &ctx), script) }).await;
+    outcome.expect("the first reconcile succeeds");
+
+    // The watches bring back what was written.
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(stored(&deployment, Some(1))).unwrap();
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(stored(&service, None)).unwrap();
+    deployment_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(deployment.clone()));
+    service_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(service));
+    let mut at_rest = first.clone();
+    at_rest.status = serde_json::from_value(status["status"].clone()).unwrap();
+    let outcome = within(reconcile(&at_rest, &ctx)).await.expect("reconciled at rest");
+    let work = outcome.reconciled_work().expect("reconciled");
+    assert!(!work.status_written);
+
+    // Someone scales the Deployment by hand: its generation moves, and it alone is applied again.
+    let mut edited = deployment;
+    edited.metadata.generation = Some(2);
+    edited.spec.as_mut().unwrap().replicas = Some(5);
+    deployment_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(edited));
+    let script = async {
+        let put_back = api
+            .expect(
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/ml/deployments/dummy-model",
+                200,
+                |sent| stored(sent, Some(3)),
+            )
+            .await;
+        assert_eq!(put_back.body["spec"]["replicas"], 1, "the spec's replica count");
+        api
+    };
+    let (outcome, api) = within(async { tokio::join!(reconcile(&at_rest, &ctx), script) }).await;
+    outcome.expect("the drift is repaired");
+    drop(ctx);
     api.expect_nothing_more().await;
 }

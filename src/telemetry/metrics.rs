@@ -25,6 +25,8 @@ pub struct Metrics {
     /// 1 while this replica's term as leader runs: set from the term at every scrape, so a
     /// replica that wakes from a freeze past its term never shows 1 beside the new leader.
     pub leader: prometheus::IntGauge,
+    /// `verb`, `resource`: every request sent to the API server (`telemetry::CountRequests`).
+    pub kube_requests: IntCounterVec,
     leadership: Arc<OnceLock<Leadership>>,
 }
 
@@ -70,6 +72,14 @@ impl Metrics {
         .expect("valid metric");
         let leader = prometheus::IntGauge::new("model_operator_leader", "1 while this replica is the leader")
             .expect("valid metric");
+        let kube_requests = IntCounterVec::new(
+            Opts::new(
+                "model_operator_kube_requests_total",
+                "Requests the operator sent to the API server, by verb and resource",
+            ),
+            &["verb", "resource"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(deployments_created.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(validations.clone()),
@@ -78,6 +88,7 @@ impl Metrics {
             Box::new(model_ready.clone()),
             Box::new(model_ready_replicas.clone()),
             Box::new(leader.clone()),
+            Box::new(kube_requests.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -94,6 +105,7 @@ impl Metrics {
             model_ready,
             model_ready_replicas,
             leader,
+            kube_requests,
             leadership: Arc::default(),
         }
     }

@@ -22,7 +22,7 @@ use kube::{
 };
 use tower::ServiceBuilder;
 
-use crate::vocabulary::Leadership;
+use crate::{telemetry::CountRequests, vocabulary::Leadership};
 
 /// A connection that refuses to write once the term is over.
 pub struct Fenced<T> {
@@ -99,7 +99,7 @@ impl tower::Service<http::Uri> for FencedConnector {
 /// The client the reconcile driver and the report write with: kube's stack (base URI,
 /// credentials, extra headers) over fenced connections, with [`WriteGate`](super::WriteGate)
 /// refusing writes outside the term before they are even queued.
-pub fn writer_client(config: &Config, leadership: Leadership) -> kube::Result<Client> {
+pub fn writer_client(config: &Config, leadership: Leadership, counted: CountRequests) -> kube::Result<Client> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(config.connect_timeout);
@@ -111,6 +111,7 @@ pub fn writer_client(config: &Config, leadership: Leadership) -> kube::Result<Cl
     let hyper_client: hyper_util::client::legacy::Client<_, Body> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
     let service = ServiceBuilder::new()
+        .layer(counted)
         .layer(super::WriteGate::new(leadership))
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)

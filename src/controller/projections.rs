@@ -1,0 +1,311 @@
+//! What each watch cache keeps of an object: only the fields some part of the operator reads,
+//! so that memory follows what the operator needs rather than the size of the cluster's objects
+//! (every pod of the cluster is cached for the GPU capacity check; a pod's env, volumes and
+//! container statuses are most of it), and so that a change to a field nobody reads (a node's
+//! heartbeat, a container's restart count) triggers no reconcile.
+//!
+//! Readers of the caches (`reconcile::fetch`, `model_readiness`, `custom_metrics`, the
+//! triggers) read nothing that is dropped here; the tests below spell out what stays.
+
+use std::{
+    collections::BTreeMap,
+    hash::{DefaultHasher, Hash, Hasher},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        batch::v1::Job,
+        core::v1::{
+            ConfigMap, Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
+            ResourceRequirements,
+        },
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+};
+use kube::Resource;
+use serde::Serialize;
+
+use crate::vocabulary::GPU_RESOURCE_PREFIX;
+
+/// Metadata every cache keeps: identity, labels, owners and deletion; never managed fields.
+fn common(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+}
+
+/// A pod, as the capacity check (node, GPU requests, phase), the probes and custom metrics
+/// (labels, IP, readiness) and the triggers read it.
+pub fn pod(pod: &mut Pod) {
+    common(&mut pod.metadata);
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    pod.metadata.finalizers = None;
+    pod.metadata.generate_name = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        containers: spec.containers.into_iter().map(gpu_requests_only).collect(),
+        init_containers: spec
+            .init_containers
+            .map(|containers| containers.into_iter().map(gpu_requests_only).collect()),
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..PodCondition::default()
+                })
+                .collect()
+        }),
+        ..PodStatus::default()
+    });
+}
+
+/// A container's name and its NVIDIA resources (requests and limits); nothing else of it.
+fn gpu_requests_only(container: Container) -> Container {
+    let gpus = |list: Option<BTreeMap<String, Quantity>>| {
+        list.map(|list| {
+            list.into_iter()
+                .filter(|(name, _)| name.starts_with(GPU_RESOURCE_PREFIX))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .filter(|list| !list.is_empty())
+    };
+    Container {
+        name: container.name,
+        resources: container.resources.map(|resources| ResourceRequirements {
+            requests: gpus(resources.requests),
+            limits: gpus(resources.limits),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// A node, as the capacity check reads it: labels, taints, cordon, allocatable, readiness. The
+/// heartbeat times of its conditions go, so that a heartbeat is no change.
+pub fn node(node: &mut Node) {
+    common(&mut node.metadata);
+    node.metadata.annotations = None;
+    node.spec = node.spec.take().map(|spec| NodeSpec {
+        taints: spec.taints,
+        unschedulable: spec.unschedulable,
+        ..NodeSpec::default()
+    });
+    node.status = node.status.take().map(|status| NodeStatus {
+        allocatable: status.allocatable,
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| NodeCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..NodeCondition::default()
+                })
+                .collect()
+        }),
+        ..NodeStatus::default()
+    });
+}
+
+/// The operator's Deployment: its replicas, its template's labels (the version it serves) and
+/// its status. The pod template's spec is the operator's own and never read back.
+pub fn deployment(deployment: &mut Deployment) {
+    common(&mut deployment.metadata);
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template.spec = None;
+    }
+}
+
+/// The operator's validation Job: only its status (the verdict) is read.
+pub fn job(job: &mut Job) {
+    common(&mut job.metadata);
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template.spec = None;
+    }
+}
+
+/// The operator's runtime configuration: only whether it exists and whose it is is read.
+pub fn config_map(config_map: &mut ConfigMap) {
+    common(&mut config_map.metadata);
+    config_map.data = None;
+    config_map.binary_data = None;
+}
+
+/// Everything else (ModelDeployments, Services, HPAs) is kept whole but for managed fields.
+pub fn whole<K: Resource>(object: &mut K) {
+    common(object.meta_mut());
+}
+
+/// A hash of what the cache keeps of an object, leaving out its `resourceVersion`: two events
+/// with the same hash carry no change any reader could see.
+pub fn content_hash<K: Resource + Serialize>(object: &mut K) -> u64 {
+    let version = object.meta_mut().resource_version.take();
+    let mut hasher = DefaultHasher::new();
+    // Serializing a typed object cannot fail (no maps with non-string keys).
+    serde_json::to_vec(object)
+        .expect("a Kubernetes object serializes")
+        .hash(&mut hasher);
+    object.meta_mut().resource_version = version;
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        gpu::pod_request,
+        vocabulary::pods::{is_finished, is_ready, is_terminating, node_name, requests_gpus},
+    };
+
+    /// A pod as the API server stores it, with everything a real one has.
+    fn full_pod(restarts: i32) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "bert-deployment-7d9f-abcde", "namespace": "ml", "uid": "p-1", "resourceVersion": "42",
+                "deletionTimestamp": "2026-12-01T10:00:00Z",
+                "labels": {"app.kubernetes.io/name": "bert", "app.kubernetes.io/component": "server"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bert-7d9f", "uid": "rs-1"}],
+                "managedFields": [{"manager": "kubelet"}],
+            },
+            "spec": {
+                "nodeName": "gpu-a100-0",
+                "volumes": [{"name": "model", "emptyDir": {}}],
+                "initContainers": [{"name": "fetch", "image": "fetcher", "resources": {"limits": {"cpu": "1"}}}],
+                "containers": [{
+                    "name": "server", "image": "triton", "env": [{"name": "A", "value": "b"}],
+                    "resources": {"requests": {"cpu": "2", "nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2", "memory": "8Gi"}},
+                }],
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            },
+            "status": {
+                "phase": "Running", "podIP": "10.244.1.7", "hostIP": "10.1.0.11",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-01T09:00:00Z"},
+                    {"type": "PodScheduled", "status": "True"},
+                ],
+                "containerStatuses": [{"name": "server", "image": "triton", "imageID": "", "ready": true, "restartCount": restarts}],
+            },
+        }))
+        .expect("fixture is a Pod")
+    }
+
+    #[test]
+    fn a_pod_keeps_what_the_capacity_check_probes_and_metrics_read() {
+        let full = full_pod(0);
+        let mut kept = full.clone();
+        pod(&mut kept);
+        assert_eq!(kept.metadata.labels, full.metadata.labels);
+        assert_eq!(kept.metadata.uid, full.metadata.uid);
+        assert_eq!(kept.metadata.namespace, full.metadata.namespace);
+        assert_eq!(node_name(&kept), node_name(&full));
+        assert_eq!(is_ready(&kept), is_ready(&full));
+        assert_eq!(is_finished(&kept), is_finished(&full));
+        assert_eq!(is_terminating(&kept), is_terminating(&full));
+        assert_eq!(requests_gpus(&kept), requests_gpus(&full));
+        assert_eq!(pod_request(&kept, "nvidia.com/gpu"), 2);
+        assert_eq!(kept.status.as_ref().unwrap().pod_ip.as_deref(), Some("10.244.1.7"));
+        // What goes: the bulk of a pod.
+        let spec = kept.spec.as_ref().unwrap();
+        assert!(spec.volumes.is_none() && spec.tolerations.is_none());
+        assert!(spec.containers[0].env.is_none() && spec.containers[0].image.is_none());
+        assert!(
+            spec.init_containers.as_ref().unwrap()[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .limits
+                .is_none()
+        );
+        assert!(kept.status.as_ref().unwrap().container_statuses.is_none());
+        assert!(kept.metadata.annotations.is_none() && kept.metadata.managed_fields.is_none());
+        let full_size = serde_json::to_vec(&full).unwrap().len();
+        let kept_size = serde_json::to_vec(&kept).unwrap().len();
+        assert!(kept_size * 2 < full_size, "{kept_size} of {full_size} bytes kept");
+    }
+
+    #[test]
+    fn a_change_nobody_reads_hashes_the_same_and_one_they_read_does_not() {
+        let (mut before, mut restarted) = (full_pod(0), full_pod(3));
+        restarted.metadata.resource_version = Some("43".into());
+        pod(&mut before);
+        pod(&mut restarted);
+        assert_eq!(content_hash(&mut before), content_hash(&mut restarted));
+        assert_eq!(restarted.metadata.resource_version.as_deref(), Some("43"), "put back");
+
+        let mut unready = full_pod(0);
+        unready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        pod(&mut unready);
+        assert_ne!(content_hash(&mut before), content_hash(&mut unready));
+    }
+
+    fn full_node(heartbeat: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "gpu-a100-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}},
+            "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}], "unschedulable": true, "podCIDR": "10.244.1.0/24"},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "8", "cpu": "95500m"},
+                "capacity": {"nvidia.com/gpu": "8"},
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat},
+                    {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": heartbeat},
+                ],
+                "images": [{"names": ["registry/huge-image:1"], "sizeBytes": 1}],
+                "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "",
+                             "containerRuntimeVersion": "", "kubeletVersion": "", "kubeProxyVersion": "",
+                             "operatingSystem": "linux", "architecture": "amd64"},
+            },
+        }))
+        .expect("fixture is a Node")
+    }
+
+    #[test]
+    fn a_node_keeps_what_the_capacity_check_reads_and_a_heartbeat_is_no_change() {
+        let full = full_node("2026-12-01T10:00:00Z");
+        let mut kept = full.clone();
+        node(&mut kept);
+        let before = crate::gpu::NodeGpus::with_requested(&full, "nvidia.com/gpu", 3);
+        let after = crate::gpu::NodeGpus::with_requested(&kept, "nvidia.com/gpu", 3);
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        assert!(kept.status.as_ref().unwrap().images.is_none());
+        assert!(kept.status.as_ref().unwrap().node_info.is_none());
+
+        let mut later = full_node("2026-12-01T10:00:40Z");
+        node(&mut later);
+        assert_eq!(content_hash(&mut kept), content_hash(&mut later));
+    }
+
+    #[test]
+    fn children_keep_their_status_and_drop_what_the_operator_wrote_itself() {
+        let mut deployment_object: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "bert-deployment", "generation": 2},
+            "spec": {"replicas": 3, "selector": {}, "template": {
+                "metadata": {"labels": {"mlops.sathvik.dev/version": "v2"}},
+                "spec": {"containers": [{"name": "server", "image": "triton"}]}}},
+            "status": {"readyReplicas": 2},
+        }))
+        .unwrap();
+        deployment(&mut deployment_object);
+        let spec = deployment_object.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert!(spec.template.spec.is_none());
+        assert!(spec.template.metadata.as_ref().unwrap().labels.is_some());
+        assert_eq!(deployment_object.status.as_ref().unwrap().ready_replicas, Some(2));
+
+        let mut config: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "bert-config"}, "data": {"config.properties": "x"}}))
+                .unwrap();
+        config_map(&mut config);
+        assert!(config.data.is_none());
+    }
+}

@@ -1,0 +1,203 @@
+//! What this process last wrote for each child, so that a reconcile that finds a child as it
+//! left it writes nothing: at rest, a thousand models cost no API writes.
+//!
+//! A child is written again only when
+//! - the desired object differs from what was last applied (a hash of its serialization), or
+//! - the cached object is not the one that write returned: someone else changed it (drift), it
+//!   was deleted and created anew, or the cache has not caught up yet. The version compared is
+//!   `metadata.generation` where the kind keeps one (Deployment, HPA: their status changes all
+//!   the time, their spec only by a write), `resourceVersion` otherwise (Service, ConfigMap).
+//!
+//! Nothing is kept across restarts: a new process (or a new leader) applies every child once,
+//! which also repairs whatever drifted while no operator ran; server-side apply makes those
+//! writes no-ops on the server when nothing changed.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Mutex,
+};
+
+use kube::Resource;
+use serde::Serialize;
+
+/// The hash of a desired object, as it would be sent.
+pub fn desired_hash<K: Serialize>(object: &K) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    // Serializing a typed object cannot fail (no maps with non-string keys).
+    serde_json::to_vec(object)
+        .expect("a Kubernetes object serializes")
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    hash: u64,
+    uid: String,
+    version: String,
+}
+
+/// Per model (namespace, name), per child kind: what the last successful apply returned.
+#[derive(Debug, Default)]
+pub struct LastApplied {
+    models: Mutex<HashMap<(String, String), ChildrenWritten>>,
+}
+
+/// By kind.
+type ChildrenWritten = HashMap<&'static str, Written>;
+
+/// The version a change by anyone moves: the generation if the kind keeps one.
+fn version_of<K: Resource>(object: &K) -> Option<String> {
+    let meta = object.meta();
+    match meta.generation {
+        Some(generation) => Some(format!("generation {generation}")),
+        None => meta.resource_version.as_ref().map(|v| format!("resourceVersion {v}")),
+    }
+}
+
+impl LastApplied {
+    /// True when `cached` is exactly what this process last wrote for `model`'s child of this
+    /// kind, from a desired object with `hash`: applying it again would change nothing.
+    pub fn is_current<K: Resource<DynamicType = ()>>(
+        &self,
+        model: (&str, &str),
+        hash: u64,
+        cached: Option<&K>,
+    ) -> bool {
+        let Some(cached) = cached else {
+            return false;
+        };
+        let models = self.models.lock().expect("last applied lock");
+        let Some(written) = models
+            .get(&(model.0.to_owned(), model.1.to_owned()))
+            .and_then(|children| children.get(kind_of::<K>()))
+        else {
+            return false;
+        };
+        written.hash == hash
+            && cached.meta().uid.as_deref() == Some(written.uid.as_str())
+            && version_of(cached).as_deref() == Some(written.version.as_str())
+    }
+
+    /// Remembers what an apply of a desired object with `hash` returned.
+    pub fn record<K: Resource<DynamicType = ()>>(&self, model: (&str, &str), hash: u64, returned: &K) {
+        let (Some(uid), Some(version)) = (returned.meta().uid.clone(), version_of(returned)) else {
+            return;
+        };
+        self.models
+            .lock()
+            .expect("last applied lock")
+            .entry((model.0.to_owned(), model.1.to_owned()))
+            .or_default()
+            .insert(kind_of::<K>(), Written { hash, uid, version });
+    }
+
+    /// The child of this kind was deleted (pruned): nothing of it is current any more.
+    pub fn forget_child<K: Resource<DynamicType = ()>>(&self, model: (&str, &str)) {
+        if let Some(children) = self
+            .models
+            .lock()
+            .expect("last applied lock")
+            .get_mut(&(model.0.to_owned(), model.1.to_owned()))
+        {
+            children.remove(kind_of::<K>());
+        }
+    }
+
+    /// The model is gone (or its term as leader ended): every child is applied afresh next time.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.models
+            .lock()
+            .expect("last applied lock")
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// The models something is remembered for.
+    pub fn models(&self) -> Vec<(String, String)> {
+        self.models.lock().expect("last applied lock").keys().cloned().collect()
+    }
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds of k8s-openapi types are static strings; the Cow is always borrowed for them.
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment(uid: &str, generation: i64, resource_version: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "bert-deployment", "namespace": "ml", "uid": uid,
+                         "generation": generation, "resourceVersion": resource_version},
+        }))
+        .unwrap()
+    }
+
+    fn service(uid: &str, resource_version: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "bert-service", "namespace": "ml", "uid": uid, "resourceVersion": resource_version},
+        }))
+        .unwrap()
+    }
+
+    const BERT: (&str, &str) = ("ml", "bert");
+
+    #[test]
+    fn a_child_as_it_was_written_is_current_until_the_spec_or_someone_else_changes_it() {
+        let last = LastApplied::default();
+        let written = deployment("d-1", 3, "100");
+        assert!(!last.is_current(BERT, 7, Some(&written)), "nothing written yet");
+        last.record(BERT, 7, &written);
+        assert!(last.is_current(BERT, 7, Some(&written)));
+        // The Deployment controller updates the status: the generation stays.
+        assert!(last.is_current(BERT, 7, Some(&deployment("d-1", 3, "140"))));
+        assert!(!last.is_current(BERT, 8, Some(&written)), "the desired object changed");
+        assert!(
+            !last.is_current(BERT, 7, Some(&deployment("d-1", 4, "150"))),
+            "someone edited the spec"
+        );
+        assert!(
+            !last.is_current(BERT, 7, Some(&deployment("d-2", 1, "160"))),
+            "deleted and created anew"
+        );
+        assert!(!last.is_current::<Deployment>(BERT, 7, None), "not in the cache");
+        assert!(!last.is_current(("ml", "other"), 7, Some(&written)), "per model");
+    }
+
+    #[test]
+    fn kinds_without_a_generation_compare_the_resource_version() {
+        let last = LastApplied::default();
+        last.record(BERT, 1, &service("s-1", "200"));
+        assert!(last.is_current(BERT, 1, Some(&service("s-1", "200"))));
+        assert!(!last.is_current(BERT, 1, Some(&service("s-1", "201"))));
+        // Kinds are kept apart.
+        assert!(!last.is_current(BERT, 1, Some(&deployment("s-1", 1, "200"))));
+    }
+
+    #[test]
+    fn forgetting_a_child_or_a_model_means_writing_it_again() {
+        let last = LastApplied::default();
+        last.record(BERT, 1, &service("s-1", "200"));
+        last.record(BERT, 2, &deployment("d-1", 1, "201"));
+        last.forget_child::<Service>(BERT);
+        assert!(!last.is_current(BERT, 1, Some(&service("s-1", "200"))));
+        assert!(last.is_current(BERT, 2, Some(&deployment("d-1", 1, "201"))));
+        last.forget("ml", "bert");
+        assert!(last.models().is_empty());
+    }
+
+    #[test]
+    fn equal_objects_hash_equal_and_different_ones_do_not() {
+        assert_eq!(desired_hash(&service("s", "1")), desired_hash(&service("s", "1")));
+        assert_ne!(desired_hash(&service("s", "1")), desired_hash(&service("t", "1")));
+    }
+}
