@@ -245,6 +245,9 @@ fn the_operator_may_write_only_what_it_applies() {
         "create configmaps",
         "patch configmaps",
         "delete configmaps",
+        "create resourceclaimtemplates",
+        "patch resourceclaimtemplates",
+        "delete resourceclaimtemplates",
         "create events",
         "patch events",
     ];

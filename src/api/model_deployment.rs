@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 // The spec's enumerations are shared words (`crate::vocabulary`), defined there so that every
 // layer can use them without importing the API.
-pub use crate::vocabulary::{GpuSharing, Runtime, ScalingMetric};
+pub use crate::vocabulary::{GpuAllocation, GpuSharing, Runtime, ScalingMetric};
 
 /// Desired state of a served model.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -195,6 +195,8 @@ pub struct ModelCredentials {
 #[x_kube(
     validation = Rule::new("self.sharing != 'mig' || has(self.migProfile)").message("migProfile is required when sharing is mig, e.g. 1g.10gb").field_path(".migProfile"),
     validation = Rule::new("!has(self.migProfile) || self.sharing == 'mig'").message("migProfile may only be set when sharing is mig").field_path(".migProfile"),
+    validation = Rule::new("self.allocation != 'device-plugin' || (!has(self.architectures) && !has(self.minComputeCapability))").message("architectures and minComputeCapability select DRA devices; the device plugin cannot honour them (use allocation dra or auto)").field_path(".allocation"),
+    validation = Rule::new("self.allocation != 'dra' || self.sharing != 'time-sliced'").message("time-sliced sharing is the device plugin's; DRA gives whole GPUs or MIG devices (use allocation device-plugin or auto)").field_path(".sharing"),
 )]
 pub struct GpuSpec {
     /// GPUs (or MIG slices) per replica: the `nvidia.com/gpu` (or `nvidia.com/mig-<profile>`)
@@ -228,6 +230,28 @@ pub struct GpuSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[1-7]g\.[0-9]+gb$"))]
     pub mig_profile: Option<String>,
+
+    /// How the GPUs are requested: `auto` (Dynamic Resource Allocation where the cluster's
+    /// ResourceSlices publish GPUs that match, the device plugin otherwise; `status.gpuAllocation`
+    /// says which), `device-plugin` (`nvidia.com/gpu` limits) or `dra` (a ResourceClaim per
+    /// replica, NVIDIA's DRA driver's DeviceClasses `gpu.nvidia.com` / `mig.nvidia.com`).
+    #[serde(default)]
+    pub allocation: GpuAllocation,
+
+    /// DRA only: acceptable GPU architectures as the DRA driver names them (`Ampere`, `Hopper`,
+    /// `Blackwell`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        inner(length(min = 1, max = 32), pattern(r"^[A-Za-z0-9][-A-Za-z0-9_.]*$"))
+    )]
+    pub architectures: Vec<String>,
+
+    /// DRA only: least CUDA compute capability, `major.minor` (e.g. `8.0`), matched against the
+    /// driver's `cudaComputeCapability`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9]{1,2}\.[0-9]{1,2}$"))]
+    pub min_compute_capability: Option<String>,
 }
 
 fn default_gpu_count() -> i32 {
@@ -332,10 +356,33 @@ pub struct ModelDeploymentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelInfo>,
 
+    /// How the GPUs are requested, `auto` resolved: `dra` (a ResourceClaim per replica) or
+    /// `device-plugin` (`nvidia.com/gpu` limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_allocation: Option<GpuAllocation>,
+
+    /// With DRA, the devices each replica's claim got, by pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["pod".into()]))]
+    pub gpu_devices: Vec<ReplicaGpus>,
+
     /// Validated, GPUCapacity, Applied, ModelReady, Available and Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The DRA devices one replica holds.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaGpus {
+    /// The replica's pod.
+    pub pod: String,
+    /// The ResourceClaim made for it.
+    pub claim: String,
+    /// `POOL/DEVICE` as the claim's allocation names them (the pool is the node, for NVIDIA's
+    /// driver), with the GPU's or MIG device's UUID in parentheses where the slice publishes it.
+    pub devices: Vec<String>,
 }
 
 /// Coarse lifecycle of a ModelDeployment, kept from the original project.

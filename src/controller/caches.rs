@@ -15,6 +15,7 @@ use k8s_openapi::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, Node, Pod, Service},
+        resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice},
     },
 };
 use kube::{
@@ -50,6 +51,22 @@ pub struct Watches {
     pub config_maps: Triggers<ConfigMap>,
     pub pods: Triggers<Pod>,
     pub nodes: Triggers<Node>,
+    pub claim_templates: Triggers<ResourceClaimTemplate>,
+    pub resource_slices: Triggers<ResourceSlice>,
+    pub resource_claims: Triggers<ResourceClaim>,
+}
+
+/// Whether the cluster serves `resource.k8s.io/v1` (Dynamic Resource Allocation, GA in 1.34):
+/// without it the DRA caches stay empty (and count as listed), and every model uses the device
+/// plugin.
+pub async fn dra_served(client: &Client) -> bool {
+    match client.list_api_group_resources("resource.k8s.io/v1").await {
+        Ok(resources) => resources.resources.iter().any(|r| r.name == "resourceslices"),
+        Err(error) => {
+            info!(%error, "resource.k8s.io/v1 is not served: GPUs only through the device plugin");
+            false
+        }
+    }
 }
 
 /// Starts every watch: ModelDeployments, the operator's children and pods in `namespace` (all
@@ -58,6 +75,7 @@ pub struct Watches {
 pub fn start(
     client: &Client,
     namespace: Option<&str>,
+    dra: bool,
     deleted: futures::channel::mpsc::UnboundedSender<(String, String)>,
 ) -> Watches {
     let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
@@ -94,8 +112,39 @@ pub fn start(
         ignore,
     );
     let (jobs, job_stream) = reflect(in_scope(client, namespace), children.clone(), projections::job, ignore);
-    let (config_maps, config_map_stream) =
-        reflect(in_scope(client, namespace), children, projections::config_map, ignore);
+    let (config_maps, config_map_stream) = reflect(
+        in_scope(client, namespace),
+        children.clone(),
+        projections::config_map,
+        ignore,
+    );
+    let (claim_templates, claim_template_stream) = served_or_empty(dra, || {
+        reflect(in_scope(client, namespace), children, projections::whole, ignore)
+    });
+    let (resource_slices, resource_slice_stream) = served_or_empty(dra, || {
+        reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            projections::whole,
+            ignore,
+        )
+    });
+    let (resource_claims, resource_claim_stream) = served_or_empty(dra, || {
+        reflect(
+            in_scope(client, namespace),
+            watcher::Config::default(),
+            projections::whole,
+            ignore,
+        )
+    });
+    let (device_classes, _) = served_or_empty(dra, || {
+        reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            projections::whole,
+            ignore,
+        )
+    });
     let pod_index = PodIndex::default();
     let (pods, pod_stream) = reflect(
         in_scope(client, namespace),
@@ -122,6 +171,10 @@ pub fn start(
             config_maps,
             pods,
             nodes,
+            claim_templates,
+            resource_slices,
+            resource_claims,
+            device_classes,
             pods_namespace: namespace.map(str::to_owned),
             pod_index,
             requested_gpus: RequestedGpus::default(),
@@ -134,7 +187,26 @@ pub fn start(
         config_maps: config_map_stream,
         pods: pod_stream,
         nodes: node_stream,
+        claim_templates: claim_template_stream,
+        resource_slices: resource_slice_stream,
+        resource_claims: resource_claim_stream,
     }
+}
+
+/// A DRA cache where the API is served; an empty one that counts as listed where it is not.
+fn served_or_empty<K>(served: bool, watch: impl FnOnce() -> (Store<K>, Triggers<K>)) -> (Store<K>, Triggers<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    if served {
+        return watch();
+    }
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    // No sender: the trigger stream ends at once, which the Controller takes as a quiet watch.
+    let (_, triggers) = futures::channel::mpsc::unbounded();
+    (store, triggers)
 }
 
 /// Waits (in its own task) until every cache has listed once, then flips `/readyz` and the
@@ -151,6 +223,10 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
             config_maps,
             pods,
             nodes,
+            claim_templates,
+            resource_slices,
+            resource_claims,
+            device_classes,
             pods_namespace: _,
             pod_index: _,
             requested_gpus: _,
@@ -164,6 +240,10 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
             ("configmaps", config_maps.wait_until_ready().boxed()),
             ("pods", pods.wait_until_ready().boxed()),
             ("nodes", nodes.wait_until_ready().boxed()),
+            ("resourceclaimtemplates", claim_templates.wait_until_ready().boxed()),
+            ("resourceslices", resource_slices.wait_until_ready().boxed()),
+            ("resourceclaims", resource_claims.wait_until_ready().boxed()),
+            ("deviceclasses", device_classes.wait_until_ready().boxed()),
         ];
         let waiting: Arc<Mutex<Vec<&str>>> = Arc::new(Mutex::new(waits.iter().map(|(name, _)| *name).collect()));
         let all = future::join_all(waits.into_iter().map(|(name, wait)| {

@@ -27,7 +27,9 @@ use self::{
     caches::Watches,
     leader::NotLeader,
     shutdown::Shutdown,
-    triggers::{leadership_gained, models_affected_by_node, models_affected_by_pod},
+    triggers::{
+        leadership_gained, models_affected_by_claim, models_affected_by_node, models_affected_by_pod, models_with_gpus,
+    },
 };
 use crate::{
     api::ModelDeployment,
@@ -106,7 +108,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         config_maps,
         pods,
         nodes,
-    } = caches::start(&client, watch_namespace.as_deref(), deleted_tx);
+        claim_templates,
+        resource_slices,
+        resource_claims,
+    } = caches::start(
+        &client,
+        watch_namespace.as_deref(),
+        caches::dra_served(&client).await,
+        deleted_tx,
+    );
     // The custom-metrics API reads the same pod cache; it serves before the caches sync, when
     // an empty answer makes the HPA keep the current scale.
     let custom_metrics = CustomMetricsServer::bind(custom_metrics, &client, caches.pods.clone()).await?;
@@ -154,12 +164,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pod_models = models.clone();
     let node_models = models.clone();
     let node_pods = operator.context.caches.pods.clone();
+    let (claim_models, claim_pods, slice_models) =
+        (models.clone(), operator.context.caches.pods.clone(), models.clone());
     let controller = Controller::for_stream(model_stream, models)
         .owns_stream(deployments)
         .owns_stream(services)
         .owns_stream(hpas)
         .owns_stream(jobs)
         .owns_stream(config_maps)
+        .owns_stream(claim_templates)
+        .watches_stream(resource_claims, move |claim| {
+            models_affected_by_claim(&claim, &claim_pods, &claim_models)
+        })
+        .watches_stream(resource_slices, move |_| models_with_gpus(&slice_models))
         .watches_stream(pods, move |pod| models_affected_by_pod(&pod, &pod_models))
         .watches_stream(nodes, move |node| {
             models_affected_by_node(&node, &node_pods, &node_models)

@@ -52,6 +52,8 @@ pub fn pod(pod: &mut Pod) {
     pod.status = pod.status.take().map(|status| PodStatus {
         phase: status.phase,
         pod_ip: status.pod_ip,
+        // Which ResourceClaim each of the pod's claims became (DRA): the status names its devices.
+        resource_claim_statuses: status.resource_claim_statuses,
         conditions: status.conditions.map(|conditions| {
             conditions
                 .into_iter()

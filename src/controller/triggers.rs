@@ -9,7 +9,10 @@ use crate::{
         pods::{is_finished, is_terminating, requests_gpus},
     },
 };
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    resource::v1::ResourceClaim,
+};
 use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef, Store},
@@ -55,6 +58,36 @@ pub fn models_affected_by_node(
     affected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     affected.dedup();
     affected
+}
+
+/// A ResourceClaim made for a serving pod concerns that pod's model (the status names the
+/// devices it got); any claim allocated or freed changes the DRA capacity others see.
+pub fn models_affected_by_claim(
+    claim: &ResourceClaim,
+    pods: &Store<Pod>,
+    models: &Store<ModelDeployment>,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    let mut affected = models_short_of_gpus(models);
+    let namespace = claim.namespace().unwrap_or_default();
+    for owner in claim.owner_references().iter().filter(|o| o.kind == "Pod") {
+        if let Some(pod) = pods.get(&ObjectRef::new(&owner.name).within(&namespace)) {
+            affected.extend(models_affected_by_pod(&pod, models));
+        }
+    }
+    affected.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    affected.dedup();
+    affected
+}
+
+/// A ResourceSlice published, changed or withdrawn concerns every model with GPUs: where
+/// `allocation: auto` lands and how many devices are free both follow the slices.
+pub fn models_with_gpus(models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
+    models
+        .state()
+        .iter()
+        .filter(|model| model.spec.gpu.is_some())
+        .map(|model| ObjectRef::from_obj(model.as_ref()))
+        .collect()
 }
 
 /// ModelDeployments whose last status said the GPUs are missing: a node change may fix that.

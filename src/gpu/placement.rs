@@ -11,7 +11,10 @@ use k8s_openapi::{
 
 use crate::{
     api::GpuSpec,
-    vocabulary::{GPU_RESOURCE, GPU_TAINT_KEY, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL},
+    vocabulary::{
+        DRA_GPU_CLASS, DRA_MIG_CLASS, DeviceRequirements, GPU_RESOURCE, GPU_TAINT_KEY, GpuAllocation, GpuPlacement,
+        GpuSharing, MEMORY_LABEL, PRODUCT_LABEL,
+    },
 };
 
 impl GpuPlacement {
@@ -30,13 +33,37 @@ impl GpuPlacement {
             Some(profile) => format!("nvidia.com/mig-{profile}.memory"),
             None => MEMORY_LABEL.to_owned(),
         };
+        let devices = DeviceRequirements {
+            device_class: if profile.is_some() {
+                DRA_MIG_CLASS
+            } else {
+                DRA_GPU_CLASS
+            }
+            .to_owned(),
+            mig_profile: profile.map(str::to_owned),
+            products: gpu.products.clone(),
+            min_memory_mib: gpu.min_memory_mib,
+            architectures: gpu.architectures.clone(),
+            min_compute_capability: gpu.min_compute_capability.as_deref().and_then(major_minor),
+        };
         Self {
             resource,
             count: gpu.count,
             sharing: gpu.sharing,
             products,
             min_memory: gpu.min_memory_mib.map(|mib| (memory_label, mib)),
+            // Time-slicing is the device plugin's (the schema refuses it with `dra`).
+            allocation: match (gpu.allocation, gpu.sharing) {
+                (GpuAllocation::Auto, GpuSharing::TimeSliced) => GpuAllocation::DevicePlugin,
+                (allocation, _) => allocation,
+            },
+            devices,
         }
+    }
+
+    /// The GPUs come from a ResourceClaim (the allocation resolved to DRA).
+    pub fn uses_dra(&self) -> bool {
+        self.allocation == GpuAllocation::Dra
     }
 
     /// The resource limit (and, as extended resources require, the equal request).
@@ -44,9 +71,13 @@ impl GpuPlacement {
         BTreeMap::from([(self.resource.clone(), Quantity(self.count.to_string()))])
     }
 
-    /// Node requirements that every acceptable node meets.
+    /// Node requirements that every acceptable node meets. With DRA the scheduler picks the
+    /// node from the devices' attributes, and GFD labels may not exist at all.
     pub fn node_requirements(&self) -> Vec<NodeSelectorRequirement> {
         let mut requirements = Vec::new();
+        if self.uses_dra() {
+            return requirements;
+        }
         if !self.products.is_empty() {
             requirements.push(NodeSelectorRequirement {
                 key: PRODUCT_LABEL.to_owned(),
@@ -78,6 +109,10 @@ impl GpuPlacement {
 
     /// Whether a node with these labels is acceptable (resources aside).
     pub fn matches_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        if self.uses_dra() {
+            // The devices carry the product and memory (`crate::gpu::dra`), not the node.
+            return true;
+        }
         let product_ok =
             self.products.is_empty() || labels.get(PRODUCT_LABEL).is_some_and(|p| self.products.contains(p));
         let memory_ok = match &self.min_memory {
@@ -92,6 +127,9 @@ impl GpuPlacement {
 
     /// Human description of one replica's demand: "2 × nvidia.com/gpu on NVIDIA-A100-SXM4-80GB".
     pub fn describe(&self) -> String {
+        if self.uses_dra() {
+            return self.devices.describe(self.count);
+        }
         let mut text = format!("{} × {}", self.count, self.resource);
         if !self.products.is_empty() {
             // The first spelling of each product is its plain name; the rest are variants.
@@ -113,6 +151,12 @@ impl GpuPlacement {
         }
         text
     }
+}
+
+/// `"8.0"` as (8, 0); the schema admits only `major.minor`.
+fn major_minor(text: &str) -> Option<(u64, u64)> {
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// The label values one product takes under a sharing mode: exclusive GPUs match the plain

@@ -118,6 +118,7 @@ pub async fn apply(
 ) -> Result<Applied, ApplyError> {
     let Desired {
         runtime_config,
+        resource_claim_template,
         deployment,
         service,
         hpa,
@@ -129,6 +130,12 @@ pub async fn apply(
     if let Some(config) = runtime_config {
         writer
             .apply_unless_current(config, observed.runtime_config.as_deref())
+            .await?;
+    }
+    if let Some(template) = resource_claim_template {
+        // Its spec is immutable; a new request has a new name, so this only ever creates.
+        writer
+            .apply_unless_current(template, observed.claim_template.as_deref())
             .await?;
     }
     if let Some(job) = validation_job {
@@ -151,8 +158,18 @@ pub async fn apply(
     }
     // A configuration the spec no longer wants goes only once no Deployment mounts it: after the
     // new template is applied, never while a rollout waits for its validation.
-    if runtime_config.is_none() && (rollout || observed.deployment.is_none()) {
-        writer.prune(observed.runtime_config.as_deref()).await?;
+    if rollout || observed.deployment.is_none() {
+        if runtime_config.is_none() {
+            writer.prune(observed.runtime_config.as_deref()).await?;
+        }
+        // Claim templates of earlier GPU requests (or of DRA given up): claims already made
+        // from them stay with their pods.
+        let wanted = resource_claim_template.as_ref().map(ResourceExt::name_any);
+        for old in &observed.claim_templates {
+            if Some(old.name_any()) != wanted {
+                prune(client, Some(old.as_ref())).await?;
+            }
+        }
     }
     writer
         .apply_unless_current(service, observed.service.as_deref())

@@ -11,6 +11,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
     core::v1::{ConfigMap, Node, Pod, Service},
+    resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice},
 };
 use kube::{
     Resource, ResourceExt,
@@ -23,9 +24,10 @@ use kube::{
 use super::build::pod_tolerations;
 use crate::{
     api::ModelDeployment,
-    gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, requested_per_node},
+    api::ReplicaGpus,
+    gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, dra, requested_per_node},
     vocabulary::{
-        Scaling, Validated,
+        GpuAllocation, GpuPlacement, Scaling, Validated,
         names::{
             COMPONENT_SERVER, COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
             deployment_name, runtime_config_name, service_name,
@@ -47,6 +49,12 @@ pub struct Caches {
     pub config_maps: Store<ConfigMap>,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    /// The operator's ResourceClaimTemplates (by its label), and what DRA publishes: every
+    /// ResourceSlice, ResourceClaim and DeviceClass (empty where `resource.k8s.io/v1` is not served).
+    pub claim_templates: Store<ResourceClaimTemplate>,
+    pub resource_slices: Store<ResourceSlice>,
+    pub resource_claims: Store<ResourceClaim>,
+    pub device_classes: Store<DeviceClass>,
     /// The one namespace pods are cached from, when the operator watches only that one: GPUs
     /// that pods of other namespaces hold are then unseen, and the capacity message says so.
     pub pods_namespace: Option<String>,
@@ -67,6 +75,10 @@ pub struct Observed {
     pub validation_job: Option<Arc<Job>>,
     pub hpa: Option<Arc<HorizontalPodAutoscaler>>,
     pub runtime_config: Option<Arc<ConfigMap>>,
+    /// The model's ResourceClaimTemplates, of this GPU request and of earlier ones.
+    pub claim_templates: Vec<Arc<ResourceClaimTemplate>>,
+    /// Of those, the one the spec wants now (`pick_claim_template`).
+    pub claim_template: Option<Arc<ResourceClaimTemplate>>,
     /// The serving pods, for the capacity check and the model probes.
     pub pods: Vec<Arc<Pod>>,
 }
@@ -105,6 +117,15 @@ impl Caches {
                 &runtime_config_name(&name),
                 owner_uid.as_deref(),
             ),
+            claim_templates: self
+                .claim_templates
+                .state()
+                .into_iter()
+                .filter(|template| template.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|template| template.labels().get(LABEL_NAME) == Some(&name))
+                .filter(|template| controlled_by(template.meta(), owner_uid.as_deref()))
+                .collect(),
+            claim_template: None,
             pods: self
                 .pod_index
                 .pod_names(&namespace, &name)
@@ -292,7 +313,95 @@ impl RequestedGpus {
     }
 }
 
+impl Caches {
+    /// `allocation: auto` resolved. A spec that asks for what only DRA can select
+    /// (architectures, compute capability) gets DRA. Otherwise DRA needs the driver's
+    /// DeviceClass and a ResourceSlice device that meets the request (free or not, so that the
+    /// choice does not flip as claims come and go), and where both could serve the device plugin
+    /// keeps the model: a cluster moving to DRA moves a model once its device-plugin nodes are
+    /// gone, not when the first DRA node appears holding a fraction of the GPUs.
+    pub fn resolve_allocation(&self, gpu: &GpuPlacement) -> GpuAllocation {
+        if gpu.allocation != GpuAllocation::Auto {
+            return gpu.allocation;
+        }
+        // The device plugin's labels cannot express these: only DRA can honour them, and the
+        // capacity condition says so when the cluster has no such device.
+        let only_dra_can_select = !gpu.devices.architectures.is_empty() || gpu.devices.min_compute_capability.is_some();
+        if only_dra_can_select {
+            return GpuAllocation::Dra;
+        }
+        let class_exists = self
+            .device_classes
+            .get(&ObjectRef::new(&gpu.devices.device_class))
+            .is_some();
+        let slices = self.resource_slices.state();
+        let dra_offers = class_exists
+            && dra::offers_matching_devices(&gpu.devices, &slices.iter().map(Arc::as_ref).collect::<Vec<_>>());
+        if !dra_offers {
+            return GpuAllocation::DevicePlugin;
+        }
+        let device_plugin_offers = self.nodes.state().iter().any(|node| {
+            let view = NodeGpus::with_requested(node, &gpu.resource, 0);
+            view.allocatable > 0 && gpu.matches_node(&view.labels)
+        });
+        if device_plugin_offers {
+            GpuAllocation::DevicePlugin
+        } else {
+            GpuAllocation::Dra
+        }
+    }
+
+    /// The devices each serving pod's claim got, by pod name (DRA only).
+    pub fn replica_gpus(&self, observed: &Observed) -> Vec<ReplicaGpus> {
+        let slices = self.resource_slices.state();
+        let slices: Vec<&ResourceSlice> = slices.iter().map(Arc::as_ref).collect();
+        let mut replicas: Vec<ReplicaGpus> = observed
+            .pods
+            .iter()
+            .filter_map(|pod| {
+                let namespace = pod.namespace()?;
+                let claim_name = pod
+                    .status
+                    .as_ref()?
+                    .resource_claim_statuses
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == dra::CLAIM_REQUEST)?
+                    .resource_claim_name
+                    .clone()?;
+                let claim = self
+                    .resource_claims
+                    .get(&ObjectRef::new(&claim_name).within(&namespace))?;
+                let devices = dra::devices_of_claim(&claim, &slices)
+                    .into_iter()
+                    .map(|gpu| match gpu.uuid {
+                        Some(uuid) => format!("{}/{} ({uuid})", gpu.pool, gpu.device),
+                        None => format!("{}/{}", gpu.pool, gpu.device),
+                    })
+                    .collect::<Vec<_>>();
+                (!devices.is_empty()).then(|| ReplicaGpus {
+                    pod: pod.name_any(),
+                    claim: claim_name,
+                    devices,
+                })
+            })
+            .collect();
+        replicas.sort_by(|a, b| a.pod.cmp(&b.pod));
+        replicas
+    }
+}
+
 impl Observed {
+    /// Picks the claim template of the current GPU request, whose name the builder gives it.
+    pub fn pick_claim_template(&mut self, template_name: Option<&str>) {
+        self.claim_template = template_name.and_then(|name| {
+            self.claim_templates
+                .iter()
+                .find(|template| template.metadata.name.as_deref() == Some(name))
+                .cloned()
+        });
+    }
+
     /// Picks the validation Job of the current spec, whose name the validated view carries.
     pub fn pick_validation_job(&mut self, job_name: Option<&str>) {
         self.validation_job = job_name.and_then(|name| {

@@ -119,7 +119,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
     let mut observed = ctx.caches.observe(model);
 
     // 2. validate
-    let spec = match validate::validate(model, &ctx.images) {
+    let mut spec = match validate::validate(model, &ctx.images) {
         Ok(spec) => spec,
         Err(errors) => {
             let next = status::compute(StatusInputs {
@@ -151,9 +151,13 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         }
     };
 
-    // 3. build
+    // 3. build, with `allocation: auto` resolved from what the cluster publishes
+    if let Some(gpu) = spec.gpu.as_mut() {
+        gpu.allocation = ctx.caches.resolve_allocation(gpu);
+    }
     let desired = build::build(&spec);
     observed.pick_validation_job(spec.validation.as_ref().map(|plan| plan.job_name.as_str()));
+    observed.pick_claim_template(build::claim_template_name_for(&spec).as_deref());
 
     // 4. apply: the validation Job gates the Deployment's rollout; the GPU pre-flight reads
     // what fetch saw, before any pod of this apply exists.
@@ -185,7 +189,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         ApplyState::Rejected { .. } => Some(ctx.apply_retries.failed(&spec.namespace, &spec.name)),
         ApplyState::Failed { retry_in, .. } => Some(*retry_in),
     };
-    let next = status::compute(StatusInputs {
+    let mut next = status::compute(StatusInputs {
         generation: model.metadata.generation,
         previous,
         spec: Ok(&spec),
@@ -196,6 +200,12 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         model: readiness,
         now,
     });
+    if let Some(gpu) = &spec.gpu {
+        next.gpu_allocation = Some(gpu.allocation);
+        if gpu.uses_dra() {
+            next.gpu_devices = ctx.caches.replica_gpus(&observed);
+        }
+    }
     let status_written = write_status_if_changed(ctx, model, previous, &next).await?;
 
     let created_deployment = applied

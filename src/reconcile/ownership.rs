@@ -54,6 +54,7 @@ pub async fn foreign_objects(
 ) -> Result<Vec<ForeignObject>, OwnershipError> {
     let Desired {
         runtime_config,
+        resource_claim_template,
         deployment,
         service,
         hpa,
@@ -64,6 +65,11 @@ pub async fn foreign_objects(
         && observed.runtime_config.is_none()
     {
         foreign.extend(holder_of(client, config, owner_uid).await?);
+    }
+    if let Some(template) = resource_claim_template
+        && observed.claim_template.is_none()
+    {
+        foreign.extend(holder_of(client, template, owner_uid).await?);
     }
     if let Some(job) = validation_job
         && observed.validation_job.is_none()

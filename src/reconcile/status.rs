@@ -357,6 +357,9 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         ready: Some(format!("{}/{}", model.ready_replicas, wanted)),
         endpoint: Some(endpoint(validated)),
         model: model.model.or_else(|| previous.and_then(|p| p.model.clone())),
+        // Set by the driver from the caches (DRA claims are not among these inputs).
+        gpu_allocation: None,
+        gpu_devices: Vec::new(),
         conditions: conditions.list,
     }
 }

@@ -23,7 +23,10 @@ pub use self::{
         InvalidEndpoint, InvalidModelEndpoint, ModelEndpoints, host_port, parse_endpoint, parse_model_endpoints,
     },
     custom_metric::{GPU_UTILIZATION_METRIC, POD_METRICS, PodValue, QUEUE_TIME_METRIC, QueueTimeSeries},
-    gpu::{GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL},
+    gpu::{
+        DRA_DRIVER, DRA_GPU_CLASS, DRA_MIG_CLASS, DeviceRequirements, GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY,
+        GpuAllocation, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL,
+    },
     images::{DEFAULT_FASTAPI_IMAGE, DEFAULT_FETCHER_IMAGE, IMAGE_TAG, OperatorImages},
     leadership::{Leadership, Term},
     model_uri::{

@@ -44,6 +44,12 @@ pub fn runtime_config_name(model_name: &str) -> String {
     format!("{model_name}-runtime-config")
 }
 
+/// `NAME-gpu-<8 hex of the DRA request>`: the ResourceClaimTemplate of a model whose GPUs come
+/// through Dynamic Resource Allocation; a different request is a different template.
+pub fn claim_template_name(model_name: &str, request_hash: &str) -> String {
+    format!("{model_name}-gpu-{request_hash}")
+}
+
 /// `NAME-validate-<8 hex of sha256 of the verdict's inputs>`: the Job's name is its identity,
 /// so anything that can change the verdict (version, URI, script, image, environment, ...)
 /// makes a new Job, and an old verdict is never reused for it.

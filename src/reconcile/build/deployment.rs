@@ -7,8 +7,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, PodSpec, PodTemplateSpec,
-            Toleration, Volume, VolumeMount,
+            ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, PodResourceClaim,
+            PodSpec, PodTemplateSpec, ResourceClaim, Toleration, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -24,10 +24,10 @@ use super::{
         container_security_context, credentials_volume, fetch_init_container, model_env, model_mount, model_volume,
         pod_security_context, runtime_credentials_mount, runtime_env_from,
     },
-    server_selector,
+    resource_claim_template, server_selector,
 };
 use crate::{
-    gpu::merge_node_requirements,
+    gpu::{dra::CLAIM_REQUEST, merge_node_requirements},
     runtimes::{self, CONFIG_DIR},
     vocabulary::{
         GpuPlacement, Scaling, Validated,
@@ -165,6 +165,14 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
                     node_selector: (!model.node_selector.is_empty()).then(|| model.node_selector.clone()),
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     affinity: merge_node_requirements(model.affinity.clone(), requirements),
+                    // Each replica's own claim, made from the model's template (DRA only).
+                    resource_claims: resource_claim_template::name_for(model).map(|template| {
+                        vec![PodResourceClaim {
+                            name: CLAIM_REQUEST.to_owned(),
+                            resource_claim_template_name: Some(template),
+                            resource_claim_name: None,
+                        }]
+                    }),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -189,9 +197,15 @@ pub fn pod_tolerations(model: &Validated) -> Vec<Toleration> {
     tolerations
 }
 
+/// With DRA the container names the pod's claim instead of an extended-resource limit.
 fn runtime_resources(model: &Validated) -> k8s_openapi::api::core::v1::ResourceRequirements {
     let mut resources = model.resources.clone();
-    if let Some(gpu) = &model.gpu {
+    if model.gpu.as_ref().is_some_and(GpuPlacement::uses_dra) {
+        resources.claims = Some(vec![ResourceClaim {
+            name: CLAIM_REQUEST.to_owned(),
+            request: None,
+        }]);
+    } else if let Some(gpu) = &model.gpu {
         resources
             .limits
             .get_or_insert_with(BTreeMap::new)

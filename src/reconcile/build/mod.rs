@@ -5,6 +5,7 @@
 mod deployment;
 mod hpa;
 mod pod;
+mod resource_claim_template;
 mod runtime_config;
 mod service;
 mod validation_job;
@@ -17,6 +18,7 @@ use k8s_openapi::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, Service},
+        resource::v1::ResourceClaimTemplate,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -25,6 +27,7 @@ use serde::Serialize;
 pub use self::{
     deployment::{build as build_deployment, pod_tolerations},
     hpa::build as build_hpa,
+    resource_claim_template::{build as build_resource_claim_template, name_for as claim_template_name_for},
     runtime_config::build as build_runtime_config,
     service::build as build_service,
     validation_job::build as build_validation_job,
@@ -39,6 +42,8 @@ use crate::vocabulary::{
 pub struct Desired {
     /// Generated runtime configuration (TorchServe's config.properties), when the runtime has any.
     pub runtime_config: Option<ConfigMap>,
+    /// The ResourceClaimTemplate each replica's GPU claim is made from, when GPUs come through DRA.
+    pub resource_claim_template: Option<ResourceClaimTemplate>,
     pub deployment: Deployment,
     pub service: Service,
     pub hpa: Option<HorizontalPodAutoscaler>,
@@ -50,6 +55,7 @@ pub fn build(model: &Validated) -> Desired {
     Desired {
         deployment: build_deployment(model, runtime_config.as_ref()),
         runtime_config,
+        resource_claim_template: build_resource_claim_template(model),
         service: build_service(model),
         hpa: build_hpa(model),
         validation_job: build_validation_job(model),
@@ -57,11 +63,13 @@ pub fn build(model: &Validated) -> Desired {
 }
 
 impl Desired {
-    /// The objects in the order they are applied: configuration before the pods that mount
-    /// it, the validation Job before the Deployment it gates, the HPA after its target.
+    /// The objects in the order they are applied: configuration and the GPU claim template
+    /// before the pods that use them, the validation Job before the Deployment it gates, the HPA
+    /// after its target.
     pub fn objects(&self) -> Vec<serde_json::Value> {
         let Desired {
             runtime_config,
+            resource_claim_template,
             deployment,
             service,
             hpa,
@@ -69,6 +77,7 @@ impl Desired {
         } = self;
         let mut objects = Vec::new();
         objects.extend(runtime_config.iter().map(to_value));
+        objects.extend(resource_claim_template.iter().map(to_value));
         objects.extend(validation_job.iter().map(to_value));
         objects.push(to_value(deployment));
         objects.push(to_value(service));

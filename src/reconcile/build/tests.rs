@@ -1138,3 +1138,101 @@ fn the_model_volume_is_bounded_by_the_spec() {
     let args = fetch_container(&from_resources).args.clone().unwrap();
     assert_eq!(args[args.len() - 2..], ["--size-limit", "53687091200"], "{args:?}");
 }
+
+const TRITON_DRA: &str = include_str!("../../../examples/triton-dra-h100.yaml");
+
+#[test]
+fn dra_gives_each_replica_a_claim_from_the_models_template_instead_of_a_gpu_limit() {
+    let desired = render(TRITON_DRA);
+    let template = desired
+        .resource_claim_template
+        .as_ref()
+        .unwrap_or_else(|| panic!("a claim template:\n{}", show(&desired)));
+    let name = template.metadata.name.clone().unwrap();
+    assert!(name.starts_with("triton-dra-gpu-"), "{name}");
+    let requests = template.spec.spec.devices.as_ref().unwrap().requests.as_ref().unwrap();
+    let exactly = requests[0].exactly.as_ref().unwrap();
+    assert_eq!((requests[0].name.as_str(), exactly.device_class_name.as_str()), ("gpu", "gpu.nvidia.com"));
+    assert_eq!(exactly.count, Some(2));
+    let selectors: Vec<&str> = exactly
+        .selectors
+        .iter()
+        .flatten()
+        .map(|s| s.cel.as_ref().unwrap().expression.as_str())
+        .collect();
+    assert_eq!(selectors.len(), 2, "{selectors:#?}");
+    assert!(selectors[0].contains("quantity('40960Mi')") && selectors[1].contains("in ['Hopper']"));
+
+    let pod = pod(&desired);
+    let claims = pod.resource_claims.as_ref().unwrap();
+    assert_eq!(claims[0].name, "gpu");
+    assert_eq!(claims[0].resource_claim_template_name.as_deref(), Some(name.as_str()));
+    let resources = server(&desired).resources.as_ref().unwrap();
+    assert_eq!(resources.claims.as_ref().unwrap()[0].name, "gpu");
+    assert!(
+        quantity(&resources.limits, "nvidia.com/gpu").is_none(),
+        "no device-plugin limit:\n{}",
+        show(resources)
+    );
+    assert!(pod.affinity.is_none(), "the devices, not GFD labels, choose the node");
+    let tolerations = pod.tolerations.as_ref().unwrap();
+    assert!(tolerations.iter().any(|t| t.key.as_deref() == Some("nvidia.com/gpu")));
+    assert_eq!(env_value(server(&desired).env.as_ref().unwrap(), "CUDA_DEVICE_ORDER"), Some("PCI_BUS_ID"));
+    // Applied before the pods that use it.
+    let kinds: Vec<String> = desired.objects().iter().map(|o| o["kind"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["ResourceClaimTemplate", "Deployment", "Service"]);
+}
+
+#[test]
+fn a_changed_gpu_request_is_a_new_template_and_so_new_pods() {
+    let before = render(TRITON_DRA);
+    let after = render(&TRITON_DRA.replace("count: 2", "count: 1"));
+    let name = |d: &Desired| d.resource_claim_template.as_ref().unwrap().metadata.name.clone();
+    assert_ne!(name(&before), name(&after));
+    assert_eq!(name(&before), name(&render(TRITON_DRA)), "the same request, the same name");
+}
+
+#[test]
+fn mig_through_dra_asks_the_mig_class_for_the_profile() {
+    let yaml = with_spec("gpu: {allocation: dra, sharing: mig, migProfile: 1g.10gb}");
+    let desired = render(&yaml);
+    let template = desired.resource_claim_template.as_ref().expect("a claim template");
+    let exactly = template.spec.spec.devices.as_ref().unwrap().requests.as_ref().unwrap()[0]
+        .exactly
+        .clone()
+        .unwrap();
+    assert_eq!(exactly.device_class_name, "mig.nvidia.com");
+    assert!(exactly.selectors.unwrap()[0].cel.as_ref().unwrap().expression.contains("== '1g.10gb'"));
+    let resources = server(&desired).resources.as_ref().unwrap();
+    assert!(quantity(&resources.limits, "nvidia.com/mig-1g.10gb").is_none());
+}
+
+#[test]
+fn auto_renders_the_device_plugin_offline() {
+    // `render` has no cluster to read slices from; the reconcile resolves `auto` from them.
+    let desired = render(TRITON_GPU);
+    assert!(desired.resource_claim_template.is_none());
+    assert_eq!(
+        quantity(&server(&desired).resources.as_ref().unwrap().limits, "nvidia.com/gpu").as_deref(),
+        Some("2")
+    );
+}
+
+#[test]
+fn dra_only_selectors_with_the_device_plugin_are_refused() {
+    assert_refused(
+        &with_spec("gpu: {allocation: device-plugin, architectures: [Hopper]}"),
+        "spec.gpu.allocation",
+        "the device plugin cannot honour them",
+    );
+    assert_refused(
+        &with_spec("gpu: {allocation: dra, sharing: time-sliced}"),
+        "spec.gpu.sharing",
+        "time-sliced sharing is the device plugin's",
+    );
+    assert_refused(
+        &with_spec("gpu: {allocation: dra, minComputeCapability: \"8\"}"),
+        "spec.gpu.minComputeCapability",
+        "",
+    );
+}
