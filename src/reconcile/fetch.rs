@@ -170,18 +170,31 @@ impl Caches {
         let pending = live.len() - bound;
         let unscheduled = (usize::try_from(wanted).unwrap_or(0).saturating_sub(bound)).max(pending);
 
-        let requested = self
-            .requested_gpus
-            .per_node(&placement.resource, &self.pods, &self.pod_index);
-        let nodes: Vec<NodeGpus> = self
-            .nodes
-            .state()
-            .iter()
-            .map(|node| {
-                let used = requested.get(&node.name_any()).copied().unwrap_or(0);
-                NodeGpus::with_requested(node, &placement.resource, used)
-            })
-            .collect();
+        let nodes: Vec<NodeGpus> = if placement.uses_dra() {
+            // Devices of the slices that meet the request, less those some claim holds.
+            let slices = self.resource_slices.state();
+            let claims = self.resource_claims.state();
+            let allocated = dra::allocated_devices(claims.iter().map(Arc::as_ref));
+            let nodes = self.nodes.state();
+            dra::dra_nodes(
+                &placement.devices,
+                &slices.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+                &allocated,
+                &nodes.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+            )
+        } else {
+            let requested = self
+                .requested_gpus
+                .per_node(&placement.resource, &self.pods, &self.pod_index);
+            self.nodes
+                .state()
+                .iter()
+                .map(|node| {
+                    let used = requested.get(&node.name_any()).copied().unwrap_or(0);
+                    NodeGpus::with_requested(node, &placement.resource, used)
+                })
+                .collect()
+        };
         let constraints = PodConstraints {
             node_selector: model.node_selector.clone(),
             required_affinity: model

@@ -456,3 +456,11 @@ pub fn front_proxy_client(timeout: Duration) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The DRA nodes' devices are few (4 H100s, 7 MIG devices) and the capacity checks count them:
+/// the tests that claim them take turns.
+static DRA_DEVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn dra_devices() -> tokio::sync::MutexGuard<'static, ()> {
+    DRA_DEVICES.lock().await
+}
