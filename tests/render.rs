@@ -66,6 +66,14 @@ fn every_example_renders_its_children() {
                 "Service/sentiment-t4-service",
             ],
         ),
+        (
+            "examples/triton-dra-h100.yaml",
+            &[
+                "ResourceClaimTemplate/triton-dra-gpu-",
+                "Deployment/triton-dra",
+                "Service/triton-dra-service",
+            ],
+        ),
     ];
     for (file, objects) in expected {
         let output = render(&["-f", file]);
