@@ -2,10 +2,14 @@
 //! the API server would drop, and keep the promises the node agent depends on.
 
 use k8s_openapi::{
-    api::{apps::v1::DaemonSet, core::v1::Service},
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::Service,
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 
 fn manifest<T: DeserializeOwned>(file: &str) -> T {
     let path = format!("{}/config/node-agent/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -36,7 +40,8 @@ fn the_daemonset_runs_on_gpu_nodes_with_least_privilege() {
         ),
         (Some("nvidia.com/gpu"), Some("Exists"), Some("NoSchedule"))
     );
-    assert_eq!(pod.automount_service_account_token, Some(false));
+    // Its token, for the ResourceSlices it reads (the grant: below).
+    assert_eq!(pod.automount_service_account_token, Some(true));
 
     let container = &pod.containers[0];
     let node_name = container
@@ -99,12 +104,62 @@ fn the_service_is_headless_with_the_metrics_port() {
 }
 
 #[test]
-fn the_agent_has_its_own_service_account_without_a_token() {
+fn the_agent_has_its_own_service_account_without_a_token_by_default() {
     let account: k8s_openapi::api::core::v1::ServiceAccount = manifest("serviceaccount.yaml");
     assert_eq!(account.automount_service_account_token, Some(false));
     let daemonset: DaemonSet = manifest("daemonset.yaml");
     let pod = daemonset.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.service_account_name, account.metadata.name);
+}
+
+/// What a document of a multi-document manifest is, as its Kubernetes type, with no unknown field.
+fn documents<T: DeserializeOwned>(file: &str, kind: &str) -> Vec<T> {
+    let path = format!("{}/config/node-agent/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|document| serde_yaml_ng::Value::deserialize(document).unwrap())
+        .filter(|value| value["kind"].as_str() == Some(kind))
+        .map(|value| serde_yaml_ng::from_value(value).unwrap_or_else(|e| panic!("{path}: {kind}: {e}")))
+        .collect()
+}
+
+/// The one grant of the agent: reading ResourceSlices (DRA: which GPU a claimed device is).
+#[test]
+fn the_agent_may_only_read_resource_slices() {
+    let roles: Vec<ClusterRole> = documents("rbac.yaml", "ClusterRole");
+    let [role] = &roles[..] else {
+        panic!("rbac.yaml has one ClusterRole: {roles:?}")
+    };
+    let rules = role.rules.as_deref().unwrap();
+    let [rule] = rules else { panic!("one rule: {rules:?}") };
+    assert_eq!(rule.api_groups.as_deref(), Some(&["resource.k8s.io".to_string()][..]));
+    assert_eq!(rule.resources.as_deref(), Some(&["resourceslices".to_string()][..]));
+    assert_eq!(rule.verbs, ["get", "list", "watch"]);
+    assert!(rule.resource_names.is_none());
+
+    let bindings: Vec<ClusterRoleBinding> = documents("rbac.yaml", "ClusterRoleBinding");
+    let [binding] = &bindings[..] else {
+        panic!("rbac.yaml has one ClusterRoleBinding: {bindings:?}")
+    };
+    assert_eq!(
+        (binding.role_ref.kind.as_str(), Some(&binding.role_ref.name)),
+        ("ClusterRole", role.metadata.name.as_ref())
+    );
+    let account: k8s_openapi::api::core::v1::ServiceAccount = manifest("serviceaccount.yaml");
+    let subjects = binding.subjects.as_deref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (
+            subjects[0].kind.as_str(),
+            Some(&subjects[0].name),
+            subjects[0].namespace.as_deref()
+        ),
+        (
+            "ServiceAccount",
+            account.metadata.name.as_ref(),
+            Some("model-operator-system")
+        )
+    );
 }
 
 #[test]
@@ -117,5 +172,8 @@ fn the_kustomization_lists_every_manifest() {
         .iter()
         .filter_map(|r| r.as_str())
         .collect();
-    assert_eq!(resources, ["daemonset.yaml", "service.yaml", "serviceaccount.yaml"]);
+    assert_eq!(
+        resources,
+        ["daemonset.yaml", "rbac.yaml", "service.yaml", "serviceaccount.yaml"]
+    );
 }

@@ -18,6 +18,7 @@ use tracing::{error, info};
 
 use crate::{
     pod_resources::PodResourcesRefresher,
+    resource_slices::SliceReader,
     sampler::Sampler,
     server,
     snapshot::AgentState,
@@ -55,7 +56,13 @@ pub struct Args {
     #[arg(long, env = "NODE_AGENT_POD_RESOURCES_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub pod_resources_interval: Duration,
 
-    /// The node's name, for the `Hostname` label (default: this machine's hostname).
+    /// The fewest seconds between two reads of this node's ResourceSlices (at least 100ms). They
+    /// are read from the API server (in-cluster or `KUBECONFIG`) only while the kubelet lists GPUs
+    /// allocated through DRA claims: when one is unknown, or the last read is 10 times this old.
+    #[arg(long, env = "NODE_AGENT_RESOURCE_SLICES_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    pub resource_slices_interval: Duration,
+
+    /// The node's name, for the `Hostname` label and its ResourceSlices (default: this machine's hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
@@ -74,13 +81,18 @@ impl Args {
             listen,
             interval,
             pod_resources_interval,
+            resource_slices_interval,
             node_name,
             log_format,
         } = self;
         init_tracing(log_format);
         let node = node_name.filter(|n| !n.is_empty()).unwrap_or_else(hostname);
         let state = Arc::new(AgentState::new(node, interval));
-        let result = serve(state, nvml_lib, pod_resources_socket, pod_resources_interval, listen);
+        let intervals = Intervals {
+            pod_resources: pod_resources_interval,
+            resource_slices: resource_slices_interval,
+        };
+        let result = serve(state, nvml_lib, pod_resources_socket, intervals, listen);
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -91,11 +103,17 @@ impl Args {
     }
 }
 
+/// How often the refresher asks the kubelet, and at most how often it reads the ResourceSlices.
+struct Intervals {
+    pod_resources: Duration,
+    resource_slices: Duration,
+}
+
 fn serve(
     state: Arc<AgentState>,
     nvml_lib: OsString,
     socket: PathBuf,
-    pod_resources_interval: Duration,
+    intervals: Intervals,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
@@ -126,9 +144,10 @@ fn serve(
         let refresher = tokio::spawn(
             PodResourcesRefresher {
                 socket,
-                interval: pod_resources_interval,
+                interval: intervals.pod_resources,
                 state: state.clone(),
                 metrics: metrics.clone(),
+                slices: SliceReader::new(state.node.clone(), intervals.resource_slices, metrics.clone()),
             }
             .run(),
         );
@@ -197,6 +216,7 @@ mod tests {
         assert_eq!(args.listen, "0.0.0.0:9400".parse().unwrap());
         assert_eq!(args.interval, Duration::from_secs(1));
         assert_eq!(args.pod_resources_interval, Duration::from_secs(10));
+        assert_eq!(args.resource_slices_interval, Duration::from_secs(30));
         assert_eq!(
             args.pod_resources_socket,
             PathBuf::from("/var/lib/kubelet/pod-resources/kubelet.sock")

@@ -4,6 +4,10 @@
 //! own UUIDs); with time-slicing or MPS each GPU is advertised several times as `<uuid>::<n>`
 //! (k8s-device-plugin `internal/rm/devices.go`), and with `deviceIDStrategy: index` as the NVML
 //! index. Anything else is not an NVIDIA GPU ID.
+//!
+//! A GPU allocated through a ResourceClaim (DRA) has no device ID: the kubelet names it by its
+//! driver, pool and device, and only the node's ResourceSlice says which GPU that is
+//! (`resource_slices`).
 
 /// One device ID, normalised. Borrows from the kubelet's string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,9 @@ fn strip_replica(id: &str) -> &str {
         _ => id,
     }
 }
+
+/// The DRA driver whose devices are NVIDIA GPUs and MIG devices (kubernetes-sigs/dra-driver-nvidia-gpu).
+pub const NVIDIA_DRA_DRIVER: &str = "gpu.nvidia.com";
 
 /// Whether an extended resource is one of the NVIDIA device plugin's GPU resources:
 /// `nvidia.com/gpu`, its renamed shared form `nvidia.com/gpu.shared`, or a MIG profile

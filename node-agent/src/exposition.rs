@@ -13,12 +13,17 @@
 //! the parent GPU plus `GPU_I_PROFILE` and `MIG_UUID` (dcgm-exporter's `GPU_I_ID` needs an NVML
 //! call that nvml-wrapper does not expose, and the MIG UUID is what the kubelet names anyway).
 //! NVML reports no utilisation, power, temperature or clock per MIG device.
+//!
+//! A series of a device held through a ResourceClaim (DRA) carries dcgm-exporter's labels for
+//! it (`--kubernetes-enable-dra`, its `internal/pkg/transformation/const.go`): `dra_claim_name`,
+//! `dra_claim_namespace`, `dra_driver_name`, `dra_pool_name`, `dra_device_name`, and for a MIG
+//! device `dra_mig_profile` and `dra_mig_device_uuid`; other series have none of them.
 
 use std::fmt::Write;
 
 use crate::{
-    attribution::{Attribution, Holder},
-    snapshot::{GpuReading, MigReading, Sample},
+    attribution::{Attribution, ClaimHold, Holder},
+    snapshot::{GpuReading, MigReading, Sample, SliceDevice},
 };
 
 /// A number as Prometheus reads it.
@@ -144,6 +149,9 @@ impl Series<'_> {
         let (namespace, pod, container) = holder.map_or(("", "", ""), |h| (h.namespace, h.pod, h.container));
         out.push_str("\",container=\"");
         escape_into(out, container);
+        if let Some(claimed) = holder.and_then(|h| h.claimed) {
+            write_claim_labels(out, claimed);
+        }
         out.push_str("\",namespace=\"");
         escape_into(out, namespace);
         out.push_str("\",pod=\"");
@@ -153,6 +161,26 @@ impl Series<'_> {
             Value::Float(v) => writeln!(out, "\"}} {v}"),
         };
     }
+}
+
+/// In dcgm-exporter's (alphabetical) order, between `container` and `namespace`.
+fn write_claim_labels(out: &mut String, ClaimHold { claim, device }: ClaimHold) {
+    out.push_str("\",dra_claim_name=\"");
+    escape_into(out, &claim.name);
+    out.push_str("\",dra_claim_namespace=\"");
+    escape_into(out, &claim.namespace);
+    out.push_str("\",dra_device_name=\"");
+    escape_into(out, &device.device);
+    out.push_str("\",dra_driver_name=\"");
+    escape_into(out, &device.driver);
+    if let Some(SliceDevice::Mig { uuid, profile, .. }) = &device.slice {
+        out.push_str("\",dra_mig_device_uuid=\"");
+        escape_into(out, uuid);
+        out.push_str("\",dra_mig_profile=\"");
+        escape_into(out, profile.as_deref().unwrap_or(""));
+    }
+    out.push_str("\",dra_pool_name=\"");
+    escape_into(out, &device.pool);
 }
 
 /// Label values escape `\`, `"` and newlines (Prometheus text format 0.0.4).
@@ -176,7 +204,7 @@ mod tests {
     use super::*;
     use crate::attribution::{
         attribute,
-        tests::{allocation, reading, sample},
+        tests::{allocation, claim_allocation, claimed, mig_of, reading, sample, whole},
     };
 
     fn render(sample: &Sample, allocations: &[crate::snapshot::ContainerAllocation]) -> String {
@@ -218,6 +246,37 @@ mod tests {
                 r#"DCGM_FI_DEV_FB_USED{gpu="2",UUID="GPU-c",modelName="NVIDIA A100-SXM4-80GB",GPU_I_PROFILE="1g.10gb",MIG_UUID="MIG-c1",Hostname="gpu-node-1",container="",namespace="",pod=""} 10"#,
                 r#"DCGM_FI_DEV_FB_USED{gpu="2",UUID="GPU-c",modelName="NVIDIA A100-SXM4-80GB",GPU_I_PROFILE="1g.10gb",MIG_UUID="MIG-c2",Hostname="gpu-node-1",container="main",namespace="ml",pod="sliced"} 10"#,
             ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn claimed_devices_carry_dcgm_exporters_dra_labels() {
+        let sample = sample();
+        let allocations = [
+            claim_allocation("dra", vec![claimed("gpu-1", whole("GPU-b"))]),
+            claim_allocation("dra-mig", vec![claimed("gpu-2-mig-0", mig_of("GPU-c", "MIG-c1"))]),
+        ];
+        let text = render(&sample, &allocations);
+        let util: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{gpu=\"1\""))
+            .collect();
+        assert_eq!(
+            util,
+            [
+                r#"DCGM_FI_DEV_GPU_UTIL{gpu="1",UUID="GPU-b",modelName="NVIDIA A100-SXM4-80GB",Hostname="gpu-node-1",container="main",dra_claim_name="dra-gpu",dra_claim_namespace="ml",dra_device_name="gpu-1",dra_driver_name="gpu.nvidia.com",dra_pool_name="node-1",namespace="ml",pod="dra"} 10"#
+            ],
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l
+                == r#"DCGM_FI_DEV_FB_USED{gpu="2",UUID="GPU-c",modelName="NVIDIA A100-SXM4-80GB",GPU_I_PROFILE="1g.10gb",MIG_UUID="MIG-c1",Hostname="gpu-node-1",container="main",dra_claim_name="dra-mig-gpu",dra_claim_namespace="ml",dra_device_name="gpu-2-mig-0",dra_driver_name="gpu.nvidia.com",dra_mig_device_uuid="MIG-c1",dra_mig_profile="1g.10gb",dra_pool_name="node-1",namespace="ml",pod="dra-mig"} 10"#),
+            "{text}"
+        );
+        // The GPU nobody claimed keeps the plain labels.
+        assert!(
+            text.contains(r#"DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",modelName="NVIDIA A100-SXM4-80GB",Hostname="gpu-node-1",container="",namespace="",pod=""} 0"#),
             "{text}"
         );
     }

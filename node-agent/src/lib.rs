@@ -9,7 +9,9 @@
 //! Three independent loops meet in [`snapshot`]: the NVML [`sampler`] thread, the kubelet
 //! [`pod_resources`] refresher, and the HTTP [`server`], which only reads snapshots, so a scrape
 //! never waits on NVML or the kubelet. Without NVML or the kubelet's socket the agent stays up,
-//! says why once in its log, and retries.
+//! says why once in its log, and retries. GPUs allocated through ResourceClaims (DRA) are tied to
+//! NVML's through the node's ResourceSlices ([`resource_slices`]), the one thing the agent reads
+//! from the API server, and only while such a GPU is claimed.
 //!
 //! With `default-features = false` only [`samples`] is built (serde alone), for the operator.
 
@@ -33,6 +35,10 @@ pub mod telemetry;
 pub mod attribution;
 #[cfg(feature = "agent")]
 pub mod exposition;
+
+// The node's ResourceSlices (DRA), which the kubelet refresher reads on demand.
+#[cfg(feature = "agent")]
+pub mod resource_slices;
 
 // The three loops: the kubelet refresher, the NVML sampler, the HTTP server.
 #[cfg(feature = "agent")]

@@ -34,6 +34,10 @@
 //!   the physical GPUs behind them (replica suffixes stripped, MIG devices resolved to their parent),
 //!   `migDevices` the MIG devices among them. Several containers may share a time-sliced GPU: each
 //!   then sees the whole GPU's utilisation. NVML has no utilisation for a MIG device.
+//! - Devices a container holds through a DRA ResourceClaim of NVIDIA's driver come as one entry per
+//!   container and claim, `resource` `gpu.nvidia.com` and `deviceIds` `<pool>/<device>` as the
+//!   kubelet names them; `gpus` and `migDevices` come from the node's ResourceSlices (the device's
+//!   `uuid`, a MIG device's `parentUUID`), and stay empty while no slice read describes the device.
 //! - Times are RFC 3339 in UTC. `podResourcesAt` is absent while the kubelet has not answered.
 //! - Before the first sample (or while NVML is unavailable) the endpoint answers 503.
 

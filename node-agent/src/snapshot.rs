@@ -44,14 +44,51 @@ pub struct Sample {
     pub taken: Instant,
 }
 
-/// One container's devices of one GPU resource, as the kubelet listed them.
+/// One container's devices of one GPU resource, or of one ResourceClaim, as the kubelet listed them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ContainerAllocation {
     pub namespace: String,
     pub pod: String,
     pub container: String,
+    /// The extended resource (`nvidia.com/gpu`, …), or for a claim the DRA driver (`gpu.nvidia.com`).
     pub resource: String,
+    /// As the device plugin names them; for a claim `<pool>/<device>`, one per claimed device.
     pub device_ids: Vec<String>,
+    /// Set for devices allocated through a ResourceClaim (DRA).
+    pub claim: Option<Claim>,
+}
+
+/// A ResourceClaim's devices of NVIDIA's DRA driver that the kubelet gave one container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Claim {
+    pub namespace: String,
+    pub name: String,
+    /// In the order of the allocation's `device_ids`.
+    pub devices: Vec<ClaimedDevice>,
+}
+
+/// One allocated device as the kubelet names it, with what the node's ResourceSlice says of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClaimedDevice {
+    pub driver: String,
+    pub pool: String,
+    pub device: String,
+    /// `None` while no ResourceSlice of the node has read this device (or the agent cannot read them).
+    pub slice: Option<SliceDevice>,
+}
+
+/// A device of NVIDIA's DRA driver as its ResourceSlice describes it, reduced to the NVML UUIDs
+/// that tie it to what the sampler reads.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SliceDevice {
+    /// A whole GPU (`type: gpu`), by its `uuid` attribute.
+    Gpu { uuid: String },
+    /// A MIG device (`type: mig`): its own `uuid`, its GPU's `parentUUID`, its `profile`.
+    Mig {
+        uuid: String,
+        parent_uuid: String,
+        profile: Option<String>,
+    },
 }
 
 /// The kubelet's last answer, GPU resources only, sorted.

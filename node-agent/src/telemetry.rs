@@ -20,6 +20,8 @@ pub struct AgentMetrics {
     pub pod_resources_refresh_errors: IntCounter,
     pub pod_resources_age: Gauge,
     pub unmatched_device_ids: IntGauge,
+    pub resource_slice_reads: IntCounter,
+    pub resource_slice_read_errors: IntCounter,
 }
 
 impl AgentMetrics {
@@ -61,7 +63,15 @@ impl AgentMetrics {
             )?,
             unmatched_device_ids: IntGauge::new(
                 "node_agent_unmatched_device_ids",
-                "GPU device IDs the kubelet lists that match no GPU read in the last sample.",
+                "GPU device IDs the kubelet lists that match no GPU read in the last sample, and claimed DRA devices no ResourceSlice read describes.",
+            )?,
+            resource_slice_reads: IntCounter::new(
+                "node_agent_resource_slice_reads_total",
+                "Successful reads of this node's ResourceSlices (made only while DRA devices are claimed).",
+            )?,
+            resource_slice_read_errors: IntCounter::new(
+                "node_agent_resource_slice_read_errors_total",
+                "Failed reads of this node's ResourceSlices.",
             )?,
         };
         registry.register(Box::new(metrics.samples.clone()))?;
@@ -75,6 +85,8 @@ impl AgentMetrics {
         registry.register(Box::new(metrics.pod_resources_refresh_errors.clone()))?;
         registry.register(Box::new(metrics.pod_resources_age.clone()))?;
         registry.register(Box::new(metrics.unmatched_device_ids.clone()))?;
+        registry.register(Box::new(metrics.resource_slice_reads.clone()))?;
+        registry.register(Box::new(metrics.resource_slice_read_errors.clone()))?;
         Ok(metrics)
     }
 

@@ -11,7 +11,9 @@ use std::{
 
 use node_agent::samples::NodeSamples;
 use serde_json::{Value, json};
-use support::{Agent, doubles, list_calls, start_agent, start_kubelet, value_of, wait_for, write_json};
+use support::{
+    Agent, doubles, list_calls, start_agent, start_agent_with_env, start_kubelet, value_of, wait_for, write_json,
+};
 use tempfile::TempDir;
 
 const A100: &str = "GPU-8f6b2a10-5c3d-4e1f-9a7b-0c1d2e3f4a5b";
@@ -410,4 +412,79 @@ fn changes_show_up_in_the_next_sample_and_refresh() {
     });
     let samples: NodeSamples = serde_json::from_str(&agent.get("/v1/samples").1).unwrap();
     assert_eq!(samples.pod_gpu_utilization("ml", "llm-0"), Some(90.0));
+}
+
+/// A GPU allocated through a DRA claim is named by pool and device; only the node's ResourceSlice
+/// says which GPU that is. Without access to the API server (no configuration here; no RBAC in a
+/// cluster) the agent still serves the device plugin's GPUs with their pods, leaves the claimed
+/// GPU without a pod, counts it unmatched, and says why once however often it retries.
+#[test]
+fn without_api_access_claimed_gpus_stay_unattributed_and_it_says_so_once() {
+    let node = Node::new();
+    let socket = node.path("kubelet.sock");
+    write_json(
+        &node.path("pods.json"),
+        &json!({"pods": [
+            pod("resnet-0", "triton", "nvidia.com/gpu", &[A100]),
+            {"namespace": "ml", "name": "llm-0", "containers": [{"name": "triton", "dynamicResources": [
+                {"claimName": "llm-0-gpu-x7k2p", "claimNamespace": "ml", "claimResources": [
+                    {"driverName": "gpu.nvidia.com", "poolName": "gpu-node-1", "deviceName": "gpu-1"}]}]}]}
+        ]}),
+    );
+    let _kubelet = start_kubelet(node.dir.path(), &socket, &node.path("pods.json"));
+    write_json(
+        &node.path("nvml.json"),
+        &json!({"devices": [{"uuid": A100, "utilizationGpu": 87}, {"uuid": SPARE, "utilizationGpu": 12}]}),
+    );
+    let no_kubeconfig = node.path("no-such-kubeconfig");
+    let agent = start_agent_with_env(
+        node.dir.path(),
+        &node.nvml_lib,
+        &node.path("nvml.json"),
+        &socket,
+        &[
+            "--interval",
+            "200ms",
+            "--pod-resources-interval",
+            "200ms",
+            "--resource-slices-interval",
+            "200ms",
+        ],
+        &[("KUBECONFIG", &no_kubeconfig)],
+    );
+    let metrics = wait_for(WAIT, "three failed ResourceSlice reads", || {
+        let metrics = agent.metrics();
+        (value_of(&metrics, "node_agent_resource_slice_read_errors_total")? >= 3.0).then_some(metrics)
+    });
+    assert_eq!(
+        value_of(
+            &metrics,
+            &format!(
+                "DCGM_FI_DEV_GPU_UTIL{{{}}}",
+                labels(0, A100, A100_NAME, Some(("resnet-0", "triton")))
+            )
+        ),
+        Some(87.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value_of(
+            &metrics,
+            &format!("DCGM_FI_DEV_GPU_UTIL{{{}}}", labels(1, SPARE, A100_NAME, None))
+        ),
+        Some(12.0),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("llm-0") && !metrics.contains("dra_"), "{metrics}");
+    assert_eq!(
+        value_of(&metrics, "node_agent_unmatched_device_ids"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(value_of(&metrics, "node_agent_resource_slice_reads_total"), Some(0.0));
+
+    let warnings = agent.logged("WARN", "cannot read this node's ResourceSlices");
+    assert_eq!(warnings.len(), 1, "{}", agent.process.log());
+    let error = warnings[0]["fields"]["error"].as_str().unwrap();
+    assert!(error.contains("no API server configuration"), "{error}");
 }

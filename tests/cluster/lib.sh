@@ -41,8 +41,8 @@ KCM_PORT=$((16257 + CLUSTER_PORT_OFFSET))
 SCHEDULER_PORT=$((16259 + CLUSTER_PORT_OFFSET))
 KWOK_PORT=$((16247 + CLUSTER_PORT_OFFSET))
 # What `make demo` runs beside the control plane: the operator's metrics, health and custom metrics
-# API, and one node agent per GPU node from DEMO_AGENT_BASE_PORT up (tests/cluster/nodes.yaml has
-# four; the sets stay apart up to 43).
+# API, and one node agent per node with device-plugin GPUs from DEMO_AGENT_BASE_PORT up
+# (tests/cluster/nodes.yaml has three; the sets stay apart up to 43).
 DEMO_METRICS_PORT=$((18080 + CLUSTER_PORT_OFFSET))
 DEMO_HEALTH_PORT=$((18081 + CLUSTER_PORT_OFFSET))
 DEMO_CUSTOM_METRICS_PORT=$((18443 + CLUSTER_PORT_OFFSET))

@@ -67,8 +67,8 @@ check_api() {
   if [[ $(k get --raw /readyz) == ok ]]; then pass "API server /readyz is ok"; else fail "API server /readyz"; fi
   local nodes
   nodes=$(k get nodes -o jsonpath='{.items[*].metadata.name}' | tr ' ' '\n' | sort | tr '\n' ' ')
-  if [[ $nodes == "cpu-0 gpu-a100-0 gpu-a100-1 gpu-mig-0 gpu-t4-0 " ]]; then
-    pass "the five fake nodes exist: $nodes"
+  if [[ $nodes == "cpu-0 gpu-a100-0 gpu-a100-1 gpu-dra-h100-0 gpu-dra-mig-0 gpu-mig-0 gpu-t4-0 " ]]; then
+    pass "the seven fake nodes exist: $nodes"
   else
     fail "unexpected node set: '$nodes'"
   fi

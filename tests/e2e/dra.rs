@@ -16,7 +16,11 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt, api::ListParams};
 use model_operator::api::{GpuAllocation, ModelDeployment, Phase, conditions};
 
-use crate::support::{Operator, TestNamespace, cluster, dra_devices, eventually};
+use crate::{
+    dra_agent::{H100_NODE, h100_fake_gpus},
+    gpu_rig::{API_SERVICE_TURN, GPU_METRIC, GpuNode, MAX_REPLICAS, MODEL, Rig, SCALE_WAIT, TARGET_PERCENT},
+    support::{Operator, TestNamespace, cluster, dra_devices, eventually},
+};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -251,4 +255,42 @@ async fn auto_takes_dra_only_where_the_device_plugin_cannot_serve() {
         );
     }
     ns.delete().await;
+}
+
+/// One DRA-claimed H100 per replica, between 1 and 2 replicas on the GPU utilisation the node
+/// agent attributes to each pod through its claim.
+fn autoscaled_dra_yaml() -> String {
+    format!(
+        "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {{name: {MODEL}}}\nspec:\n  modelURI: s3://example-models/triton/llm/\n  runtime: triton\n  gpu: {{allocation: dra, count: 1, architectures: [Hopper]}}\n  autoscale: true\n  autoscaling: {{minReplicas: 1, maxReplicas: {MAX_REPLICAS}, metric: gpu-utilization, target: {TARGET_PERCENT}, scaleDownStabilizationSeconds: 0}}\n"
+    )
+}
+
+#[tokio::test]
+async fn the_hpa_scales_a_dra_model_on_the_utilisation_of_its_claimed_gpus() {
+    let _devices = dra_devices().await;
+    let _api_service = API_SERVICE_TURN.lock().await;
+    let client = cluster().await;
+    let gpus = h100_fake_gpus(&client).await;
+    let h100_agent =
+        move |dir: &std::path::Path, utilization| vec![GpuNode::start_dra(dir, H100_NODE, gpus, utilization)];
+    let rig = Rig::start_on("e2e-dra-hpa", 20, MODEL, GPU_METRIC, h100_agent, |_| Vec::new()).await;
+    rig.ns.apply_model(&autoscaled_dra_yaml()).await.unwrap();
+
+    rig.wait_for_served_pods(1, "20").await;
+    eventually(SCALE_WAIT, "the HPA reads 20 % from the custom metrics API", || async {
+        (rig.hpa_current_average().await.as_deref() == Some("20")).then_some(())
+    })
+    .await;
+    rig.set_utilization(90);
+    eventually(SCALE_WAIT, "the HPA scales the DRA model out to 2", || async {
+        (rig.deployment_replicas().await == Some(MAX_REPLICAS)).then_some(())
+    })
+    .await;
+    rig.wait_for_served_pods(2, "90").await;
+    rig.set_utilization(10);
+    eventually(SCALE_WAIT, "and back in to 1", || async {
+        (rig.deployment_replicas().await == Some(1)).then_some(())
+    })
+    .await;
+    rig.teardown().await;
 }

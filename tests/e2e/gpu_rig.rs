@@ -102,10 +102,20 @@ impl Drop for Process {
     }
 }
 
-/// A fake GPU node's agent side: eight A100s whose utilisation (or failure) the test sets.
+/// One GPU the fake NVML reports; MIG devices (1g.10gb, the only profile the cluster's nodes
+/// have) put it in MIG mode.
+#[derive(Debug, Clone)]
+pub struct FakeGpu {
+    pub uuid: String,
+    pub name: &'static str,
+    pub mig_devices: Vec<String>,
+}
+
+/// A fake GPU node's agent side: its GPUs (eight A100s, or a DRA node's) whose utilisation (or
+/// failure) the test sets.
 pub struct GpuNode {
     pub name: &'static str,
-    index: usize,
+    gpus: Vec<FakeGpu>,
     dir: PathBuf,
     nvml_lib: PathBuf,
     nvml_config: PathBuf,
@@ -114,6 +124,8 @@ pub struct GpuNode {
     /// the same endpoint would.
     pub agent_address: String,
     _kubelet: Process,
+    /// Whether the agent gets the cluster's kubeconfig, for the ResourceSlices of a DRA node.
+    reads_slices: bool,
     /// `None` while the agent is killed.
     agent: Option<Process>,
     agent_starts: u32,
@@ -125,15 +137,37 @@ fn device_ids(node_index: usize) -> Vec<String> {
         .collect()
 }
 
+fn a100_gpus(node_index: usize) -> Vec<FakeGpu> {
+    device_ids(node_index)
+        .into_iter()
+        .map(|uuid| FakeGpu {
+            uuid,
+            name: "NVIDIA A100-SXM4-80GB",
+            mig_devices: vec![],
+        })
+        .collect()
+}
+
 /// The fake NVML's state: every GPU at `utilization`, or failing every call with `fail` (an NVML
 /// error name, `gpuIsLost` for a GPU fallen off the bus).
-fn nvml_json(node_index: usize, utilization: u32, fail: Option<&str>) -> Value {
-    let devices: Vec<Value> = device_ids(node_index)
-        .into_iter()
-        .map(|uuid| match fail {
-            Some(error) => json!({"uuid": uuid, "fail": error}),
-            None => json!({"uuid": uuid, "name": "NVIDIA A100-SXM4-80GB", "utilizationGpu": utilization,
-                   "utilizationMemory": utilization / 2, "memoryTotalMiB": 81920, "memoryUsedMiB": 20480}),
+fn nvml_json(gpus: &[FakeGpu], utilization: u32, fail: Option<&str>) -> Value {
+    let devices: Vec<Value> = gpus
+        .iter()
+        .map(|gpu| match fail {
+            Some(error) => json!({"uuid": gpu.uuid, "fail": error}),
+            None => {
+                let mig_devices: Vec<Value> = gpu
+                    .mig_devices
+                    .iter()
+                    .map(|uuid| {
+                        json!({"uuid": uuid, "name": format!("{} MIG 1g.10gb", gpu.name),
+                                       "memoryTotalMiB": 9856, "memoryUsedMiB": 1024})
+                    })
+                    .collect();
+                json!({"uuid": gpu.uuid, "name": gpu.name, "utilizationGpu": utilization,
+                       "utilizationMemory": utilization / 2, "memoryTotalMiB": 81920, "memoryUsedMiB": 20480,
+                       "migDevices": mig_devices})
+            }
         })
         .collect();
     json!({"driverVersion": "550.54.15", "devices": devices})
@@ -146,27 +180,58 @@ fn write_json(path: &Path, value: &Value) {
     std::fs::rename(&temporary, path).unwrap();
 }
 
+/// Where a node's GPUs come from: the device plugin (the fake kubelet hands out its device IDs),
+/// or DRA (the scheduler allocates the node's ResourceSlice devices; the agent reads the slices).
+enum Allocation {
+    DevicePlugin(Vec<String>),
+    Dra,
+}
+
 impl GpuNode {
+    /// One of the A100 nodes, its eight GPUs handed out by the device plugin.
     pub fn start(dir: &Path, node_index: usize, utilization: u32) -> Self {
-        let name = A100_NODES[node_index];
+        let devices = Allocation::DevicePlugin(device_ids(node_index));
+        Self::start_node(dir, A100_NODES[node_index], a100_gpus(node_index), devices, utilization)
+    }
+
+    /// A node whose GPUs exist only as ResourceSlices (`tests/cluster/dra-devices.yaml`): `gpus`
+    /// carry the slices' UUIDs. The agent gets the cluster's kubeconfig to read the slices.
+    /// (The cluster tier's `dra_agent.rs` uses it; the chaos tier, which includes this file, not.)
+    #[allow(dead_code)]
+    pub fn start_dra(dir: &Path, name: &'static str, gpus: Vec<FakeGpu>, utilization: u32) -> Self {
+        Self::start_node(dir, name, gpus, Allocation::Dra, utilization)
+    }
+
+    fn start_node(
+        dir: &Path,
+        name: &'static str,
+        gpus: Vec<FakeGpu>,
+        allocation: Allocation,
+        utilization: u32,
+    ) -> Self {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let binaries = crate::servers::node_agent_binaries();
         let nvml_lib = dir.join("libnvidia-ml.so.1");
         std::fs::copy(&binaries.nvml_lib, &nvml_lib).unwrap();
         let nvml_config = dir.join("nvml.json");
-        write_json(&nvml_config, &nvml_json(node_index, utilization, None));
+        write_json(&nvml_config, &nvml_json(&gpus, utilization, None));
 
         let socket = dir.join("kubelet.sock");
-        let mut kubelet = Process::spawn(
-            Command::new(&binaries.fake_kubelet)
-                .arg("--socket")
-                .arg(&socket)
-                .args(["--follow-node", name, "--follow-interval", "300ms", "--devices"])
-                .arg(device_ids(node_index).join(","))
-                .env("KUBECONFIG", kubeconfig_path()),
-            dir.join("kubelet.log"),
-        );
+        let mut kubelet_command = Command::new(&binaries.fake_kubelet);
+        kubelet_command
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--follow-node", name, "--follow-interval", "300ms"])
+            .env("KUBECONFIG", kubeconfig_path());
+        let reads_slices = match allocation {
+            Allocation::DevicePlugin(devices) => {
+                kubelet_command.arg("--devices").arg(devices.join(","));
+                false
+            }
+            Allocation::Dra => true,
+        };
+        let mut kubelet = Process::spawn(&mut kubelet_command, dir.join("kubelet.log"));
         let started = Instant::now();
         while !socket.exists() {
             kubelet.assert_running("the fake kubelet");
@@ -180,7 +245,8 @@ impl GpuNode {
 
         let mut node = Self {
             name,
-            index: node_index,
+            gpus,
+            reads_slices,
             dir,
             nvml_lib,
             nvml_config,
@@ -198,18 +264,22 @@ impl GpuNode {
     fn start_agent(&mut self, listen: &str) -> String {
         let binaries = crate::servers::node_agent_binaries();
         self.agent_starts += 1;
-        let mut agent = Process::spawn(
-            Command::new(&binaries.node_agent)
-                .env("FAKE_NVML_CONFIG", &self.nvml_config)
-                .env("RUST_LOG", "info")
-                .arg("--nvml-lib")
-                .arg(&self.nvml_lib)
-                .arg("--pod-resources-socket")
-                .arg(&self.socket)
-                .args(["--listen", listen, "--node-name", self.name, "--log-format", "json"])
-                .args(["--interval", "500ms", "--pod-resources-interval", "500ms"]),
-            self.dir.join(format!("agent-{}.log", self.agent_starts)),
-        );
+        let mut command = Command::new(&binaries.node_agent);
+        command
+            .env("FAKE_NVML_CONFIG", &self.nvml_config)
+            .env("RUST_LOG", "info")
+            .arg("--nvml-lib")
+            .arg(&self.nvml_lib)
+            .arg("--pod-resources-socket")
+            .arg(&self.socket)
+            .args(["--listen", listen, "--node-name", self.name, "--log-format", "json"])
+            .args(["--interval", "500ms", "--pod-resources-interval", "500ms"]);
+        if self.reads_slices {
+            command
+                .env("KUBECONFIG", kubeconfig_path())
+                .args(["--resource-slices-interval", "1s"]);
+        }
+        let mut agent = Process::spawn(&mut command, self.dir.join(format!("agent-{}.log", self.agent_starts)));
         let started = Instant::now();
         let address = loop {
             agent.assert_running("the node agent");
@@ -236,7 +306,7 @@ impl GpuNode {
 
     /// Every GPU of the node at `percent`, readable again if it was failing.
     pub fn set_utilization(&self, percent: u32) {
-        write_json(&self.nvml_config, &nvml_json(self.index, percent, None));
+        write_json(&self.nvml_config, &nvml_json(&self.gpus, percent, None));
     }
 }
 
@@ -259,7 +329,7 @@ impl GpuNode {
 
     /// Every NVML call on the node's GPUs fails with `error` (an NVML error name).
     pub fn fail_gpus(&self, error: &str) {
-        write_json(&self.nvml_config, &nvml_json(self.index, 0, Some(error)));
+        write_json(&self.nvml_config, &nvml_json(&self.gpus, 0, Some(error)));
     }
 }
 
@@ -354,13 +424,29 @@ impl Rig {
         metric: &'static str,
         operator_args: impl FnOnce(&str) -> Vec<String>,
     ) -> Self {
+        let a100_nodes = |dir: &Path, utilization| {
+            (0..A100_NODES.len())
+                .map(|index| GpuNode::start(dir, index, utilization))
+                .collect()
+        };
+        Self::start_on(prefix, utilization, model, metric, a100_nodes, operator_args).await
+    }
+
+    /// As [`Rig::start_with`], with the node agents `nodes` starts (in the rig's directory,
+    /// every GPU at `utilization` %) instead of the A100 nodes'.
+    pub async fn start_on(
+        prefix: &str,
+        utilization: u32,
+        model: &'static str,
+        metric: &'static str,
+        nodes: impl FnOnce(&Path, u32) -> Vec<GpuNode>,
+        operator_args: impl FnOnce(&str) -> Vec<String>,
+    ) -> Self {
         let client = cluster().await;
         let ns = TestNamespace::create(&client, prefix).await;
         let more_args = operator_args(&ns.name);
         let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<GpuNode> = (0..A100_NODES.len())
-            .map(|index| GpuNode::start(dir.path(), index, utilization))
-            .collect();
+        let nodes = nodes(dir.path(), utilization);
         let endpoints = nodes
             .iter()
             .map(|n| format!("{}={}", n.name, n.agent_address))

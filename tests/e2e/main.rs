@@ -7,6 +7,10 @@ mod autoscaling;
 /// The table of bad specs the offline admission test reads too.
 #[path = "../support/bad_specs.rs"]
 mod bad_specs;
+/// GPUs through Dynamic Resource Allocation: claims, capacity from slices, `auto`.
+mod dra;
+/// GPUs allocated through DRA claims, attributed by the node agent (no operator).
+mod dra_agent;
 /// The GPU autoscaling rig (node agents on the fake NVML, the APIService), which the chaos tier
 /// includes too.
 mod gpu_rig;

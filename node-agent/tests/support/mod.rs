@@ -163,8 +163,21 @@ pub struct Agent {
 /// The agent binary, loading `nvml_lib` through `--nvml-lib`, with the fake's configuration in
 /// `FAKE_NVML_CONFIG`; returns once it listens.
 pub fn start_agent(dir: &Path, nvml_lib: &Path, nvml_config: &Path, socket: &Path, extra: &[&str]) -> Agent {
+    start_agent_with_env(dir, nvml_lib, nvml_config, socket, extra, &[])
+}
+
+/// As [`start_agent`], with more environment.
+pub fn start_agent_with_env(
+    dir: &Path,
+    nvml_lib: &Path,
+    nvml_config: &Path,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> Agent {
     let mut command = Command::new(env!("CARGO_BIN_EXE_node-agent"));
     command
+        .envs(env.iter().copied())
         .env("FAKE_NVML_CONFIG", nvml_config)
         .env("RUST_LOG", "info")
         .arg("--nvml-lib")

@@ -1152,7 +1152,10 @@ fn dra_gives_each_replica_a_claim_from_the_models_template_instead_of_a_gpu_limi
     assert!(name.starts_with("triton-dra-gpu-"), "{name}");
     let requests = template.spec.spec.devices.as_ref().unwrap().requests.as_ref().unwrap();
     let exactly = requests[0].exactly.as_ref().unwrap();
-    assert_eq!((requests[0].name.as_str(), exactly.device_class_name.as_str()), ("gpu", "gpu.nvidia.com"));
+    assert_eq!(
+        (requests[0].name.as_str(), exactly.device_class_name.as_str()),
+        ("gpu", "gpu.nvidia.com")
+    );
     assert_eq!(exactly.count, Some(2));
     let selectors: Vec<&str> = exactly
         .selectors
@@ -1177,9 +1180,16 @@ fn dra_gives_each_replica_a_claim_from_the_models_template_instead_of_a_gpu_limi
     assert!(pod.affinity.is_none(), "the devices, not GFD labels, choose the node");
     let tolerations = pod.tolerations.as_ref().unwrap();
     assert!(tolerations.iter().any(|t| t.key.as_deref() == Some("nvidia.com/gpu")));
-    assert_eq!(env_value(server(&desired).env.as_ref().unwrap(), "CUDA_DEVICE_ORDER"), Some("PCI_BUS_ID"));
+    assert_eq!(
+        env_value(server(&desired).env.as_ref().unwrap(), "CUDA_DEVICE_ORDER"),
+        Some("PCI_BUS_ID")
+    );
     // Applied before the pods that use it.
-    let kinds: Vec<String> = desired.objects().iter().map(|o| o["kind"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = desired
+        .objects()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(kinds, ["ResourceClaimTemplate", "Deployment", "Service"]);
 }
 
@@ -1189,7 +1199,11 @@ fn a_changed_gpu_request_is_a_new_template_and_so_new_pods() {
     let after = render(&TRITON_DRA.replace("count: 2", "count: 1"));
     let name = |d: &Desired| d.resource_claim_template.as_ref().unwrap().metadata.name.clone();
     assert_ne!(name(&before), name(&after));
-    assert_eq!(name(&before), name(&render(TRITON_DRA)), "the same request, the same name");
+    assert_eq!(
+        name(&before),
+        name(&render(TRITON_DRA)),
+        "the same request, the same name"
+    );
 }
 
 #[test]
@@ -1202,7 +1216,14 @@ fn mig_through_dra_asks_the_mig_class_for_the_profile() {
         .clone()
         .unwrap();
     assert_eq!(exactly.device_class_name, "mig.nvidia.com");
-    assert!(exactly.selectors.unwrap()[0].cel.as_ref().unwrap().expression.contains("== '1g.10gb'"));
+    assert!(
+        exactly.selectors.unwrap()[0]
+            .cel
+            .as_ref()
+            .unwrap()
+            .expression
+            .contains("== '1g.10gb'")
+    );
     let resources = server(&desired).resources.as_ref().unwrap();
     assert!(quantity(&resources.limits, "nvidia.com/mig-1g.10gb").is_none());
 }

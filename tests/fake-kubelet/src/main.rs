@@ -9,7 +9,10 @@
 //!     {"namespace": "ml", "name": "resnet-0", "containers": [
 //!       {"name": "triton", "devices": [{"resourceName": "nvidia.com/gpu", "deviceIds": ["GPU-…"]}]}]},
 //!     {"namespace": "ml", "name": "bert-0", "containers": [
-//!       {"name": "torchserve", "devices": [{"resourceName": "nvidia.com/gpu.shared", "deviceIds": ["GPU-…::2"]}]}]}
+//!       {"name": "torchserve", "devices": [{"resourceName": "nvidia.com/gpu.shared", "deviceIds": ["GPU-…::2"]}]}]},
+//!     {"namespace": "ml", "name": "llm-0", "containers": [
+//!       {"name": "triton", "dynamicResources": [{"claimName": "llm-0-gpu-x7k2p", "claimNamespace": "ml",
+//!         "claimResources": [{"driverName": "gpu.nvidia.com", "poolName": "node-1", "deviceName": "gpu-0"}]}]}]}
 //!   ],
 //!   "allocatable": [{"resourceName": "nvidia.com/gpu", "deviceIds": ["GPU-…"]}]
 //! }
@@ -21,7 +24,10 @@
 //! reading a file: it lists the pods the scheduler bound to NODE (through `KUBECONFIG`) every
 //! `--follow-interval`, hands each container that requests `--resource` devices from the list
 //! (keeping what a container already holds, freeing what finished or deleted pods held), and
-//! answers with that. Each change of the assignment is logged.
+//! answers with that. Each change of the assignment is logged. A pod with ResourceClaims gets, in
+//! each container that names one in `resources.claims`, the devices the scheduler allocated to
+//! that claim (its `status.allocation.devices.results`) as `dynamicResources`, as the kubelet
+//! reports DRA devices; `--devices` may then be empty (a node whose GPUs are all DRA's).
 
 use std::{
     os::unix::fs::MetadataExt,
@@ -34,8 +40,9 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use node_agent::pod_resources::proto::{
-    AllocatableResourcesRequest, AllocatableResourcesResponse, ContainerDevices, ContainerResources,
-    GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest, ListPodResourcesResponse, PodResources,
+    AllocatableResourcesRequest, AllocatableResourcesResponse, ClaimResource, ContainerDevices, ContainerResources,
+    DynamicResource, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
+    ListPodResourcesResponse, PodResources,
     pod_resources_lister_server::{PodResourcesLister, PodResourcesListerServer},
 };
 use serde::Deserialize;
@@ -58,12 +65,7 @@ struct Args {
     #[arg(long, env = "FAKE_KUBELET_CONFIG", required_unless_present = "follow_node")]
     config: Option<PathBuf>,
     /// Follow the pods bound to this node instead of reading --config.
-    #[arg(
-        long,
-        env = "FAKE_KUBELET_FOLLOW_NODE",
-        conflicts_with = "config",
-        requires = "devices"
-    )]
+    #[arg(long, env = "FAKE_KUBELET_FOLLOW_NODE", conflicts_with = "config")]
     follow_node: Option<String>,
     /// With --follow-node: the node's device IDs, handed out to containers in this order.
     #[arg(long, env = "FAKE_KUBELET_DEVICES", value_delimiter = ',')]
@@ -100,6 +102,44 @@ struct Container {
     name: String,
     #[serde(default)]
     devices: Vec<Devices>,
+    #[serde(default)]
+    dynamic_resources: Vec<DynamicResources>,
+}
+
+/// One ResourceClaim's devices in a container (PodResources `DynamicResource`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DynamicResources {
+    claim_name: String,
+    claim_namespace: String,
+    claim_resources: Vec<ClaimResources>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClaimResources {
+    driver_name: String,
+    pool_name: String,
+    device_name: String,
+}
+
+impl From<&DynamicResources> for DynamicResource {
+    fn from(claim: &DynamicResources) -> Self {
+        DynamicResource {
+            claim_name: claim.claim_name.clone(),
+            claim_namespace: claim.claim_namespace.clone(),
+            claim_resources: claim
+                .claim_resources
+                .iter()
+                .map(|device| ClaimResource {
+                    cdi_devices: vec![],
+                    driver_name: device.driver_name.clone(),
+                    pool_name: device.pool_name.clone(),
+                    device_name: device.device_name.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -130,6 +170,7 @@ impl From<&Pod> for PodResources {
                 .map(|c| ContainerResources {
                     name: c.name.clone(),
                     devices: c.devices.iter().map(ContainerDevices::from).collect(),
+                    dynamic_resources: c.dynamic_resources.iter().map(DynamicResource::from).collect(),
                     ..Default::default()
                 })
                 .collect(),
