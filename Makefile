@@ -41,7 +41,7 @@ DEPLOY_CONFIG ?= config/default
 
 .PHONY: help test lint fmt-check clippy unit e2e test-e2e install-check release-build crd-check manifests crds \
 	build render-examples demo run install uninstall deploy undeploy docker-build docker-push \
-	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling bench-churn chaos \
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling bench-churn bench-scale chaos \
 	test-servers test-inference
 
 ## help: every target with its `##` line.
@@ -205,7 +205,7 @@ cluster-smoke:
 	$(ON_CLUSTER) tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
-bench: bench-node-agent bench-readiness bench-autoscaling bench-churn
+bench: bench-node-agent bench-readiness bench-autoscaling bench-churn bench-scale
 
 ## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
 bench-node-agent:
@@ -223,6 +223,16 @@ bench-readiness: test-servers
 bench-churn:
 	hack/build-release.sh operator $(RELEASE_DIR)
 	E2E_OPERATOR_BIN=$(abspath $(RELEASE_DIR))/model-operator $(WITH_TEST_CLUSTER) $(CARGO) bench --bench model_churn
+
+## bench-scale: SCALE_MODELS (default 1000) ModelDeployments of every runtime, GPU and CPU, some
+## autoscaled or validated, on the test tier's cluster (with fake nodes and a Service range sized
+## for them), by the release image's operator, beside the limit: the same children written by a
+## plain parallel client. Time to every child written and every model Ready (backlog and burst)
+## as a ratio to the limit, memory, requests and CPU at rest (SCALE_REST_SECONDS, default 300),
+## one model's change; fails on a missed target. Figures: docs/scale.md.
+bench-scale:
+	hack/build-release.sh operator $(RELEASE_DIR)
+	E2E_OPERATOR_BIN=$(abspath $(RELEASE_DIR))/model-operator $(WITH_TEST_CLUSTER) $(CARGO) bench --bench model_scale
 
 ## test-servers: install tritonserver, TorchServe, the inference app's Python environment, moto
 ## and fake-gcs-server (cached under $(MODEL_OPERATOR_CACHE); a second run only checks). The probe

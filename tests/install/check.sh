@@ -166,7 +166,11 @@ check_workloads() {
   local gpu_nodes
   gpu_nodes=$(k get nodes -l nvidia.com/gpu.present=true -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort)
   [[ -n $gpu_nodes ]] || fail "the cluster has no node labelled nvidia.com/gpu.present=true"
-  k get nodes -l '!nvidia.com/gpu.present' -o name | grep -q . ||
+  # Captured first: `grep -q` stops reading at the first match, and under pipefail the SIGPIPE
+  # kubectl gets then fails the check once there is more than one such node.
+  local unlabelled
+  unlabelled=$(k get nodes -l '!nvidia.com/gpu.present' -o name)
+  [[ -n $unlabelled ]] ||
     fail "the cluster has no CPU-only node, so GPU-only scheduling is not tested"
   wait_until "$WAIT_S" "daemonset/$daemonset in $namespace to run on every GPU node" daemonset_ready "$namespace" "$daemonset"
   local agent_nodes
@@ -512,8 +516,8 @@ check_helm() {
 }
 
 # A namespaced install (operator.watchNamespace): the operator's grants on models, children, pods
-# and Events are a Role in the watched namespace, and the only cluster-wide grant left is reading
-# nodes. The real operator, as that ServiceAccount, must do everything it does with no more.
+# and Events are a Role in the watched namespace, and the only cluster-wide grants left are reading
+# nodes and what DRA publishes cluster-wide (ResourceSlices, DeviceClasses). The real operator, as that ServiceAccount, must do everything it does with no more.
 check_helm_namespaced() {
   local chart=$1 fullname=$2
   local MODEL_NAMESPACE=$NAMESPACED_MODEL_NAMESPACE
@@ -525,11 +529,11 @@ check_helm_namespaced() {
   k get role "$fullname" -n "$MODEL_NAMESPACE" >/dev/null || fail "a namespaced install has no Role in $MODEL_NAMESPACE"
   local cluster_wide
   cluster_wide=$(k get clusterrole "$fullname-nodes" -o jsonpath='{range .rules[*]}{.resources}{" "}{.verbs}{"\n"}{end}')
-  [[ $cluster_wide == '["nodes"] ["list","watch"]' ]] ||
-    fail "a namespaced install grants more than reading nodes cluster-wide: $cluster_wide"
+  [[ $cluster_wide == $'["nodes"] ["list","watch"]\n["resourceslices","deviceclasses"] ["list","watch"]' ]] ||
+    fail "a namespaced install grants more than reading nodes, ResourceSlices and DeviceClasses cluster-wide: $cluster_wide"
   printf '%s\n' "ClusterRole $fullname-nodes" "Role $fullname $MODEL_NAMESPACE" | check_no_wildcards
   check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm-namespaced
-  log "helm: a namespaced install (Role in $MODEL_NAMESPACE, nodes read-only) is enough for the operator"
+  log "helm: a namespaced install (Role in $MODEL_NAMESPACE; nodes, ResourceSlices, DeviceClasses read-only) is enough for the operator"
 }
 
 main() {
