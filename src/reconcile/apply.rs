@@ -102,6 +102,9 @@ pub struct Applied {
     pub created_deployment: bool,
     /// The validation Job did not exist before this apply.
     pub started_validation: bool,
+    /// A child written lately is not in the cache yet, so it was not written again: look again
+    /// once the cache should show it ([`super::last_applied::UNCONFIRMED_TRUST`]).
+    pub awaiting_cache: bool,
 }
 
 /// Applies configuration before the pods that mount it (and prunes it after they stop), the
@@ -125,7 +128,12 @@ pub async fn apply(
         validation_job,
     } = desired;
     let mut applied = Applied::default();
-    let writer = Writer { client, last, model };
+    let writer = Writer {
+        client,
+        last,
+        model,
+        awaiting_cache: std::sync::atomic::AtomicBool::new(false),
+    };
 
     if let Some(config) = runtime_config {
         writer
@@ -141,8 +149,7 @@ pub async fn apply(
     if let Some(job) = validation_job {
         // A finished Job is never re-applied: its template is immutable and its verdict final.
         if observed.validation_job.is_none() {
-            server_side_apply(client, job).await?;
-            applied.started_validation = true;
+            applied.started_validation = writer.apply_unless_current(job, None).await?.is_some();
         }
     }
     if rollout {
@@ -182,6 +189,7 @@ pub async fn apply(
         Some(_) => {}
         None => writer.prune(observed.hpa.as_deref()).await?,
     }
+    applied.awaiting_cache = writer.awaiting_cache.into_inner();
     Ok(applied)
 }
 
@@ -190,6 +198,7 @@ struct Writer<'a> {
     client: &'a Client,
     last: &'a LastApplied,
     model: (&'a str, &'a str),
+    awaiting_cache: std::sync::atomic::AtomicBool,
 }
 
 impl Writer<'_> {
@@ -201,6 +210,9 @@ impl Writer<'_> {
     {
         let hash = desired_hash(desired);
         if self.last.is_current(self.model, hash, cached) {
+            if cached.is_none() {
+                self.awaiting_cache.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             return Ok(None);
         }
         let written = server_side_apply(self.client, desired).await?;

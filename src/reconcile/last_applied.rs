@@ -8,6 +8,12 @@
 //!   `metadata.generation` where the kind keeps one (Deployment, HPA: their status changes all
 //!   the time, their spec only by a write), `resourceVersion` otherwise (Service, ConfigMap).
 //!
+//! Right after a write the watch cache may not hold the object yet. Until the cache has shown it
+//! once (`confirmed`), and for at most [`UNCONFIRMED_TRUST`], the write counts as current, so the
+//! reconciles a burst of events brings meanwhile neither read the name again (ownership) nor
+//! write the child again; the driver looks again after that time, so a child deleted before
+//! the cache ever showed it is written anew.
+//!
 //! Nothing is kept across restarts: a new process (or a new leader) applies every child once,
 //! which also repairs whatever drifted while no operator ran; server-side apply makes those
 //! writes no-ops on the server when nothing changed.
@@ -16,6 +22,7 @@ use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use kube::Resource;
@@ -31,11 +38,24 @@ pub fn desired_hash<K: Serialize>(object: &K) -> u64 {
     hasher.finish()
 }
 
+/// How long a write the cache has not shown yet counts as current.
+pub const UNCONFIRMED_TRUST: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
     hash: u64,
     uid: String,
     version: String,
+    /// The cache has shown this object (its UID) since it was written.
+    confirmed: bool,
+    at: Instant,
+}
+
+impl Written {
+    /// Written from `hash`, and the cache has not caught up with it yet.
+    fn awaiting_cache(&self, hash: u64) -> bool {
+        self.hash == hash && !self.confirmed && self.at.elapsed() < UNCONFIRMED_TRUST
+    }
 }
 
 /// Per model (namespace, name), per child kind: what the last successful apply returned.
@@ -58,26 +78,38 @@ fn version_of<K: Resource>(object: &K) -> Option<String> {
 
 impl LastApplied {
     /// True when `cached` is exactly what this process last wrote for `model`'s child of this
-    /// kind, from a desired object with `hash`: applying it again would change nothing.
+    /// kind, from a desired object with `hash`, or when that write is so recent that the cache
+    /// does not show it yet: applying it again would change nothing.
     pub fn is_current<K: Resource<DynamicType = ()>>(
         &self,
         model: (&str, &str),
         hash: u64,
         cached: Option<&K>,
     ) -> bool {
-        let Some(cached) = cached else {
-            return false;
-        };
-        let models = self.models.lock().expect("last applied lock");
+        let mut models = self.models.lock().expect("last applied lock");
         let Some(written) = models
-            .get(&(model.0.to_owned(), model.1.to_owned()))
-            .and_then(|children| children.get(kind_of::<K>()))
+            .get_mut(&(model.0.to_owned(), model.1.to_owned()))
+            .and_then(|children| children.get_mut(kind_of::<K>()))
         else {
             return false;
         };
-        written.hash == hash
-            && cached.meta().uid.as_deref() == Some(written.uid.as_str())
-            && version_of(cached).as_deref() == Some(written.version.as_str())
+        let Some(cached) = cached else {
+            return written.awaiting_cache(hash);
+        };
+        let same_object = cached.meta().uid.as_deref() == Some(written.uid.as_str());
+        written.confirmed |= same_object;
+        written.hash == hash && same_object && version_of(cached).as_deref() == Some(written.version.as_str())
+    }
+
+    /// Whether the child of this kind was written from `hash` so lately that the cache does not
+    /// show it yet: its name is this model's, no need to read it.
+    pub fn awaiting_cache<K: Resource<DynamicType = ()>>(&self, model: (&str, &str), hash: u64) -> bool {
+        self.models
+            .lock()
+            .expect("last applied lock")
+            .get(&(model.0.to_owned(), model.1.to_owned()))
+            .and_then(|children| children.get(kind_of::<K>()))
+            .is_some_and(|written| written.awaiting_cache(hash))
     }
 
     /// Remembers what an apply of a desired object with `hash` returned.
@@ -90,7 +122,16 @@ impl LastApplied {
             .expect("last applied lock")
             .entry((model.0.to_owned(), model.1.to_owned()))
             .or_default()
-            .insert(kind_of::<K>(), Written { hash, uid, version });
+            .insert(
+                kind_of::<K>(),
+                Written {
+                    hash,
+                    uid,
+                    version,
+                    confirmed: false,
+                    at: Instant::now(),
+                },
+            );
     }
 
     /// The child of this kind was deleted (pruned): nothing of it is current any more.
@@ -169,8 +210,29 @@ mod tests {
             !last.is_current(BERT, 7, Some(&deployment("d-2", 1, "160"))),
             "deleted and created anew"
         );
-        assert!(!last.is_current::<Deployment>(BERT, 7, None), "not in the cache");
+        assert!(
+            !last.is_current::<Deployment>(BERT, 7, None),
+            "shown by the cache, then gone"
+        );
         assert!(!last.is_current(("ml", "other"), 7, Some(&written)), "per model");
+    }
+
+    #[test]
+    fn a_write_the_cache_does_not_show_yet_is_current_until_the_cache_shows_it() {
+        let last = LastApplied::default();
+        last.record(BERT, 7, &deployment("d-1", 1, "100"));
+        assert!(last.awaiting_cache::<Deployment>(BERT, 7));
+        assert!(last.is_current::<Deployment>(BERT, 7, None), "written a moment ago");
+        assert!(
+            !last.is_current::<Deployment>(BERT, 8, None),
+            "but not for another spec"
+        );
+        assert!(last.is_current(BERT, 7, Some(&deployment("d-1", 1, "100"))));
+        assert!(!last.awaiting_cache::<Deployment>(BERT, 7), "the cache showed it");
+        assert!(
+            !last.is_current::<Deployment>(BERT, 7, None),
+            "so now its absence means it is gone"
+        );
     }
 
     #[test]

@@ -184,6 +184,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
 
     // 6. status
     let retry = match &apply_state {
+        ApplyState::Applied if applied.awaiting_cache => Some(last_applied::UNCONFIRMED_TRUST),
         ApplyState::Applied => None,
         ApplyState::NameTaken(_) => Some(NAME_TAKEN_RECHECK),
         ApplyState::Rejected { .. } => Some(ctx.apply_retries.failed(&spec.namespace, &spec.name)),
@@ -261,7 +262,16 @@ async fn apply_children(
     let namespace = model.namespace().unwrap_or_default();
     let name = model.name_any();
     let owner_uid = model.uid().unwrap_or_default();
-    let foreign = match ownership::foreign_objects(&ctx.client, desired, observed, &owner_uid).await {
+    let foreign = match ownership::foreign_objects(
+        &ctx.client,
+        &ctx.last_applied,
+        (&namespace, &name),
+        desired,
+        observed,
+        &owner_uid,
+    )
+    .await
+    {
         Ok(foreign) => foreign,
         Err(error) => {
             let failure = ApplyState::Failed {

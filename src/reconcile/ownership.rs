@@ -11,9 +11,13 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 
-use super::{build::Desired, fetch::Observed};
+use super::{
+    build::Desired,
+    fetch::Observed,
+    last_applied::{LastApplied, desired_hash},
+};
 
 /// An object that holds the name of one of this model's children.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,8 @@ pub struct OwnershipError {
 /// order the children are applied. `owner_uid` is the model's UID.
 pub async fn foreign_objects(
     client: &Client,
+    last: &LastApplied,
+    model: (&str, &str),
     desired: &Desired,
     observed: &Observed,
     owner_uid: &str,
@@ -64,30 +70,49 @@ pub async fn foreign_objects(
     if let Some(config) = runtime_config
         && observed.runtime_config.is_none()
     {
-        foreign.extend(holder_of(client, config, owner_uid).await?);
+        foreign.extend(unless_written_lately(client, last, model, config, owner_uid).await?);
     }
     if let Some(template) = resource_claim_template
         && observed.claim_template.is_none()
     {
-        foreign.extend(holder_of(client, template, owner_uid).await?);
+        foreign.extend(unless_written_lately(client, last, model, template, owner_uid).await?);
     }
     if let Some(job) = validation_job
         && observed.validation_job.is_none()
     {
-        foreign.extend(holder_of(client, job, owner_uid).await?);
+        foreign.extend(unless_written_lately(client, last, model, job, owner_uid).await?);
     }
     if observed.deployment.is_none() {
-        foreign.extend(holder_of(client, deployment, owner_uid).await?);
+        foreign.extend(unless_written_lately(client, last, model, deployment, owner_uid).await?);
     }
     if observed.service.is_none() {
-        foreign.extend(holder_of(client, service, owner_uid).await?);
+        foreign.extend(unless_written_lately(client, last, model, service, owner_uid).await?);
     }
     if let Some(hpa) = hpa
         && observed.hpa.is_none()
     {
-        foreign.extend(holder_of(client, hpa, owner_uid).await?);
+        foreign.extend(unless_written_lately(client, last, model, hpa, owner_uid).await?);
     }
     Ok(foreign)
+}
+
+/// As [`holder_of`], except for a child this process has just written under this name: it is
+/// the model's whether or not the cache shows it yet, so the reconciles a burst of events brings
+/// meanwhile read nothing.
+async fn unless_written_lately<K>(
+    client: &Client,
+    last: &LastApplied,
+    model: (&str, &str),
+    wanted: &K,
+    owner_uid: &str,
+) -> Result<Option<ForeignObject>, OwnershipError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Serialize + Clone + Debug,
+{
+    if last.awaiting_cache::<K>(model, desired_hash(wanted)) {
+        return Ok(None);
+    }
+    holder_of(client, wanted, owner_uid).await
 }
 
 /// The object of `wanted`'s name, if one exists that `owner_uid` does not control.
