@@ -3,14 +3,15 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use kube::{
     Client, Resource,
     runtime::events::{Event, EventType},
 };
-use tracing::warn;
+use k8s_openapi::api::core::v1::ObjectReference;
+use tracing::{debug, warn};
 
 use super::{Outcome, ReconcileError, status};
 use crate::{
@@ -38,9 +39,17 @@ fn fit_note(mut note: String) -> String {
     note
 }
 
+/// Events that may wait for their task at once.
+const EVENT_QUEUE: usize = 4096;
+
 pub struct Reporter {
     metrics: Metrics,
-    events: EventPublisher,
+    events: Arc<EventPublisher>,
+    /// Events wait here for their own task: a reconcile never waits on Event writes, which are
+    /// news about what it did, not part of it (client-go's recorder is asynchronous too). A
+    /// burst of a thousand new models publishes some five thousand Events; while the queue is
+    /// full, the newest are dropped.
+    queued: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     /// What is kept per model, dropped when the model is gone ([`Reporter::forget`]).
     models: Mutex<HashMap<ModelKey, Kept>>,
 }
@@ -61,9 +70,20 @@ pub type ModelKey = (String, String);
 impl Reporter {
     /// Events name this replica (`instance`, the pod name) as their source.
     pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+        let events = Arc::new(EventPublisher::new(client, CONTROLLER_NAME, instance));
+        let (queued, mut queue) = tokio::sync::mpsc::channel::<(Event, ObjectReference)>(EVENT_QUEUE);
+        let publisher = events.clone();
+        tokio::spawn(async move {
+            while let Some((event, regarding)) = queue.recv().await {
+                if let Err(error) = publisher.publish(&event, &regarding).await {
+                    warn!(%error, reason = %event.reason, "could not publish an Event");
+                }
+            }
+        });
         Self {
             metrics,
-            events: EventPublisher::new(client, CONTROLLER_NAME, instance),
+            events,
+            queued,
             models: Mutex::default(),
         }
     }
@@ -115,7 +135,7 @@ impl Reporter {
                 .set(i64::from(model_ready_replicas));
         }
         if work.status_written {
-            self.publish_transitions(model, work).await;
+            self.publish_transitions(model, work);
         }
     }
 
@@ -124,7 +144,7 @@ impl Reporter {
         self.metrics.reconcile_errors.with_label_values(&[error.reason()]).inc();
     }
 
-    async fn publish_transitions(&self, model: &ModelDeployment, work: &super::Reconciled) {
+    fn publish_transitions(&self, model: &ModelDeployment, work: &super::Reconciled) {
         let reference = model.object_ref(&());
         for transition in status::transitions(work.previous.as_ref(), &work.status) {
             let event = Event {
@@ -141,8 +161,8 @@ impl Reporter {
                 action: transition.type_.clone(),
                 secondary: None,
             };
-            if let Err(error) = self.events.publish(&event, &reference).await {
-                warn!(%error, reason = %transition.reason, "could not publish an Event");
+            if self.queued.try_send((event, reference.clone())).is_err() {
+                debug!(reason = %transition.reason, "the Event queue is full; this Event is dropped");
             }
         }
     }
