@@ -13,7 +13,10 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::PostParams};
 
-use crate::{faults::FakeNodes, support::eventually};
+use crate::{
+    faults::{FakeNodes, KwokCpuNode, kwok_cpu_node},
+    support::eventually,
+};
 
 /// Pods one extra node runs. kwok gives pods addresses from the node's pod CIDR, a /22 here.
 const PODS_PER_NODE: usize = 1000;
@@ -32,27 +35,15 @@ pub async fn nodes_for(client: &Client, models: usize) -> FakeNodes {
 
 /// A fake CPU node shaped as tests/cluster/nodes.yaml's cpu-0, with room for PODS_PER_NODE pods.
 fn cpu_node(index: usize) -> Node {
-    let name = format!("scale-cpu-{index}");
-    let cidr = format!("10.248.{}.0/22", index * 4);
-    let resources = serde_json::json!({
-        "cpu": "256", "memory": "1024Gi", "pods": PODS_PER_NODE.to_string(), "ephemeral-storage": "1000Gi"
-    });
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                       "kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": "m6i.metal"},
-        },
-        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-        "status": {
-            "addresses": [{"type": "InternalIP", "address": format!("10.1.1.{}", 10 + index)},
-                          {"type": "Hostname", "address": name}],
-            "capacity": resources, "allocatable": resources,
-        },
-    }))
-    .expect("a Node")
+    kwok_cpu_node(&KwokCpuNode {
+        name: format!("scale-cpu-{index}"),
+        pod_cidr: format!("10.248.{}.0/22", index * 4),
+        address: format!("10.1.1.{}", 10 + index),
+        instance_type: "m6i.metal",
+        resources: serde_json::json!({
+            "cpu": "256", "memory": "1024Gi", "pods": PODS_PER_NODE.to_string(), "ephemeral-storage": "1000Gi"
+        }),
+    })
 }
 
 /// Adds SERVICE_RANGE to the cluster's Service addresses, once, and waits until it is in use.

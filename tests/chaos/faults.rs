@@ -426,25 +426,49 @@ impl Drop for FakeNodes {
 /// An extra fake CPU node, shaped as tests/cluster/nodes.yaml's cpu-0 but larger, for a rollout
 /// beyond cpu-0's 110 pods.
 pub fn cpu_node(index: usize) -> Node {
-    let name = format!("chaos-cpu-{index}");
-    let cidr = format!("10.244.{}.0/24", 220 + index);
-    let resources = serde_json::json!({"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "200Gi"});
+    kwok_cpu_node(&KwokCpuNode {
+        name: format!("chaos-cpu-{index}"),
+        pod_cidr: format!("10.244.{}.0/24", 220 + index),
+        address: format!("10.1.0.{}", 220 + index),
+        instance_type: "m6i.16xlarge",
+        resources: serde_json::json!({"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "200Gi"}),
+    })
+}
+
+/// What tells one fake kwok CPU node from another.
+pub struct KwokCpuNode {
+    pub name: String,
+    pub pod_cidr: String,
+    pub address: String,
+    pub instance_type: &'static str,
+    /// Its capacity, and as much allocatable.
+    pub resources: serde_json::Value,
+}
+
+/// A kwok-managed CPU node as tests/cluster/nodes.yaml writes them (kwok makes it Ready).
+pub fn kwok_cpu_node(node: &KwokCpuNode) -> Node {
+    let KwokCpuNode {
+        name,
+        pod_cidr,
+        address,
+        instance_type,
+        resources,
+    } = node;
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                       "kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": "m6i.16xlarge"},
+                       "kubernetes.io/hostname": name, "node.kubernetes.io/instance-type": instance_type},
         },
-        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
         "status": {
-            "addresses": [{"type": "InternalIP", "address": format!("10.1.0.{}", 220 + index)},
-                          {"type": "Hostname", "address": name}],
+            "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
             "capacity": resources, "allocatable": resources,
         },
     }))
-    .unwrap()
+    .expect("a fake node's fields form a Node")
 }
 
 /// Waits (bounded) until no pod of `namespace` is left, so the nodes they ran on can go.
