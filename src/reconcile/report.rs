@@ -6,11 +6,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client, Resource,
     runtime::events::{Event, EventType},
 };
-use k8s_openapi::api::core::v1::ObjectReference;
 use tracing::{debug, warn};
 
 use super::{Outcome, ReconcileError, status};
