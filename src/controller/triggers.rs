@@ -5,8 +5,7 @@ use crate::{
     api::{ModelDeployment, conditions},
     vocabulary::{
         Leadership,
-        names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY},
-        pods::{is_finished, is_terminating, requests_gpus},
+        pods::{is_finished, is_terminating, requests_gpus, served_model},
     },
 };
 use k8s_openapi::api::{
@@ -21,13 +20,9 @@ use kube::{
 /// A serving pod changes its ModelDeployment's status; a GPU pod that finishes or goes away
 /// frees GPUs that ModelDeployments short of them may now use.
 pub fn models_affected_by_pod(pod: &Pod, models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
-    let labels = pod.labels();
-    if labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER)
-        && let (Some(name), Some(namespace)) = (labels.get(LABEL_NAME), pod.namespace())
-    {
+    if let Some((namespace, name)) = served_model(pod) {
         // The pod cache spans every namespace; only models this operator watches are its business.
-        let model = ObjectRef::new(name).within(&namespace);
+        let model = ObjectRef::new(&name).within(&namespace);
         return if models.get(&model).is_some() {
             vec![model]
         } else {
@@ -132,6 +127,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::vocabulary::names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY};
 
     fn store_of<K>(objects: Vec<K>) -> Store<K>
     where

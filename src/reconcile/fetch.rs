@@ -29,10 +29,9 @@ use crate::{
     vocabulary::{
         GpuAllocation, GpuPlacement, Scaling, Validated,
         names::{
-            COMPONENT_SERVER, COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY,
-            deployment_name, runtime_config_name, service_name,
+            COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
         },
-        pods::{is_finished, is_terminating, node_name},
+        pods::{is_finished, is_terminating, node_name, served_model},
     },
 };
 
@@ -288,14 +287,9 @@ impl PodIndex {
     }
 }
 
-/// The model a pod serves, when the operator made it to serve one (its labels, which a
-/// ReplicaSet's pods keep for life).
+/// The model a pod serves (see `served_model`) and the pod's name.
 fn serving_pod_of(pod: &Pod) -> Option<(ModelKey, String)> {
-    let labels = pod.labels();
-    let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER);
-    let model = labels.get(LABEL_NAME).filter(|_| ours)?;
-    Some(((pod.namespace()?, model.clone()), pod.name_any()))
+    Some((served_model(pod)?, pod.name_any()))
 }
 
 /// The GPU requests of the pods on each node, per GPU resource, computed from the pod cache at

@@ -2,8 +2,22 @@
 //! hold GPUs.
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
-use super::gpu::GPU_RESOURCE_PREFIX;
+use super::{
+    gpu::GPU_RESOURCE_PREFIX,
+    names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY},
+};
+
+/// The namespace and name of the ModelDeployment a pod serves, when the operator made it to
+/// serve one: read from its labels, which a ReplicaSet's pods keep for life.
+pub fn served_model(pod: &Pod) -> Option<(String, String)> {
+    let labels = pod.labels();
+    let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER);
+    let model = labels.get(LABEL_NAME).filter(|_| ours)?;
+    Some((pod.namespace()?, model.clone()))
+}
 
 /// Succeeded or Failed: its containers will not run again, and its resources are free.
 pub fn is_finished(pod: &Pod) -> bool {
@@ -75,5 +89,27 @@ mod tests {
         assert!(is_finished(&pending) && !is_ready(&pending) && is_terminating(&pending));
         assert_eq!(node_name(&pending), None);
         assert!(!requests_gpus(&pending));
+    }
+
+    #[test]
+    fn a_pod_serves_a_model_only_when_the_operator_labelled_it_as_a_server() {
+        let labels = |managed_by: &str, component: &str| {
+            pod(json!({"metadata": {"name": "p", "namespace": "ml", "labels": {
+                LABEL_MANAGED_BY: managed_by, LABEL_COMPONENT: component, LABEL_NAME: "resnet"}}}))
+        };
+        assert_eq!(
+            served_model(&labels(MANAGED_BY, COMPONENT_SERVER)),
+            Some(("ml".to_string(), "resnet".to_string()))
+        );
+        assert_eq!(
+            served_model(&labels("helm", COMPONENT_SERVER)),
+            None,
+            "another owner's pod"
+        );
+        assert_eq!(
+            served_model(&labels(MANAGED_BY, "model-validation")),
+            None,
+            "a validation pod"
+        );
     }
 }
