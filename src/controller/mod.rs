@@ -154,6 +154,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             probe_schedule: ProbeSchedule::default(),
             apply_retries: reconcile::ApplyRetries::default(),
             last_applied: reconcile::LastApplied::default(),
+            written_status: reconcile::WrittenStatus::default(),
             leader: leadership,
             caches_synced,
         },

@@ -304,12 +304,13 @@ where
     }
 }
 
-/// Writes the whole status with server-side apply on the status subresource.
+/// Writes the whole status with server-side apply on the status subresource; returns the
+/// object as stored.
 pub async fn write_status(
     client: &Client,
     model: &ModelDeployment,
     status: &ModelDeploymentStatus,
-) -> Result<(), ApplyError> {
+) -> Result<ModelDeployment, ApplyError> {
     let name = model.name_any();
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &model.namespace().unwrap_or_default());
     let patch = json!({
@@ -319,6 +320,5 @@ pub async fn write_status(
     });
     api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map(|_| ())
         .map_err(|source| ApplyError::WriteStatus { name, source })
 }

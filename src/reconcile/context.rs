@@ -4,7 +4,7 @@
 use kube::Client;
 use tokio::sync::watch;
 
-use super::{fetch::Caches, last_applied::LastApplied, retry::ApplyRetries};
+use super::{fetch::Caches, last_applied::LastApplied, retry::ApplyRetries, written_status::WrittenStatus};
 use crate::{
     model_readiness::{EndpointResolver, ProbeSchedule, Prober},
     vocabulary::{Leadership, OperatorImages},
@@ -22,6 +22,8 @@ pub struct Context {
     pub apply_retries: ApplyRetries,
     /// What was last written for each child, so that an unchanged child is not written again.
     pub last_applied: LastApplied,
+    /// The status last written for each model, while the cache has not caught up with it.
+    pub written_status: WrittenStatus,
     /// Whether this replica's term as leader runs (always, without leader election). The
     /// client's writes are gated on it too; the driver checks it to skip work a standby
     /// would have thrown away.
@@ -45,6 +47,7 @@ impl Context {
         self.probe_schedule.forget(namespace, name);
         self.apply_retries.forget(namespace, name);
         self.last_applied.forget(namespace, name);
+        self.written_status.forget(namespace, name);
     }
 
     /// The models the driver keeps something for.
@@ -52,6 +55,7 @@ impl Context {
         let mut models = self.probe_schedule.models();
         models.extend(self.apply_retries.models());
         models.extend(self.last_applied.models());
+        models.extend(self.written_status.models());
         models
     }
 }

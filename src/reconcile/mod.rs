@@ -24,6 +24,7 @@ pub mod report;
 mod retry;
 pub mod status;
 pub mod validate;
+mod written_status;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -40,6 +41,7 @@ pub use self::{
     last_applied::LastApplied,
     outcome::{Outcome, Reconciled, Skipped, ValidationVerdict, Work},
     retry::ApplyRetries,
+    written_status::WrittenStatus,
 };
 use crate::{
     api::{
@@ -112,7 +114,9 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         // Owner references let the garbage collector remove every child.
         return Ok(Outcome::skipped(model, Skipped::Deleting, None));
     }
-    let previous = model.status.as_ref();
+    // The status this process wrote last, when the cached object is older than that write.
+    let lately_written = ctx.written_status.newer_than_cache(model);
+    let previous = lately_written.as_ref().or(model.status.as_ref());
     let now = Timestamp::now();
 
     // 1. fetch
@@ -327,8 +331,8 @@ async fn apply_children(
     }
 }
 
-/// The status is written only when it differs from what the object carries: an unchanged
-/// model costs no write.
+/// The status is written only when it differs from what the object carries (or what this
+/// process wrote last, while the cache has not caught up): an unchanged model costs no write.
 async fn write_status_if_changed(
     ctx: &Context,
     model: &ModelDeployment,
@@ -338,7 +342,8 @@ async fn write_status_if_changed(
     if previous == Some(next) {
         return Ok(false);
     }
-    apply::write_status(&ctx.client, model, next).await?;
+    let stored = apply::write_status(&ctx.client, model, next).await?;
+    ctx.written_status.record(model, next, &stored);
     Ok(true)
 }
 

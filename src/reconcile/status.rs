@@ -442,6 +442,11 @@ pub struct Transition {
     pub warning: bool,
 }
 
+/// The transitions worth an Event: every problem and every loss (Warnings), and of the good
+/// news only what a user waits for: the model serving (`Ready`), a validation passing, and a
+/// problem warned about before going away. A new model's steps on the way to `Ready` (children
+/// applied, Deployment available, model loaded) are in its status; an Event each would be half
+/// of the API requests a burst of new models costs.
 pub fn transitions(previous: Option<&ModelDeploymentStatus>, next: &ModelDeploymentStatus) -> Vec<Transition> {
     let before = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
     next.conditions
@@ -454,6 +459,11 @@ pub fn transitions(previous: Option<&ModelDeploymentStatus>, next: &ModelDeploym
             let was_true = was.is_some_and(|b| b.status == "True");
             // A fresh object starts with most conditions False: that is no news, a problem is.
             if c.status != "True" && !was_true && !is_problem(&c.reason) {
+                return None;
+            }
+            let was_problem = was.is_some_and(|b| b.status != "True" && is_problem(&b.reason));
+            let awaited = c.type_ == conditions::READY || c.reason == reasons::VALIDATION_SUCCEEDED;
+            if c.status == "True" && !awaited && !was_problem {
                 return None;
             }
             Some(Transition {

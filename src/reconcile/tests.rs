@@ -107,6 +107,7 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
         probe_schedule: ProbeSchedule::default(),
         apply_retries: ApplyRetries::default(),
         last_applied: LastApplied::default(),
+        written_status: WrittenStatus::default(),
         leader: if leader {
             Leadership::always()
         } else {

@@ -418,3 +418,51 @@ fn a_model_that_stops_answering_turns_ready_false_with_warnings() {
         );
     }
 }
+
+#[test]
+fn a_new_model_on_its_way_to_serving_is_one_event_and_a_problem_solved_is_another() {
+    let spec = validated(TRITON);
+    let mut short = inputs(
+        &spec,
+        None,
+        ValidationState::Running {
+            job: "resnet-validate-1".into(),
+        },
+    );
+    short.capacity = Some(CapacityReport {
+        fits: false,
+        reason: reasons::INSUFFICIENT_GPUS,
+        message: "needs 2 × nvidia.com/gpu; room for 0".into(),
+    });
+    let pending = compute(short);
+    let news = transitions(None, &pending);
+    assert_eq!(
+        news.iter().map(|t| (t.reason.as_str(), t.warning)).collect::<Vec<_>>(),
+        [(reasons::INSUFFICIENT_GPUS, true)],
+        "only the problem is news: {news:#?}"
+    );
+
+    let serving = deployment(AVAILABLE_V2);
+    let mut arrived = inputs(&spec, Some(&serving), succeeded());
+    arrived.previous = Some(&pending);
+    arrived.capacity = Some(CapacityReport {
+        fits: true,
+        reason: reasons::GPUS_AVAILABLE,
+        message: "2 × nvidia.com/gpu per replica fit".into(),
+    });
+    let ready = compute(arrived);
+    let mut news: Vec<_> = transitions(Some(&pending), &ready)
+        .into_iter()
+        .map(|t| (t.type_, t.warning))
+        .collect();
+    news.sort();
+    assert_eq!(
+        news,
+        [
+            (conditions::GPU_CAPACITY.to_owned(), false),
+            (conditions::READY.to_owned(), false),
+            (conditions::VALIDATED.to_owned(), false),
+        ],
+        "the solved problem, the passed validation and the model serving; not Applied, Available or ModelReady"
+    );
+}
