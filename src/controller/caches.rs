@@ -105,12 +105,7 @@ pub fn start(
         projections::whole,
         ignore,
     );
-    let (hpas, hpa_stream) = reflect(
-        in_scope(client, namespace),
-        children.clone(),
-        projections::whole,
-        ignore,
-    );
+    let (hpas, hpa_stream) = reflect(in_scope(client, namespace), children.clone(), projections::hpa, ignore);
     let (jobs, job_stream) = reflect(in_scope(client, namespace), children.clone(), projections::job, ignore);
     let (config_maps, config_map_stream) = reflect(
         in_scope(client, namespace),

@@ -15,6 +15,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{
             ConfigMap, Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
@@ -41,11 +42,14 @@ pub fn pod(pod: &mut Pod) {
     pod.metadata.owner_references = None;
     pod.metadata.finalizers = None;
     pod.metadata.generate_name = None;
+    // A container is some 2 KiB however empty; one that asks for no GPU adds nothing any
+    // reader sums, so only the GPU-requesting ones stay (most pods keep none).
     pod.spec = pod.spec.take().map(|spec| PodSpec {
-        containers: spec.containers.into_iter().map(gpu_requests_only).collect(),
+        containers: spec.containers.into_iter().filter_map(gpu_requests_only).collect(),
         init_containers: spec
             .init_containers
-            .map(|containers| containers.into_iter().map(gpu_requests_only).collect()),
+            .map(|containers| containers.into_iter().filter_map(gpu_requests_only).collect::<Vec<_>>())
+            .filter(|containers| !containers.is_empty()),
         node_name: spec.node_name,
         ..PodSpec::default()
     });
@@ -69,8 +73,9 @@ pub fn pod(pod: &mut Pod) {
     });
 }
 
-/// A container's name and its NVIDIA resources (requests and limits); nothing else of it.
-fn gpu_requests_only(container: Container) -> Container {
+/// A container's name and its NVIDIA resources (requests and limits), nothing else of it; `None`
+/// when it asks for no GPU.
+fn gpu_requests_only(container: Container) -> Option<Container> {
     let gpus = |list: Option<BTreeMap<String, Quantity>>| {
         list.map(|list| {
             list.into_iter()
@@ -79,15 +84,18 @@ fn gpu_requests_only(container: Container) -> Container {
         })
         .filter(|list| !list.is_empty())
     };
-    Container {
-        name: container.name,
-        resources: container.resources.map(|resources| ResourceRequirements {
-            requests: gpus(resources.requests),
-            limits: gpus(resources.limits),
-            ..ResourceRequirements::default()
-        }),
-        ..Container::default()
-    }
+    let resources = container.resources.map(|resources| ResourceRequirements {
+        requests: gpus(resources.requests),
+        limits: gpus(resources.limits),
+        ..ResourceRequirements::default()
+    });
+    resources
+        .filter(|r| r.requests.is_some() || r.limits.is_some())
+        .map(|resources| Container {
+            name: container.name,
+            resources: Some(resources),
+            ..Container::default()
+        })
 }
 
 /// A node, as the capacity check reads it: labels, taints, cordon, allocatable, readiness. The
@@ -141,7 +149,16 @@ pub fn config_map(config_map: &mut ConfigMap) {
     config_map.binary_data = None;
 }
 
-/// Everything else (ModelDeployments, Services, HPAs) is kept whole but for managed fields.
+/// The operator's HPA: only its identity and owners are read (is it the model's, is it as
+/// written: its `generation` moves with every change to its spec). Its status changes with every
+/// metrics read, so keeping it would also mean a reconcile every 15 s per autoscaled model.
+pub fn hpa(hpa: &mut HorizontalPodAutoscaler) {
+    common(&mut hpa.metadata);
+    hpa.spec = None;
+    hpa.status = None;
+}
+
+/// Everything else (ModelDeployments, Services) is kept whole but for managed fields.
 pub fn whole<K: Resource>(object: &mut K) {
     common(object.meta_mut());
 }
@@ -221,14 +238,13 @@ mod tests {
         let spec = kept.spec.as_ref().unwrap();
         assert!(spec.volumes.is_none() && spec.tolerations.is_none());
         assert!(spec.containers[0].env.is_none() && spec.containers[0].image.is_none());
-        assert!(
-            spec.init_containers.as_ref().unwrap()[0]
-                .resources
-                .as_ref()
-                .unwrap()
-                .limits
-                .is_none()
-        );
+        assert!(spec.init_containers.is_none(), "the fetcher asks for no GPU");
+        assert_eq!(spec.containers.len(), 1, "the server does");
+        let mut cpu_only = full_pod(0);
+        cpu_only.spec.as_mut().unwrap().containers[0].resources = None;
+        pod(&mut cpu_only);
+        assert!(cpu_only.spec.as_ref().unwrap().containers.is_empty());
+        assert!(!requests_gpus(&cpu_only));
         assert!(kept.status.as_ref().unwrap().container_statuses.is_none());
         assert!(kept.metadata.annotations.is_none() && kept.metadata.managed_fields.is_none());
         let full_size = serde_json::to_vec(&full).unwrap().len();
@@ -309,5 +325,34 @@ mod tests {
                 .unwrap();
         config_map(&mut config);
         assert!(config.data.is_none());
+    }
+
+    #[test]
+    fn an_hpa_keeps_its_identity_and_a_metrics_read_is_no_change() {
+        let hpa_at = |replicas: i32| -> HorizontalPodAutoscaler {
+            serde_json::from_value(json!({
+                "metadata": {"name": "bert-deployment", "uid": "h-1", "generation": 1,
+                             "ownerReferences": [{"apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
+                                                  "name": "bert", "uid": "m-1", "controller": true}]},
+                "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "bert-deployment"}},
+                "status": {"currentReplicas": replicas, "desiredReplicas": replicas},
+            }))
+            .unwrap()
+        };
+        let (mut quiet, mut busy) = (hpa_at(1), hpa_at(3));
+        hpa(&mut quiet);
+        hpa(&mut busy);
+        assert!(quiet.metadata.owner_references.is_some() && quiet.metadata.generation == Some(1));
+        assert!(quiet.spec.is_none() && quiet.status.is_none());
+        assert_eq!(content_hash(&mut quiet), content_hash(&mut busy));
+
+        let mut edited = hpa_at(1);
+        edited.metadata.generation = Some(2);
+        hpa(&mut edited);
+        assert_ne!(
+            content_hash(&mut quiet),
+            content_hash(&mut edited),
+            "someone changed its spec"
+        );
     }
 }
