@@ -109,8 +109,8 @@ pub struct Applied {
 
 /// Applies configuration before the pods that mount it (and prunes it after they stop), the
 /// validation Job before the Deployment it gates, the Deployment only when `rollout` allows its
-/// version, and the HPA only once its target exists. A child the cache holds as this process
-/// last wrote it is not written again ([`LastApplied`]).
+/// version, and the HPA only once its target exists; the Service meanwhile. A child the cache
+/// holds as this process last wrote it is not written again ([`LastApplied`]).
 pub async fn apply(
     client: &Client,
     last: &LastApplied,
@@ -135,52 +135,59 @@ pub async fn apply(
         awaiting_cache: std::sync::atomic::AtomicBool::new(false),
     };
 
-    if let Some(config) = runtime_config {
-        writer
-            .apply_unless_current(config, observed.runtime_config.as_deref())
-            .await?;
-    }
-    if let Some(template) = resource_claim_template {
-        // Its spec is immutable; a new request has a new name, so this only ever creates.
-        writer
-            .apply_unless_current(template, observed.claim_template.as_deref())
-            .await?;
-    }
-    if let Some(job) = validation_job {
-        // A finished Job is never re-applied: its template is immutable and its verdict final.
-        if observed.validation_job.is_none() {
-            applied.started_validation = writer.apply_unless_current(job, None).await?.is_some();
+    // The Service depends on nothing else: it is written while the configuration, the Job and
+    // the Deployment go one after the other, so a new model waits a round trip less.
+    let in_order = async {
+        if let Some(config) = runtime_config {
+            writer
+                .apply_unless_current(config, observed.runtime_config.as_deref())
+                .await?;
         }
-    }
-    if rollout {
-        if let (Some(hpa), Some(current)) = (hpa, observed.deployment.as_deref())
-            && observed.hpa.is_none()
-        {
-            hand_replicas_to_the_hpa(client, current, hpa).await?;
+        if let Some(template) = resource_claim_template {
+            // Its spec is immutable; a new request has a new name, so this only ever creates.
+            writer
+                .apply_unless_current(template, observed.claim_template.as_deref())
+                .await?;
         }
-        applied.created_deployment = observed.deployment.is_none();
-        applied.deployment = writer
-            .apply_unless_current(deployment, observed.deployment.as_deref())
-            .await?;
-    }
-    // A configuration the spec no longer wants goes only once no Deployment mounts it: after the
-    // new template is applied, never while a rollout waits for its validation.
-    if rollout || observed.deployment.is_none() {
-        if runtime_config.is_none() {
-            writer.prune(observed.runtime_config.as_deref()).await?;
-        }
-        // Claim templates of earlier GPU requests (or of DRA given up): claims already made
-        // from them stay with their pods.
-        let wanted = resource_claim_template.as_ref().map(ResourceExt::name_any);
-        for old in &observed.claim_templates {
-            if Some(old.name_any()) != wanted {
-                prune(client, Some(old.as_ref())).await?;
+        if let Some(job) = validation_job {
+            // A finished Job is never re-applied: its template is immutable and its verdict final.
+            if observed.validation_job.is_none() {
+                applied.started_validation = writer.apply_unless_current(job, None).await?.is_some();
             }
         }
-    }
-    writer
-        .apply_unless_current(service, observed.service.as_deref())
-        .await?;
+        if rollout {
+            if let (Some(hpa), Some(current)) = (hpa, observed.deployment.as_deref())
+                && observed.hpa.is_none()
+            {
+                hand_replicas_to_the_hpa(client, current, hpa).await?;
+            }
+            applied.created_deployment = observed.deployment.is_none();
+            applied.deployment = writer
+                .apply_unless_current(deployment, observed.deployment.as_deref())
+                .await?;
+        }
+        // A configuration the spec no longer wants goes only once no Deployment mounts it:
+        // after the new template is applied, never while a rollout waits for its validation.
+        if rollout || observed.deployment.is_none() {
+            if runtime_config.is_none() {
+                writer.prune(observed.runtime_config.as_deref()).await?;
+            }
+            // Claim templates of earlier GPU requests (or of DRA given up): claims already made
+            // from them stay with their pods.
+            let wanted = resource_claim_template.as_ref().map(ResourceExt::name_any);
+            for old in &observed.claim_templates {
+                if Some(old.name_any()) != wanted {
+                    prune(client, Some(old.as_ref())).await?;
+                }
+            }
+        }
+        Ok(())
+    };
+    let service_write = writer.apply_unless_current(service, observed.service.as_deref());
+    // Both run to the end, so that a Service written beside a refused Deployment is recorded.
+    let (in_order, service_written) = futures::join!(in_order, service_write);
+    in_order?;
+    service_written?;
     let target_exists = applied.deployment.is_some() || observed.deployment.is_some();
     match hpa {
         Some(hpa) if target_exists => {

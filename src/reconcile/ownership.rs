@@ -66,34 +66,51 @@ pub async fn foreign_objects(
         hpa,
         validation_job,
     } = desired;
-    let mut foreign = Vec::new();
-    if let Some(config) = runtime_config
-        && observed.runtime_config.is_none()
-    {
-        foreign.extend(unless_written_lately(client, last, model, config, owner_uid).await?);
+    // The reads are independent: sent at once, a new model waits for one round trip, not six.
+    let (config, template, job, deployment, service, hpa) = futures::try_join!(
+        optional(
+            runtime_config.as_ref().filter(|_| observed.runtime_config.is_none()),
+            |config| { unless_written_lately(client, last, model, config, owner_uid) }
+        ),
+        optional(
+            resource_claim_template
+                .as_ref()
+                .filter(|_| observed.claim_template.is_none()),
+            |template| { unless_written_lately(client, last, model, template, owner_uid) }
+        ),
+        optional(
+            validation_job.as_ref().filter(|_| observed.validation_job.is_none()),
+            |job| { unless_written_lately(client, last, model, job, owner_uid) }
+        ),
+        optional(
+            Some(deployment).filter(|_| observed.deployment.is_none()),
+            |deployment| { unless_written_lately(client, last, model, deployment, owner_uid) }
+        ),
+        optional(Some(service).filter(|_| observed.service.is_none()), |service| {
+            unless_written_lately(client, last, model, service, owner_uid)
+        }),
+        optional(hpa.as_ref().filter(|_| observed.hpa.is_none()), |hpa| {
+            unless_written_lately(client, last, model, hpa, owner_uid)
+        }),
+    )?;
+    Ok([config, template, job, deployment, service, hpa]
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// `check` of the child when there is one to check.
+async fn optional<'a, K, F>(
+    child: Option<&'a K>,
+    check: impl FnOnce(&'a K) -> F,
+) -> Result<Option<ForeignObject>, OwnershipError>
+where
+    F: std::future::Future<Output = Result<Option<ForeignObject>, OwnershipError>>,
+{
+    match child {
+        Some(child) => check(child).await,
+        None => Ok(None),
     }
-    if let Some(template) = resource_claim_template
-        && observed.claim_template.is_none()
-    {
-        foreign.extend(unless_written_lately(client, last, model, template, owner_uid).await?);
-    }
-    if let Some(job) = validation_job
-        && observed.validation_job.is_none()
-    {
-        foreign.extend(unless_written_lately(client, last, model, job, owner_uid).await?);
-    }
-    if observed.deployment.is_none() {
-        foreign.extend(unless_written_lately(client, last, model, deployment, owner_uid).await?);
-    }
-    if observed.service.is_none() {
-        foreign.extend(unless_written_lately(client, last, model, service, owner_uid).await?);
-    }
-    if let Some(hpa) = hpa
-        && observed.hpa.is_none()
-    {
-        foreign.extend(unless_written_lately(client, last, model, hpa, owner_uid).await?);
-    }
-    Ok(foreign)
 }
 
 /// As [`holder_of`], except for a child this process has just written under this name: it is

@@ -352,13 +352,14 @@ async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
             api.expect_absent(&path).await;
         }
         // Configuration first, then the Job that gates the Deployment; the Deployment waits.
+        // The Service goes beside them.
         api.expect_apply("/api/v1/namespaces/ml/configmaps/bert-runtime-config")
             .await;
+        api.expect_apply("/api/v1/namespaces/ml/services/bert-service").await;
         let job = api
             .expect_apply(&format!("/apis/batch/v1/namespaces/ml/jobs/{job_name}"))
             .await;
         assert_eq!(job.body["spec"]["backoffLimit"], 0);
-        api.expect_apply("/api/v1/namespaces/ml/services/bert-service").await;
         let status = api.expect_status_write(&model).await;
         assert_eq!(status.body["status"]["phase"], "Validating", "{:#}", status.body);
         api
@@ -450,7 +451,8 @@ async fn an_invalid_spec_writes_only_its_status() {
     assert_eq!(condition(&work.status, conditions::READY).reason, reasons::SPEC_INVALID);
 }
 
-/// The Deployment's name is free, the API server refuses the Deployment as built.
+/// The Deployment's name is free, the API server refuses the Deployment as built (and takes the
+/// Service).
 async fn refuse_the_deployment(api: &mut ApiServer) {
     let path = "/apis/apps/v1/namespaces/ml/deployments/dummy-model";
     api.expect_absent(path).await;
@@ -461,6 +463,9 @@ async fn refuse_the_deployment(api: &mut ApiServer) {
                "message": "Deployment.apps \"dummy-model\" is invalid: spec.template.spec.containers[0].env[0].name: Invalid value"})
     })
     .await;
+    // The Service does not wait for the Deployment.
+    api.expect_apply("/api/v1/namespaces/ml/services/dummy-model-service")
+        .await;
 }
 
 #[tokio::test]
