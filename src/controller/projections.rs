@@ -149,12 +149,11 @@ pub fn config_map(config_map: &mut ConfigMap) {
     config_map.binary_data = None;
 }
 
-/// The operator's HPA: only its identity and owners are read (is it the model's, is it as
-/// written: its `generation` moves with every change to its spec). Its status changes with every
+/// The operator's HPA: its identity, owners and spec (is it the model's, is it as written; an
+/// HPA has no `generation`, so the spec itself is compared). Its status changes with every
 /// metrics read, so keeping it would also mean a reconcile every 15 s per autoscaled model.
 pub fn hpa(hpa: &mut HorizontalPodAutoscaler) {
     common(&mut hpa.metadata);
-    hpa.spec = None;
     hpa.status = None;
 }
 
@@ -331,7 +330,7 @@ mod tests {
     fn an_hpa_keeps_its_identity_and_a_metrics_read_is_no_change() {
         let hpa_at = |replicas: i32| -> HorizontalPodAutoscaler {
             serde_json::from_value(json!({
-                "metadata": {"name": "bert-deployment", "uid": "h-1", "generation": 1,
+                "metadata": {"name": "bert-deployment", "uid": "h-1",
                              "ownerReferences": [{"apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
                                                   "name": "bert", "uid": "m-1", "controller": true}]},
                 "spec": {"maxReplicas": 4, "scaleTargetRef": {"kind": "Deployment", "name": "bert-deployment"}},
@@ -342,12 +341,12 @@ mod tests {
         let (mut quiet, mut busy) = (hpa_at(1), hpa_at(3));
         hpa(&mut quiet);
         hpa(&mut busy);
-        assert!(quiet.metadata.owner_references.is_some() && quiet.metadata.generation == Some(1));
-        assert!(quiet.spec.is_none() && quiet.status.is_none());
+        assert!(quiet.metadata.owner_references.is_some() && quiet.spec.is_some());
+        assert!(quiet.status.is_none());
         assert_eq!(content_hash(&mut quiet), content_hash(&mut busy));
 
         let mut edited = hpa_at(1);
-        edited.metadata.generation = Some(2);
+        edited.spec.as_mut().unwrap().max_replicas = 8;
         hpa(&mut edited);
         assert_ne!(
             content_hash(&mut quiet),

@@ -67,20 +67,33 @@ pub struct LastApplied {
 /// By kind.
 type ChildrenWritten = HashMap<&'static str, Written>;
 
-/// The version a change by anyone moves: the generation if the kind keeps one.
-fn version_of<K: Resource>(object: &K) -> Option<String> {
+/// The version a change by anyone moves: the generation if the kind keeps one. An HPA keeps
+/// none, and its controller writes its status (so its `resourceVersion`) at every sync: its
+/// version is a hash of what anyone but that controller writes, its metadata's labels,
+/// annotations and owners and its spec.
+fn version_of<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Option<String> {
     let meta = object.meta();
-    match meta.generation {
-        Some(generation) => Some(format!("generation {generation}")),
-        None => meta.resource_version.as_ref().map(|v| format!("resourceVersion {v}")),
+    if let Some(generation) = meta.generation {
+        return Some(format!("generation {generation}"));
     }
+    if K::kind(&()) == "HorizontalPodAutoscaler" {
+        let whole = serde_json::to_value(object).ok()?;
+        let written = (
+            &meta.labels,
+            &meta.annotations,
+            &meta.owner_references,
+            whole.get("spec"),
+        );
+        return Some(format!("spec {}", desired_hash(&written)));
+    }
+    meta.resource_version.as_ref().map(|v| format!("resourceVersion {v}"))
 }
 
 impl LastApplied {
     /// True when `cached` is exactly what this process last wrote for `model`'s child of this
     /// kind, from a desired object with `hash`, or when that write is so recent that the cache
     /// does not show it yet: applying it again would change nothing.
-    pub fn is_current<K: Resource<DynamicType = ()>>(
+    pub fn is_current<K: Resource<DynamicType = ()> + Serialize>(
         &self,
         model: (&str, &str),
         hash: u64,
@@ -113,7 +126,7 @@ impl LastApplied {
     }
 
     /// Remembers what an apply of a desired object with `hash` returned.
-    pub fn record<K: Resource<DynamicType = ()>>(&self, model: (&str, &str), hash: u64, returned: &K) {
+    pub fn record<K: Resource<DynamicType = ()> + Serialize>(&self, model: (&str, &str), hash: u64, returned: &K) {
         let (Some(uid), Some(version)) = (returned.meta().uid.clone(), version_of(returned)) else {
             return;
         };
@@ -243,6 +256,30 @@ mod tests {
         assert!(!last.is_current(BERT, 1, Some(&service("s-1", "201"))));
         // Kinds are kept apart.
         assert!(!last.is_current(BERT, 1, Some(&deployment("s-1", 1, "200"))));
+    }
+
+    #[test]
+    fn an_hpa_is_current_through_its_status_syncs_until_its_spec_changes() {
+        use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+        let hpa = |resource_version: &str, max_replicas: i32, current: i32| -> HorizontalPodAutoscaler {
+            serde_json::from_value(json!({
+                "metadata": {"name": "bert-deployment", "namespace": "ml", "uid": "h-1",
+                             "resourceVersion": resource_version},
+                "spec": {"maxReplicas": max_replicas, "scaleTargetRef": {"kind": "Deployment", "name": "bert-deployment"}},
+                "status": {"currentReplicas": current, "desiredReplicas": current},
+            }))
+            .unwrap()
+        };
+        let last = LastApplied::default();
+        last.record(BERT, 1, &hpa("300", 4, 0));
+        assert!(
+            last.is_current(BERT, 1, Some(&hpa("307", 4, 2))),
+            "the HPA controller's status writes are no drift"
+        );
+        assert!(
+            !last.is_current(BERT, 1, Some(&hpa("308", 8, 2))),
+            "someone changed its spec"
+        );
     }
 
     #[test]
