@@ -18,7 +18,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::api::{DeleteParams, ListParams};
 use model_operator::api::{ModelDeployment, Phase};
-use support::{Operator, TestNamespace, cluster, eventually, rss_kib};
+use support::{Operator, TestNamespace, cluster, eventually, memory_kib, rss_kib};
 
 /// Models created and deleted in all (`BENCH_CHURN_MODELS` for fewer), and at once.
 const MODELS: usize = 1000;
@@ -145,19 +145,6 @@ async fn delete_all_gone(ns: &TestNamespace, names: &[String], what: &str) {
     .await;
 }
 
-/// The anonymous (heap, stacks) and file-backed (the binary's pages) parts of the RSS, in KiB.
-fn rss_parts(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let client = cluster().await;
@@ -181,7 +168,7 @@ async fn main() {
     // Settled: the caches hold the survivor's objects, the allocator its pools.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start_rss = rss_kib(pid);
-    let start_parts = rss_parts(pid);
+    let start_parts = (memory_kib(pid, "RssAnon"), memory_kib(pid, "RssFile"));
     let mut peak_rss = start_rss;
     println!(
         "operator RSS at the start: {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB of the binary's pages)",
@@ -238,7 +225,7 @@ async fn main() {
         end_rss = rss_kib(pid);
     }
     let settled_after = at_rest.elapsed();
-    let end_parts = rss_parts(pid);
+    let end_parts = (memory_kib(pid, "RssAnon"), memory_kib(pid, "RssFile"));
     println!(
         "operator RSS at the end: {:.1} MiB anonymous, {:.1} MiB of the binary's pages",
         end_parts.0 as f64 / 1024.0,

@@ -54,8 +54,8 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use model_operator::api::{ModelDeployment, Phase};
-use observe::{Arrivals, audit_log_end, audited_writes, cpu_time, memory_kib, samples};
-use support::{Operator, TestNamespace, cluster};
+use observe::{Arrivals, audit_log_end, audited_writes, cpu_time, samples};
+use support::{Operator, TestNamespace, cluster, memory_kib};
 
 /// Targets (the issue's, at N = 1000): the operator's writes per second at rest, its resident
 /// memory at rest with N models, and its models/s to every child written as a share of the

@@ -158,16 +158,6 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-pub fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the operator is running");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
 /// CPU time the process has used (user and system), from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the operator is running");

@@ -434,12 +434,17 @@ pub async fn warnings(ns: &TestNamespace) -> Vec<String> {
 
 /// A process's resident memory in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
+    memory_kib(pid, "VmRSS")
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// A client of an operator's custom metrics API that presents the front proxy's certificate, as
