@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use super::ProbeOutcome;
 use crate::api::conditions::reasons;
+use crate::vocabulary::per_model::forget_model;
 
 /// When to probe a model again: every 30 s once ready, so that a model that stops answering is
 /// noticed; every 2 s while the runtime answers that the model is still loading, so that "Ready"
@@ -53,10 +54,11 @@ impl ProbeSchedule {
 
     /// Drops what is kept for a model that is gone.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.silent_streaks
-            .lock()
-            .expect("probe schedule lock")
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        forget_model(
+            &mut self.silent_streaks.lock().expect("probe schedule lock"),
+            namespace,
+            name,
+        );
     }
 
     /// The models (namespace, name) with a silent streak now.

@@ -31,6 +31,7 @@ use crate::{
         names::{
             COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
         },
+        per_model::{ModelKey, shrink_if_sparse},
         pods::{is_finished, is_terminating, node_name, served_model},
     },
 };
@@ -226,8 +227,6 @@ pub struct PodIndex {
     state: Arc<RwLock<PodIndexState>>,
 }
 
-type ModelKey = (String, String);
-
 #[derive(Default)]
 struct PodIndexState {
     by_model: HashMap<ModelKey, BTreeSet<String>>,
@@ -265,6 +264,7 @@ impl PodIndex {
                     pods.remove(&pod);
                     if pods.is_empty() {
                         state.by_model.remove(&model);
+                        shrink_if_sparse(&mut state.by_model);
                     }
                 }
             }

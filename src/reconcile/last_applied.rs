@@ -28,6 +28,8 @@ use std::{
 use kube::Resource;
 use serde::Serialize;
 
+use crate::vocabulary::per_model::forget_model;
+
 /// The hash of a desired object, as it would be sent.
 pub fn desired_hash<K: Serialize>(object: &K) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -161,10 +163,7 @@ impl LastApplied {
 
     /// The model is gone (or its term as leader ended): every child is applied afresh next time.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.models
-            .lock()
-            .expect("last applied lock")
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        forget_model(&mut self.models.lock().expect("last applied lock"), namespace, name);
     }
 
     /// The models something is remembered for.

@@ -17,7 +17,7 @@ use super::{Outcome, ReconcileError, status};
 use crate::{
     api::ModelDeployment,
     telemetry::{EventPublisher, Metrics},
-    vocabulary::{Runtime, names::CONTROLLER_NAME},
+    vocabulary::{Runtime, names::CONTROLLER_NAME, per_model::forget_model},
 };
 
 /// events.k8s.io refuses a note longer than this many bytes, and with it the whole Event.
@@ -64,8 +64,7 @@ struct Kept {
     runtime: Option<Runtime>,
 }
 
-/// A model's namespace and name.
-pub type ModelKey = (String, String);
+pub use crate::vocabulary::per_model::ModelKey;
 
 impl Reporter {
     /// Events name this replica (`instance`, the pod name) as their source.
@@ -200,11 +199,7 @@ impl Reporter {
     /// its gauge series, so `/metrics` stops reporting a deleted model's last value.
     pub fn forget(&self, namespace: &str, name: &str) {
         self.events.forget(namespace, name);
-        let kept = self
-            .models
-            .lock()
-            .expect("report lock")
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        let kept = forget_model(&mut self.models.lock().expect("report lock"), namespace, name);
         if let Some(runtime) = kept.and_then(|kept| kept.runtime) {
             self.remove_gauges(namespace, name, runtime);
         }

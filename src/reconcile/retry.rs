@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use crate::vocabulary::per_model::forget_model;
+
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
@@ -36,10 +38,7 @@ impl ApplyRetries {
 
     /// The model's children went through (or the model is gone): start afresh.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.failures
-            .lock()
-            .expect("apply retries lock")
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        forget_model(&mut self.failures.lock().expect("apply retries lock"), namespace, name);
     }
 }
 

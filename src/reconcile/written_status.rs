@@ -15,6 +15,7 @@ use std::{collections::HashMap, sync::Mutex};
 use kube::ResourceExt;
 
 use crate::api::{ModelDeployment, ModelDeploymentStatus};
+use crate::vocabulary::per_model::forget_model;
 
 #[derive(Debug, Default)]
 pub struct WrittenStatus {
@@ -91,10 +92,7 @@ impl WrittenStatus {
     }
 
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.models
-            .lock()
-            .expect("written status lock")
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        forget_model(&mut self.models.lock().expect("written status lock"), namespace, name);
     }
 
     /// The models a write is remembered for.

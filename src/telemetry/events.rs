@@ -22,12 +22,14 @@ use kube::{
 };
 use serde_json::json;
 
+use crate::vocabulary::per_model::{forget_model, shrink_if_sparse};
+
 /// How long a published Event may still grow a series instead of a new Event being created
 /// (client-go's and kube-runtime's figure).
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 
 /// An object, by namespace and name.
-type ObjectKey = (String, String);
+type ObjectKey = crate::vocabulary::per_model::ModelKey;
 
 /// Publishes Events as `controller` (and `instance`, this replica), remembering the recent ones.
 pub struct EventPublisher {
@@ -163,10 +165,7 @@ impl EventPublisher {
 
     /// Drops what is kept for an object that is gone.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.recent
-            .lock()
-            .expect("events lock")
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        forget_model(&mut self.recent.lock().expect("events lock"), namespace, name);
     }
 
     /// Drops every Event too old to grow a series, and the objects left with none.
@@ -177,6 +176,7 @@ impl EventPublisher {
             published.retain(|p| p.fresh(now));
             !published.is_empty()
         });
+        shrink_if_sparse(&mut recent);
     }
 
     /// Objects with recent Events kept.

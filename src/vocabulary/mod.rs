@@ -1,7 +1,8 @@
 //! The words every layer of the operator shares, in one place: the validated view of a model
 //! that every builder reads, the enumerations a spec chooses from, the names and labels of the
-//! children, the custom metrics' names and value types, small helpers on pods, and whether this
-//! replica leads (which the election sets and every writer reads).
+//! children, the custom metrics' names and value types, small helpers on pods and on the maps
+//! kept per model, and whether this replica leads (which the election sets and every writer
+//! reads).
 //!
 //! This module imports nothing else from the crate, so any module may import it without making
 //! a cycle (`tests/module_layering.rs` checks the whole crate for cycles).
@@ -13,6 +14,7 @@ mod images;
 mod leadership;
 mod model_uri;
 pub mod names;
+pub mod per_model;
 pub mod pods;
 mod quantity;
 mod runtime;
