@@ -86,7 +86,7 @@ pub fn start(
     let (models, model_stream) = reflect(
         models_api,
         watcher::Config::default(),
-        projections::whole,
+        projections::model_deployment,
         move |event: &watcher::Event<ModelDeployment>| {
             if let watcher::Event::Delete(model) = event {
                 let _ = deleted.unbounded_send((model.namespace().unwrap_or_default(), model.name_any()));

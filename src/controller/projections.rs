@@ -22,12 +22,21 @@ use k8s_openapi::{
             ResourceRequirements,
         },
     },
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+    },
 };
 use kube::Resource;
 use serde::Serialize;
 
-use crate::vocabulary::GPU_RESOURCE_PREFIX;
+use crate::{
+    api::ModelDeployment,
+    vocabulary::{GPU_RESOURCE_PREFIX, names::LABEL_VERSION},
+};
+
+/// Where `kubectl apply` (client-side) keeps the last configuration it applied.
+const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Metadata every cache keeps: identity, labels, owners and deletion; never managed fields.
 fn common(meta: &mut ObjectMeta) {
@@ -125,12 +134,22 @@ pub fn node(node: &mut Node) {
     });
 }
 
-/// The operator's Deployment: its replicas, its template's labels (the version it serves) and
-/// its status. The pod template's spec is the operator's own and never read back.
+/// The operator's Deployment: its replicas, the version its template serves and its status.
+/// The pod template's spec and the selector (immutable) are the operator's own and never read
+/// back; the annotations (the rollout's revision) change with the generation the reconcile
+/// compares.
 pub fn deployment(deployment: &mut Deployment) {
     common(&mut deployment.metadata);
+    deployment.metadata.annotations = None;
     if let Some(spec) = deployment.spec.as_mut() {
+        spec.selector = LabelSelector::default();
         spec.template.spec = None;
+        spec.template.metadata = spec.template.metadata.take().map(|template| ObjectMeta {
+            labels: template
+                .labels
+                .map(|labels| labels.into_iter().filter(|(key, _)| key == LABEL_VERSION).collect()),
+            ..ObjectMeta::default()
+        });
     }
 }
 
@@ -157,7 +176,17 @@ pub fn hpa(hpa: &mut HorizontalPodAutoscaler) {
     hpa.status = None;
 }
 
-/// Everything else (ModelDeployments, Services) is kept whole but for managed fields.
+/// A ModelDeployment, whole but for the copy of itself that `kubectl apply` keeps in an
+/// annotation (as large as the spec; nothing reads it).
+pub fn model_deployment(model: &mut ModelDeployment) {
+    common(&mut model.metadata);
+    if let Some(annotations) = model.metadata.annotations.as_mut() {
+        annotations.remove(KUBECTL_LAST_APPLIED);
+    }
+    model.metadata.annotations = model.metadata.annotations.take().filter(|a| !a.is_empty());
+}
+
+/// Everything else (Services, the DRA objects) is kept whole but for managed fields.
 pub fn whole<K: Resource>(object: &mut K) {
     common(object.meta_mut());
 }
@@ -306,8 +335,9 @@ mod tests {
     fn children_keep_their_status_and_drop_what_the_operator_wrote_itself() {
         let mut deployment_object: Deployment = serde_json::from_value(json!({
             "metadata": {"name": "bert-deployment", "generation": 2},
-            "spec": {"replicas": 3, "selector": {}, "template": {
-                "metadata": {"labels": {"mlops.sathvik.dev/version": "v2"}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "bert"}}, "template": {
+                "metadata": {"labels": {"mlops.sathvik.dev/version": "v2", "app": "bert"},
+                             "annotations": {"mlops.sathvik.dev/config-hash": "abc"}},
                 "spec": {"containers": [{"name": "server", "image": "triton"}]}}},
             "status": {"readyReplicas": 2},
         }))
@@ -316,7 +346,16 @@ mod tests {
         let spec = deployment_object.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
         assert!(spec.template.spec.is_none());
-        assert!(spec.template.metadata.as_ref().unwrap().labels.is_some());
+        let template = spec.template.metadata.as_ref().unwrap();
+        assert_eq!(
+            template.labels,
+            Some(BTreeMap::from([(
+                "mlops.sathvik.dev/version".to_owned(),
+                "v2".to_owned()
+            )])),
+            "the version it serves, nothing else"
+        );
+        assert!(template.annotations.is_none() && spec.selector.match_labels.is_none());
         assert_eq!(deployment_object.status.as_ref().unwrap().ready_replicas, Some(2));
 
         let mut config: ConfigMap =
@@ -324,6 +363,29 @@ mod tests {
                 .unwrap();
         config_map(&mut config);
         assert!(config.data.is_none());
+    }
+
+    #[test]
+    fn a_model_drops_the_copy_kubectl_apply_keeps_and_nothing_else() {
+        let applied = |annotations: serde_json::Value| -> ModelDeployment {
+            serde_json::from_value(json!({
+                "apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
+                "metadata": {"name": "bert", "namespace": "ml", "annotations": annotations},
+                "spec": {"modelURI": "https://models.example/bert.pt", "runtime": "fastapi-pytorch"},
+            }))
+            .unwrap()
+        };
+        let mut only_kubectl = applied(json!({KUBECTL_LAST_APPLIED: "{\"spec\": {}}"}));
+        model_deployment(&mut only_kubectl);
+        assert!(only_kubectl.metadata.annotations.is_none());
+        assert_eq!(only_kubectl.spec.model_uri, "https://models.example/bert.pt");
+
+        let mut with_owner_notes = applied(json!({KUBECTL_LAST_APPLIED: "{}", "team.example/owner": "search"}));
+        model_deployment(&mut with_owner_notes);
+        assert_eq!(
+            with_owner_notes.metadata.annotations,
+            Some(BTreeMap::from([("team.example/owner".to_owned(), "search".to_owned())]))
+        );
     }
 
     #[test]
