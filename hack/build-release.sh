@@ -60,8 +60,8 @@ build_operator() {
   # user's RUSTFLAGS or config set target features. CC/AR for the cc crate (ring).
   CC_x86_64_unknown_linux_musl=musl-gcc \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static" \
-    "$CARGO" build --release --locked --target "$MUSL_TARGET" -p model-operator --bin model-operator
-  install -m 0755 "$(target_dir)/$MUSL_TARGET/release/model-operator" "$out/model-operator"
+    "$CARGO" build --profile image --locked --target "$MUSL_TARGET" -p model-operator --bin model-operator
+  install -m 0755 "$(target_dir)/$MUSL_TARGET/image/model-operator" "$out/model-operator"
 }
 
 build_node_agent() {
