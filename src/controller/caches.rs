@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -11,7 +12,6 @@ use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
-        apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, Node, Pod, Service},
@@ -34,7 +34,11 @@ use super::{admin::CachesSynced, projections};
 use crate::{
     api::ModelDeployment,
     reconcile::{Caches, PodIndex, RequestedGpus},
-    vocabulary::names::{LABEL_MANAGED_BY, MANAGED_BY},
+    vocabulary::{
+        cached::CachedDeployment,
+        names::{LABEL_MANAGED_BY, MANAGED_BY},
+        per_model,
+    },
 };
 
 /// A watch event stream that triggers reconciles.
@@ -44,7 +48,7 @@ pub type Triggers<K> = futures::channel::mpsc::UnboundedReceiver<Result<K, watch
 pub struct Watches {
     pub caches: Caches,
     pub models: Triggers<ModelDeployment>,
-    pub deployments: Triggers<Deployment>,
+    pub deployments: Triggers<CachedDeployment>,
     pub services: Triggers<Service>,
     pub hpas: Triggers<HorizontalPodAutoscaler>,
     pub jobs: Triggers<Job>,
@@ -102,7 +106,7 @@ pub fn start(
     let (services, service_stream) = reflect(
         in_scope(client, namespace),
         children.clone(),
-        projections::whole,
+        projections::service,
         ignore,
     );
     let (hpas, hpa_stream) = reflect(in_scope(client, namespace), children.clone(), projections::hpa, ignore);
@@ -336,8 +340,9 @@ where
 /// kube's Controller expects; a deletion always passes.
 #[derive(Default)]
 struct ChangeFilter {
-    /// The projection's hash of each object seen, by UID.
-    seen: HashMap<String, u64>,
+    /// The projection's hash of each object seen, by a hash of its UID: 16 bytes an object
+    /// rather than a copy of the UID's 36 (the cache itself holds the UID).
+    seen: HashMap<u64, u64>,
 }
 
 impl ChangeFilter {
@@ -347,23 +352,35 @@ impl ChangeFilter {
                 self.seen.clear();
                 None
             }
-            watcher::Event::InitDone => None,
+            watcher::Event::InitDone => {
+                per_model::shrink_if_sparse(&mut self.seen);
+                None
+            }
             watcher::Event::InitApply(mut object) => {
                 let hash = projections::content_hash(&mut object);
-                self.seen.insert(object.meta().uid.clone().unwrap_or_default(), hash);
+                self.seen.insert(uid_key(&object), hash);
                 Some(object)
             }
             watcher::Event::Apply(mut object) => {
                 let hash = projections::content_hash(&mut object);
-                let uid = object.meta().uid.clone().unwrap_or_default();
-                (self.seen.insert(uid, hash) != Some(hash)).then_some(object)
+                (self.seen.insert(uid_key(&object), hash) != Some(hash)).then_some(object)
             }
             watcher::Event::Delete(object) => {
-                self.seen.remove(object.meta().uid.as_deref().unwrap_or_default());
+                self.seen.remove(&uid_key(&object));
+                // After a burst came and went, the room for it is given back.
+                per_model::shrink_if_sparse(&mut self.seen);
                 Some(object)
             }
         }
     }
+}
+
+/// A hash of an object's UID; two UIDs of one kind colliding in 64 bits would cost one
+/// reconcile skipped or one made in vain, never a wrong write.
+fn uid_key<K: Resource>(object: &K) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    object.meta().uid.as_deref().unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// kube-runtime's watcher, started anew (a fresh list, then a watch) whenever its watch stream
@@ -392,4 +409,77 @@ where
             Some((item, (!failed).then_some(watch)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn config_map(uid: &str, version: &str, data: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("config-{uid}")),
+                uid: Some(uid.to_owned()),
+                resource_version: Some(version.to_owned()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("key".to_owned(), data.to_owned())].into()),
+            ..ConfigMap::default()
+        }
+    }
+
+    fn passed(filter: &mut ChangeFilter, event: watcher::Event<ConfigMap>) -> bool {
+        filter.changed(event).is_some()
+    }
+
+    #[test]
+    fn only_a_change_the_cache_shows_passes_and_every_list_and_delete_does() {
+        let mut filter = ChangeFilter::default();
+        assert!(!passed(&mut filter, watcher::Event::Init));
+        assert!(passed(
+            &mut filter,
+            watcher::Event::InitApply(config_map("a", "1", "x"))
+        ));
+        assert!(!passed(&mut filter, watcher::Event::InitDone));
+        assert!(
+            !passed(&mut filter, watcher::Event::Apply(config_map("a", "2", "x"))),
+            "a new resourceVersion alone is no change"
+        );
+        assert!(passed(&mut filter, watcher::Event::Apply(config_map("a", "3", "y"))));
+        assert!(
+            passed(&mut filter, watcher::Event::Apply(config_map("b", "4", "y"))),
+            "another object with the same content is news"
+        );
+        assert!(passed(&mut filter, watcher::Event::Delete(config_map("a", "5", "y"))));
+        assert!(
+            passed(&mut filter, watcher::Event::Apply(config_map("a", "6", "y"))),
+            "forgotten once deleted"
+        );
+        // A relist passes everything again, as kube's Controller expects.
+        assert!(!passed(&mut filter, watcher::Event::Init));
+        assert!(passed(
+            &mut filter,
+            watcher::Event::InitApply(config_map("b", "4", "y"))
+        ));
+    }
+
+    #[test]
+    fn the_room_of_a_burst_is_given_back_once_it_is_gone() {
+        let mut filter = ChangeFilter::default();
+        for i in 0..1000 {
+            filter.changed(watcher::Event::Apply(config_map(&format!("uid-{i}"), "1", "x")));
+        }
+        let full = filter.seen.capacity();
+        for i in 0..1000 {
+            filter.changed(watcher::Event::Delete(config_map(&format!("uid-{i}"), "2", "x")));
+        }
+        assert!(filter.seen.is_empty());
+        assert!(
+            filter.seen.capacity() < full / 8,
+            "{} of {full}",
+            filter.seen.capacity()
+        );
+    }
 }

@@ -14,25 +14,21 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{
             ConfigMap, Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
-            ResourceRequirements,
+            ResourceRequirements, Service,
         },
     },
-    apimachinery::pkg::{
-        api::resource::Quantity,
-        apis::meta::v1::{LabelSelector, ObjectMeta},
-    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
 use kube::Resource;
 use serde::Serialize;
 
 use crate::{
     api::ModelDeployment,
-    vocabulary::{GPU_RESOURCE_PREFIX, names::LABEL_VERSION},
+    vocabulary::{GPU_RESOURCE_PREFIX, cached::CachedDeployment, names::LABEL_VERSION},
 };
 
 /// Where `kubectl apply` (client-side) keeps the last configuration it applied.
@@ -134,22 +130,22 @@ pub fn node(node: &mut Node) {
     });
 }
 
-/// The operator's Deployment: its replicas, the version its template serves and its status.
-/// The pod template's spec and the selector (immutable) are the operator's own and never read
-/// back; the annotations (the rollout's revision) change with the generation the reconcile
-/// compares.
-pub fn deployment(deployment: &mut Deployment) {
+/// The operator's Deployment: its replicas, the version its template serves and its status
+/// ([`CachedDeployment`] decodes nothing else). The annotations (the rollout's revision) change
+/// with the generation the reconcile compares; the template's other labels are the operator's
+/// own and never read back.
+pub fn deployment(deployment: &mut CachedDeployment) {
     common(&mut deployment.metadata);
     deployment.metadata.annotations = None;
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.selector = LabelSelector::default();
-        spec.template.spec = None;
-        spec.template.metadata = spec.template.metadata.take().map(|template| ObjectMeta {
-            labels: template
-                .labels
-                .map(|labels| labels.into_iter().filter(|(key, _)| key == LABEL_VERSION).collect()),
-            ..ObjectMeta::default()
-        });
+    if let Some(template) = deployment
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.template.metadata.as_mut())
+    {
+        template.labels = template
+            .labels
+            .take()
+            .map(|labels| labels.into_iter().filter(|(key, _)| key == LABEL_VERSION).collect());
     }
 }
 
@@ -186,7 +182,31 @@ pub fn model_deployment(model: &mut ModelDeployment) {
     model.metadata.annotations = model.metadata.annotations.take().filter(|a| !a.is_empty());
 }
 
-/// Everything else (Services, the DRA objects) is kept whole but for managed fields.
+/// Where a cached Service keeps a digest of its spec (in the cache only; never written).
+pub const SERVICE_SPEC_DIGEST: &str = "model-operator.cache/spec-digest";
+
+/// The operator's Service: only its identity, owners and version are read (is it the model's,
+/// is it as written). Its spec (ports, selector, cluster IPs: some 1.5 KiB) is replaced by a
+/// digest of it among the annotations, because a Service keeps no `generation`: the digest is
+/// what makes an edit to its spec (drift) a change the cache shows, so that the reconcile that
+/// repairs it is triggered at once rather than at the next resync.
+pub fn service(service: &mut Service) {
+    common(&mut service.metadata);
+    service.status = None;
+    if let Some(spec) = service.spec.take() {
+        let mut hasher = DefaultHasher::new();
+        serde_json::to_vec(&spec)
+            .expect("a Kubernetes object serializes")
+            .hash(&mut hasher);
+        service
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(SERVICE_SPEC_DIGEST.to_owned(), format!("{:016x}", hasher.finish()));
+    }
+}
+
+/// Everything else (the DRA objects) is kept whole but for managed fields.
 pub fn whole<K: Resource>(object: &mut K) {
     common(object.meta_mut());
 }
@@ -333,7 +353,7 @@ mod tests {
 
     #[test]
     fn children_keep_their_status_and_drop_what_the_operator_wrote_itself() {
-        let mut deployment_object: Deployment = serde_json::from_value(json!({
+        let mut deployment_object: CachedDeployment = serde_json::from_value(json!({
             "metadata": {"name": "bert-deployment", "generation": 2},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "bert"}}, "template": {
                 "metadata": {"labels": {"mlops.sathvik.dev/version": "v2", "app": "bert"},
@@ -345,7 +365,6 @@ mod tests {
         deployment(&mut deployment_object);
         let spec = deployment_object.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
-        assert!(spec.template.spec.is_none());
         let template = spec.template.metadata.as_ref().unwrap();
         assert_eq!(
             template.labels,
@@ -355,7 +374,6 @@ mod tests {
             )])),
             "the version it serves, nothing else"
         );
-        assert!(template.annotations.is_none() && spec.selector.match_labels.is_none());
         assert_eq!(deployment_object.status.as_ref().unwrap().ready_replicas, Some(2));
 
         let mut config: ConfigMap =
@@ -414,6 +432,42 @@ mod tests {
             content_hash(&mut quiet),
             content_hash(&mut edited),
             "someone changed its spec"
+        );
+    }
+
+    #[test]
+    fn a_service_keeps_its_identity_and_a_digest_that_moves_with_its_spec() {
+        let service_with = |selector: &str| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": "bert-service", "namespace": "ml", "uid": "s-1", "resourceVersion": "7",
+                             "labels": {"app.kubernetes.io/managed-by": "model-operator"},
+                             "ownerReferences": [{"apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
+                                                  "name": "bert", "uid": "m-1", "controller": true}]},
+                "spec": {"selector": {"app.kubernetes.io/name": selector}, "clusterIP": "10.96.0.12",
+                         "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]},
+                "status": {"loadBalancer": {}},
+            }))
+            .unwrap()
+        };
+        let full = service_with("bert");
+        let mut kept = full.clone();
+        service(&mut kept);
+        assert!(kept.spec.is_none() && kept.status.is_none());
+        assert_eq!(kept.metadata.owner_references, full.metadata.owner_references);
+        assert_eq!(kept.metadata.labels, full.metadata.labels);
+        assert_eq!(kept.metadata.resource_version.as_deref(), Some("7"));
+
+        let mut again = full.clone();
+        again.metadata.resource_version = Some("8".into());
+        service(&mut again);
+        assert_eq!(content_hash(&mut kept), content_hash(&mut again), "nothing changed");
+
+        let mut drifted = service_with("someone-else");
+        service(&mut drifted);
+        assert_ne!(
+            content_hash(&mut kept),
+            content_hash(&mut drifted),
+            "someone changed its selector: the repair is triggered"
         );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::{EndpointResolver, ProbeOutcome, ProbeTarget, Prober};
@@ -13,6 +13,7 @@ use crate::{
     api::{ModelInfo, conditions::reasons},
     vocabulary::{
         Validated,
+        cached::CachedDeployment,
         pods::{is_ready, is_terminating},
     },
 };
@@ -29,7 +30,7 @@ pub struct ModelReadiness {
 impl ModelReadiness {
     /// Readiness as the kubelet's probes see it, for when no model probe has answered: the
     /// reason says so, so that nobody mistakes it for the model's own word.
-    pub fn from_pod_readiness(deployment: Option<&Deployment>) -> Self {
+    pub fn from_pod_readiness(deployment: Option<&CachedDeployment>) -> Self {
         let ready = deployment
             .and_then(|d| d.status.as_ref())
             .and_then(|s| s.ready_replicas)

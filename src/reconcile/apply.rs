@@ -5,7 +5,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler},
+    api::{autoscaling::v2::HorizontalPodAutoscaler, batch::v1::Job},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     api::{ModelDeployment, ModelDeploymentStatus},
-    vocabulary::names::FIELD_MANAGER,
+    vocabulary::{cached::CachedDeployment, names::FIELD_MANAGER},
 };
 
 /// What failed while writing to the API server. `reason` is a fixed label for metrics/Events.
@@ -97,7 +97,7 @@ impl ApplyError {
 pub struct Applied {
     /// The Deployment as the API server returned it, when it was written this time (not when
     /// the cache showed it as last written).
-    pub deployment: Option<Deployment>,
+    pub deployment: Option<CachedDeployment>,
     /// The Deployment did not exist before this apply.
     pub created_deployment: bool,
     /// The validation Job did not exist before this apply.
@@ -152,7 +152,7 @@ pub async fn apply(
         if let Some(job) = validation_job {
             // A finished Job is never re-applied: its template is immutable and its verdict final.
             if observed.validation_job.is_none() {
-                applied.started_validation = writer.apply_unless_current(job, None).await?.is_some();
+                applied.started_validation = writer.apply_unless_current(job, None::<&Job>).await?.is_some();
             }
         }
         if rollout {
@@ -210,10 +210,12 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Server-side applies `desired` unless `cached` is what the last apply of the same desired
-    /// object returned; the object the API server returned when it was written.
-    async fn apply_unless_current<K>(&self, desired: &K, cached: Option<&K>) -> Result<Option<K>, ApplyError>
+    /// object returned; the object the API server returned when it was written, in the form the
+    /// cache keeps (`C`: the same kind as `K`, or a leaner type of that kind).
+    async fn apply_unless_current<K, C>(&self, desired: &K, cached: Option<&C>) -> Result<Option<C>, ApplyError>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + Debug,
+        C: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
         let hash = desired_hash(desired);
         if self.last.is_current(self.model, hash, cached) {
@@ -247,7 +249,7 @@ pub const REPLICAS_HANDOVER_MANAGER: &str = "model-operator-replicas-handover";
 /// wants now (or the HPA's minimum), so that serving capacity never drops for the handover.
 async fn hand_replicas_to_the_hpa(
     client: &Client,
-    current: &Deployment,
+    current: &CachedDeployment,
     hpa: &HorizontalPodAutoscaler,
 ) -> Result<(), ApplyError> {
     let now = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -259,7 +261,7 @@ async fn hand_replicas_to_the_hpa(
         "metadata": {"name": name, "namespace": current.namespace()},
         "spec": {"replicas": now.max(minimum)},
     });
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &current.namespace().unwrap_or_default());
+    let api: Api<CachedDeployment> = Api::namespaced(client.clone(), &current.namespace().unwrap_or_default());
     api.patch(
         &name,
         &PatchParams::apply(REPLICAS_HANDOVER_MANAGER).force(),
@@ -274,12 +276,13 @@ async fn hand_replicas_to_the_hpa(
     })
 }
 
-async fn server_side_apply<K>(client: &Client, object: &K) -> Result<K, ApplyError>
+async fn server_side_apply<K, C>(client: &Client, object: &K) -> Result<C, ApplyError>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + Debug,
+    C: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
     let name = object.name_any();
-    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let api: Api<C> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
         .await
         .map_err(|source| ApplyError::Apply {

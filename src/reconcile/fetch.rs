@@ -7,7 +7,6 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
     core::v1::{ConfigMap, Node, Pod, Service},
@@ -28,6 +27,7 @@ use crate::{
     gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, dra, requested_per_node},
     vocabulary::{
         GpuAllocation, GpuPlacement, Scaling, Validated,
+        cached::CachedDeployment,
         names::{
             COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
         },
@@ -42,7 +42,7 @@ use crate::{
 #[derive(Clone)]
 pub struct Caches {
     pub models: Store<ModelDeployment>,
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     pub services: Store<Service>,
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub jobs: Store<Job>,
@@ -67,7 +67,7 @@ pub struct Caches {
 /// The children of one ModelDeployment as they are now; only those it controls.
 #[derive(Debug, Default)]
 pub struct Observed {
-    pub deployment: Option<Arc<Deployment>>,
+    pub deployment: Option<Arc<CachedDeployment>>,
     pub service: Option<Arc<Service>>,
     /// The model's validation Jobs, of this spec and of earlier ones.
     pub validation_jobs: Vec<Arc<Job>>,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, batch::v1::Job},
+    api::batch::v1::Job,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
@@ -22,6 +22,7 @@ use crate::{
     runtimes,
     vocabulary::{
         Validated,
+        cached::CachedDeployment,
         names::{LABEL_VERSION, service_name},
     },
 };
@@ -105,7 +106,7 @@ pub struct StatusInputs<'a> {
     pub validation: ValidationState,
     pub applied: ApplyState,
     /// The Deployment as last applied or observed; `None` before the first rollout.
-    pub deployment: Option<&'a Deployment>,
+    pub deployment: Option<&'a CachedDeployment>,
     /// The GPU pre-flight verdict; `None` when no GPU is requested.
     pub capacity: Option<CapacityReport>,
     pub model: ModelReadiness,
@@ -365,7 +366,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
 }
 
 /// The version the Deployment's pod template carries: what serves, or is rolling out.
-pub fn serving_version(deployment: &Deployment) -> Option<String> {
+pub fn serving_version(deployment: &CachedDeployment) -> Option<String> {
     deployment
         .spec
         .as_ref()?

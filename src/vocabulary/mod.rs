@@ -8,6 +8,7 @@
 //! a cycle (`tests/module_layering.rs` checks the whole crate for cycles).
 
 mod addresses;
+pub mod cached;
 mod custom_metric;
 mod gpu;
 mod images;

@@ -1,10 +1,7 @@
 //! Status tests: fixtures are the ModelDeployment, Deployment and Job as YAML, the way
 //! `kubectl get -o yaml` shows them; failures print the computed status.
 
-use k8s_openapi::{
-    api::{apps::v1::Deployment, batch::v1::Job},
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::batch::v1::Job, jiff::Timestamp};
 use serde_json::Value;
 
 use super::*;
@@ -32,7 +29,7 @@ fn validated(yaml: &str) -> Validated {
     check(&object, &OperatorImages::default()).unwrap_or_else(|e| panic!("fixture should be valid: {e}"))
 }
 
-fn deployment(yaml: &str) -> Deployment {
+fn deployment(yaml: &str) -> CachedDeployment {
     serde_yaml_ng::from_str(yaml).expect("Deployment fixture")
 }
 
@@ -74,7 +71,7 @@ fn at(seconds: i64) -> Timestamp {
 
 fn inputs<'a>(
     spec: &'a Validated,
-    deployment: Option<&'a Deployment>,
+    deployment: Option<&'a CachedDeployment>,
     validation: ValidationState,
 ) -> StatusInputs<'a> {
     StatusInputs {
