@@ -14,7 +14,7 @@ use k8s_openapi::{
     api::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{ConfigMap, Node, Pod, Service},
+        core::v1::{ConfigMap, Node, Service},
         resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice},
     },
 };
@@ -35,7 +35,7 @@ use crate::{
     api::ModelDeployment,
     reconcile::{Caches, PodIndex, RequestedGpus},
     vocabulary::{
-        cached::CachedDeployment,
+        cached::{CachedDeployment, CachedPod},
         names::{LABEL_MANAGED_BY, MANAGED_BY},
         per_model,
     },
@@ -53,7 +53,7 @@ pub struct Watches {
     pub hpas: Triggers<HorizontalPodAutoscaler>,
     pub jobs: Triggers<Job>,
     pub config_maps: Triggers<ConfigMap>,
-    pub pods: Triggers<Pod>,
+    pub pods: Triggers<CachedPod>,
     pub nodes: Triggers<Node>,
     pub claim_templates: Triggers<ResourceClaimTemplate>,
     pub resource_slices: Triggers<ResourceSlice>,
@@ -151,7 +151,7 @@ pub fn start(
         projections::pod,
         {
             let pod_index = pod_index.clone();
-            move |event: &watcher::Event<Pod>| pod_index.follow(event)
+            move |event: &watcher::Event<CachedPod>| pod_index.follow(event)
         },
     );
     let (nodes, node_stream) = reflect(

@@ -16,10 +16,7 @@ use k8s_openapi::{
     api::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{
-            ConfigMap, Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus,
-            ResourceRequirements, Service,
-        },
+        core::v1::{ConfigMap, Node, NodeCondition, NodeSpec, NodeStatus, ResourceRequirements, Service},
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
@@ -28,7 +25,11 @@ use serde::Serialize;
 
 use crate::{
     api::ModelDeployment,
-    vocabulary::{GPU_RESOURCE_PREFIX, cached::CachedDeployment, names::LABEL_VERSION},
+    vocabulary::{
+        GPU_RESOURCE_PREFIX,
+        cached::{CachedContainer, CachedDeployment, CachedPod},
+        names::LABEL_VERSION,
+    },
 };
 
 /// Where `kubectl apply` (client-side) keeps the last configuration it applied.
@@ -40,47 +41,34 @@ fn common(meta: &mut ObjectMeta) {
 }
 
 /// A pod, as the capacity check (node, GPU requests, phase), the probes and custom metrics
-/// (labels, IP, readiness) and the triggers read it.
-pub fn pod(pod: &mut Pod) {
+/// (labels, IP, readiness) and the triggers read it ([`CachedPod`] decodes nothing else).
+pub fn pod(pod: &mut CachedPod) {
     common(&mut pod.metadata);
     pod.metadata.annotations = None;
     pod.metadata.owner_references = None;
     pod.metadata.finalizers = None;
     pod.metadata.generate_name = None;
-    // A container is some 2 KiB however empty; one that asks for no GPU adds nothing any
-    // reader sums, so only the GPU-requesting ones stay (most pods keep none).
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
-        containers: spec.containers.into_iter().filter_map(gpu_requests_only).collect(),
-        init_containers: spec
+    // A container that asks for no GPU adds nothing any reader sums, so only the
+    // GPU-requesting ones stay (most pods keep none).
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers = std::mem::take(&mut spec.containers)
+            .into_iter()
+            .filter_map(gpu_requests_only)
+            .collect();
+        spec.init_containers = spec
             .init_containers
+            .take()
             .map(|containers| containers.into_iter().filter_map(gpu_requests_only).collect::<Vec<_>>())
-            .filter(|containers| !containers.is_empty()),
-        node_name: spec.node_name,
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        // Which ResourceClaim each of the pod's claims became (DRA): the status names its devices.
-        resource_claim_statuses: status.resource_claim_statuses,
-        conditions: status.conditions.map(|conditions| {
-            conditions
-                .into_iter()
-                .filter(|c| c.type_ == "Ready")
-                .map(|c| PodCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    ..PodCondition::default()
-                })
-                .collect()
-        }),
-        ..PodStatus::default()
-    });
+            .filter(|containers| !containers.is_empty());
+    }
+    if let Some(conditions) = pod.status.as_mut().and_then(|status| status.conditions.as_mut()) {
+        conditions.retain(|c| c.type_ == "Ready");
+    }
 }
 
 /// A container's name and its NVIDIA resources (requests and limits), nothing else of it; `None`
 /// when it asks for no GPU.
-fn gpu_requests_only(container: Container) -> Option<Container> {
+fn gpu_requests_only(container: CachedContainer) -> Option<CachedContainer> {
     let gpus = |list: Option<BTreeMap<String, Quantity>>| {
         list.map(|list| {
             list.into_iter()
@@ -96,10 +84,9 @@ fn gpu_requests_only(container: Container) -> Option<Container> {
     });
     resources
         .filter(|r| r.requests.is_some() || r.limits.is_some())
-        .map(|resources| Container {
+        .map(|resources| CachedContainer {
             name: container.name,
             resources: Some(resources),
-            ..Container::default()
         })
 }
 
@@ -234,9 +221,9 @@ mod tests {
         vocabulary::pods::{is_finished, is_ready, is_terminating, node_name, requests_gpus},
     };
 
-    /// A pod as the API server stores it, with everything a real one has.
-    fn full_pod(restarts: i32) -> Pod {
-        serde_json::from_value(json!({
+    /// A pod as the API server sends it, with everything a real one has.
+    fn full_pod_json(restarts: i32) -> serde_json::Value {
+        json!({
             "metadata": {
                 "name": "bert-deployment-7d9f-abcde", "namespace": "ml", "uid": "p-1", "resourceVersion": "42",
                 "deletionTimestamp": "2026-12-01T10:00:00Z",
@@ -263,8 +250,12 @@ mod tests {
                 ],
                 "containerStatuses": [{"name": "server", "image": "triton", "imageID": "", "ready": true, "restartCount": restarts}],
             },
-        }))
-        .expect("fixture is a Pod")
+        })
+    }
+
+    /// That pod as the cache decodes it, before the projection.
+    fn full_pod(restarts: i32) -> CachedPod {
+        serde_json::from_value(full_pod_json(restarts)).expect("fixture is a Pod")
     }
 
     #[test]
@@ -282,10 +273,9 @@ mod tests {
         assert_eq!(requests_gpus(&kept), requests_gpus(&full));
         assert_eq!(pod_request(&kept, "nvidia.com/gpu"), 2);
         assert_eq!(kept.status.as_ref().unwrap().pod_ip.as_deref(), Some("10.244.1.7"));
-        // What goes: the bulk of a pod.
+        // What goes: the bulk of a pod (its volumes, env, images and container statuses are not
+        // even decoded).
         let spec = kept.spec.as_ref().unwrap();
-        assert!(spec.volumes.is_none() && spec.tolerations.is_none());
-        assert!(spec.containers[0].env.is_none() && spec.containers[0].image.is_none());
         assert!(spec.init_containers.is_none(), "the fetcher asks for no GPU");
         assert_eq!(spec.containers.len(), 1, "the server does");
         let mut cpu_only = full_pod(0);
@@ -293,9 +283,8 @@ mod tests {
         pod(&mut cpu_only);
         assert!(cpu_only.spec.as_ref().unwrap().containers.is_empty());
         assert!(!requests_gpus(&cpu_only));
-        assert!(kept.status.as_ref().unwrap().container_statuses.is_none());
         assert!(kept.metadata.annotations.is_none() && kept.metadata.managed_fields.is_none());
-        let full_size = serde_json::to_vec(&full).unwrap().len();
+        let full_size = serde_json::to_vec(&full_pod_json(0)).unwrap().len();
         let kept_size = serde_json::to_vec(&kept).unwrap().len();
         assert!(kept_size * 2 < full_size, "{kept_size} of {full_size} bytes kept");
     }

@@ -5,13 +5,11 @@ use crate::{
     api::{ModelDeployment, conditions},
     vocabulary::{
         Leadership,
+        cached::CachedPod,
         pods::{is_finished, is_terminating, requests_gpus, served_model},
     },
 };
-use k8s_openapi::api::{
-    core::v1::{Node, Pod},
-    resource::v1::ResourceClaim,
-};
+use k8s_openapi::api::{core::v1::Node, resource::v1::ResourceClaim};
 use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef, Store},
@@ -19,7 +17,7 @@ use kube::{
 
 /// A serving pod changes its ModelDeployment's status; a GPU pod that finishes or goes away
 /// frees GPUs that ModelDeployments short of them may now use.
-pub fn models_affected_by_pod(pod: &Pod, models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
+pub fn models_affected_by_pod(pod: &CachedPod, models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
     if let Some((namespace, name)) = served_model(pod) {
         // The pod cache spans every namespace; only models this operator watches are its business.
         let model = ObjectRef::new(&name).within(&namespace);
@@ -40,7 +38,7 @@ pub fn models_affected_by_pod(pod: &Pod, models: &Store<ModelDeployment>) -> Vec
 /// readiness it changes, and the models short of GPUs, which it may let in.
 pub fn models_affected_by_node(
     node: &Node,
-    pods: &Store<Pod>,
+    pods: &Store<CachedPod>,
     models: &Store<ModelDeployment>,
 ) -> Vec<ObjectRef<ModelDeployment>> {
     let node_name = node.name_any();
@@ -59,7 +57,7 @@ pub fn models_affected_by_node(
 /// devices it got); any claim allocated or freed changes the DRA capacity others see.
 pub fn models_affected_by_claim(
     claim: &ResourceClaim,
-    pods: &Store<Pod>,
+    pods: &Store<CachedPod>,
     models: &Store<ModelDeployment>,
 ) -> Vec<ObjectRef<ModelDeployment>> {
     let mut affected = models_short_of_gpus(models);
@@ -154,7 +152,7 @@ mod tests {
         .unwrap()
     }
 
-    fn serving_pod(model: &str, node: &str) -> Pod {
+    fn serving_pod(model: &str, node: &str) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": format!("{model}-pod"), "namespace": "ml", "labels": {
                 LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_SERVER, LABEL_NAME: model}},

@@ -23,7 +23,9 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::vocabulary::cached::CachedPod;
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, reflector, watcher},
@@ -113,7 +115,7 @@ pub struct CustomMetricsServer {
 impl CustomMetricsServer {
     /// Binds the port and loads (or generates) the certificates, so that a bad file or a taken
     /// port stops `run` at once with its name. Reads pods from the operator's pod cache.
-    pub async fn bind(settings: Settings, client: &Client, pods: reflector::Store<Pod>) -> anyhow::Result<Self> {
+    pub async fn bind(settings: Settings, client: &Client, pods: reflector::Store<CachedPod>) -> anyhow::Result<Self> {
         let Settings {
             addr,
             tls_cert_file,

@@ -13,7 +13,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use k8s_openapi::api::core::v1::Pod;
 use kube::{ResourceExt, runtime::reflector::Store};
 use serde::Deserialize;
 use tracing::{debug, warn};
@@ -30,10 +29,12 @@ use super::{
     queue_time::QueueTimeSource,
     wire::{self, ApiVersion, VERSIONS},
 };
-use crate::vocabulary::{GPU_UTILIZATION_METRIC, POD_METRICS, names::CUSTOM_METRICS_GROUP as GROUP, pods::is_finished};
+use crate::vocabulary::{
+    GPU_UTILIZATION_METRIC, POD_METRICS, cached::CachedPod, names::CUSTOM_METRICS_GROUP as GROUP, pods::is_finished,
+};
 
 pub struct ApiState {
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub samples: SampleSource,
     pub queue_time: QueueTimeSource,
     /// The front proxy's CA and names in use now (they may be reloaded).
@@ -159,7 +160,7 @@ async fn pods_metric(
         Ok(selector) => selector,
         Err(error) => return status(StatusCode::BAD_REQUEST, "BadRequest", &error.to_string()),
     };
-    let pods: Vec<Arc<Pod>> = state
+    let pods: Vec<Arc<CachedPod>> = state
         .pods
         .state()
         .into_iter()
@@ -203,7 +204,7 @@ mod tests {
     use super::*;
     use crate::custom_metrics::{front_proxy::reload, gpu_utilization::node_agents::AgentDirectory, queue_time};
 
-    fn pod(name: &str, node: Option<&str>) -> Arc<Pod> {
+    fn pod(name: &str, node: Option<&str>) -> Arc<CachedPod> {
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ml", "labels": {"app": "llm"}},
@@ -215,7 +216,7 @@ mod tests {
 
     /// The router with one pod in the cache, whose node has no agent.
     async fn router_with_pod(allowed_names: Vec<String>) -> Router {
-        let (pods, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let (pods, mut writer) = kube::runtime::reflector::store::<CachedPod>();
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
             (*pod("a", Some("gpu-0"))).clone(),
         ));

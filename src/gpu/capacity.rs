@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Taint, Toleration};
+
+use crate::vocabulary::cached::CachedPod;
 
 use crate::{
     api::conditions::reasons,
@@ -36,7 +38,7 @@ impl NodeGpus {
     }
 
     /// Reads `resource` from a node and the pods bound to it.
-    pub fn from_node<'a>(node: &Node, pods: impl IntoIterator<Item = &'a Pod>, resource: &str) -> Self {
+    pub fn from_node<'a>(node: &Node, pods: impl IntoIterator<Item = &'a CachedPod>, resource: &str) -> Self {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         let requested = pods
             .into_iter()
@@ -74,7 +76,7 @@ impl NodeGpus {
 }
 
 /// What the unfinished pods bound to each node request of `resource`, in one pass.
-pub fn requested_per_node<'a>(pods: impl IntoIterator<Item = &'a Pod>, resource: &str) -> BTreeMap<String, i64> {
+pub fn requested_per_node<'a>(pods: impl IntoIterator<Item = &'a CachedPod>, resource: &str) -> BTreeMap<String, i64> {
     let mut requested = BTreeMap::new();
     for pod in pods {
         if let Some(node) = node_name(pod).filter(|_| !is_finished(pod)) {
@@ -252,11 +254,11 @@ fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
 
 /// A pod's effective request: the larger of its containers' sum and its largest init
 /// container, as the scheduler counts it. A limit without a request counts as the request.
-pub fn pod_request(pod: &Pod, resource: &str) -> i64 {
+pub fn pod_request(pod: &CachedPod, resource: &str) -> i64 {
     let Some(spec) = pod.spec.as_ref() else {
         return 0;
     };
-    let of = |c: &k8s_openapi::api::core::v1::Container| {
+    let of = |c: &crate::vocabulary::cached::CachedContainer| {
         c.resources
             .as_ref()
             .and_then(|r| {
@@ -499,7 +501,7 @@ mod tests {
             "metadata: {name: gpu-a100-0}\nstatus:\n  allocatable: {nvidia.com/gpu: '8'}\n  conditions: [{type: Ready, status: 'True'}]\n",
         )
         .unwrap();
-        let pod = |node: &str, phase: &str, gpus: &str| -> Pod {
+        let pod = |node: &str, phase: &str, gpus: &str| -> CachedPod {
             serde_yaml_ng::from_str(&format!(
                 "spec:\n  nodeName: {node}\n  containers: [{{name: c, resources: {{limits: {{nvidia.com/gpu: '{gpus}'}}}}}}]\nstatus: {{phase: {phase}}}\n"
             ))

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::{EndpointResolver, ProbeOutcome, ProbeTarget, Prober};
@@ -13,7 +12,7 @@ use crate::{
     api::{ModelInfo, conditions::reasons},
     vocabulary::{
         Validated,
-        cached::CachedDeployment,
+        cached::{CachedDeployment, CachedPod},
         pods::{is_ready, is_terminating},
     },
 };
@@ -57,7 +56,7 @@ impl ModelReadiness {
 
 /// The pods the kubelet calls ready and that are not going away: only these receive traffic,
 /// so only these are asked about the model.
-pub fn ready_pods(pods: &[Arc<Pod>]) -> Vec<&Pod> {
+pub fn ready_pods(pods: &[Arc<CachedPod>]) -> Vec<&CachedPod> {
     pods.iter()
         .map(Arc::as_ref)
         .filter(|pod| !is_terminating(pod) && is_ready(pod))
@@ -71,7 +70,7 @@ pub async fn probe_models(
     prober: &Prober,
     resolver: &EndpointResolver,
     model: &Validated,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
 ) -> (ModelReadiness, Option<ProbeOutcome>) {
     let ready = ready_pods(pods);
     let targets: Vec<(String, ProbeTarget)> = ready

@@ -1,10 +1,11 @@
 //! Where the operator reaches each serving pod's runtime for the model probe.
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::ProbeTarget;
-use crate::vocabulary::{InvalidModelEndpoint, ModelEndpoints, Validated, names::LABEL_VERSION, parse_model_endpoints};
+use crate::vocabulary::{
+    InvalidModelEndpoint, ModelEndpoints, Validated, cached::CachedPod, names::LABEL_VERSION, parse_model_endpoints,
+};
 
 /// Where the operator reaches a pod's runtime: the pod's IP and the runtime's probe port, unless
 /// an override names another address for all pods of one ModelDeployment. An operator that
@@ -35,7 +36,7 @@ impl EndpointResolver {
     }
 
     /// The probe target for one serving pod; `None` while the pod has no IP.
-    pub fn target(&self, model: &Validated, pod: &Pod) -> Option<ProbeTarget> {
+    pub fn target(&self, model: &Validated, pod: &CachedPod) -> Option<ProbeTarget> {
         // A pod of the previous version, during a rollout, is asked for its own version.
         let version = pod
             .labels()

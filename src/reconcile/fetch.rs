@@ -9,7 +9,7 @@ use std::{
 use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
-    core::v1::{ConfigMap, Node, Pod, Service},
+    core::v1::{ConfigMap, Node, Service},
     resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice},
 };
 use kube::{
@@ -27,7 +27,7 @@ use crate::{
     gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, dra, requested_per_node},
     vocabulary::{
         GpuAllocation, GpuPlacement, Scaling, Validated,
-        cached::CachedDeployment,
+        cached::{CachedDeployment, CachedPod},
         names::{
             COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
         },
@@ -47,7 +47,7 @@ pub struct Caches {
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub jobs: Store<Job>,
     pub config_maps: Store<ConfigMap>,
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub nodes: Store<Node>,
     /// The operator's ResourceClaimTemplates (by its label), and what DRA publishes: every
     /// ResourceSlice, ResourceClaim and DeviceClass (empty where `resource.k8s.io/v1` is not served).
@@ -80,7 +80,7 @@ pub struct Observed {
     /// Of those, the one the spec wants now (`pick_claim_template`).
     pub claim_template: Option<Arc<ResourceClaimTemplate>>,
     /// The serving pods, for the capacity check and the model probes.
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<CachedPod>>,
 }
 
 impl Caches {
@@ -148,7 +148,7 @@ impl Caches {
                 Scaling::Fixed { replicas } => *replicas,
                 Scaling::Autoscaled(plan) => plan.min_replicas,
             });
-        let live: Vec<&Pod> = observed
+        let live: Vec<&CachedPod> = observed
             .pods
             .iter()
             .map(Arc::as_ref)
@@ -237,7 +237,7 @@ struct PodIndexState {
 
 impl PodIndex {
     /// Follows one event of the pod cache's watch (after the cache applied it).
-    pub fn follow(&self, event: &watcher::Event<Pod>) {
+    pub fn follow(&self, event: &watcher::Event<CachedPod>) {
         let mut state = self.state.write().expect("pod index lock");
         state.changes = state.changes.wrapping_add(1);
         match event {
@@ -288,7 +288,7 @@ impl PodIndex {
 }
 
 /// The model a pod serves (see `served_model`) and the pod's name.
-fn serving_pod_of(pod: &Pod) -> Option<(ModelKey, String)> {
+fn serving_pod_of(pod: &CachedPod) -> Option<(ModelKey, String)> {
     Some((served_model(pod)?, pod.name_any()))
 }
 
@@ -306,7 +306,7 @@ type Summed = (u64, Arc<PerNode>);
 type PerNode = BTreeMap<String, i64>;
 
 impl RequestedGpus {
-    pub fn per_node(&self, resource: &str, pods: &Store<Pod>, index: &PodIndex) -> Arc<PerNode> {
+    pub fn per_node(&self, resource: &str, pods: &Store<CachedPod>, index: &PodIndex) -> Arc<PerNode> {
         let changes = index.changes();
         let mut computed = self.computed.lock().expect("requested GPUs lock");
         if let Some((at, requested)) = computed.get(resource)

@@ -15,7 +15,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::apps::v1::{Deployment, DeploymentStatus},
+    api::{
+        apps::v1::{Deployment, DeploymentStatus},
+        core::v1::{Pod, PodResourceClaimStatus, ResourceRequirements},
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::Resource;
@@ -75,6 +78,98 @@ impl From<&Deployment> for CachedDeployment {
     }
 }
 
+/// A pod, of any owner, as the readers of the pod cache read it: the GPU capacity check (its
+/// node, its containers' GPU requests, its phase), the model probes and custom metrics (labels,
+/// IP, readiness), the DRA status (which claim each of its claims became) and the triggers.
+#[derive(Resource, Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[resource(inherit = Pod)]
+pub struct CachedPod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<CachedPodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CachedPodStatus>,
+}
+
+/// `Pod.spec`: where it runs and its containers' resources.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedPodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<CachedContainer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_containers: Option<Vec<CachedContainer>>,
+}
+
+/// A container's name and resources; a k8s-openapi `Container` is 2,144 bytes however empty.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct CachedContainer {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// `Pod.status`: its phase, IP, conditions and claims.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedPodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<CachedPodCondition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_claim_statuses: Option<Vec<PodResourceClaimStatus>>,
+}
+
+/// A pod condition's type and status (its times and messages are nobody's business here).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct CachedPodCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+}
+
+impl From<&Pod> for CachedPod {
+    fn from(pod: &Pod) -> Self {
+        let containers = |list: &[k8s_openapi::api::core::v1::Container]| -> Vec<CachedContainer> {
+            list.iter()
+                .map(|c| CachedContainer {
+                    name: c.name.clone(),
+                    resources: c.resources.clone(),
+                })
+                .collect()
+        };
+        Self {
+            metadata: pod.metadata.clone(),
+            spec: pod.spec.as_ref().map(|spec| CachedPodSpec {
+                node_name: spec.node_name.clone(),
+                containers: containers(&spec.containers),
+                init_containers: spec.init_containers.as_deref().map(containers),
+            }),
+            status: pod.status.as_ref().map(|status| CachedPodStatus {
+                phase: status.phase.clone(),
+                pod_ip: status.pod_ip.clone(),
+                conditions: status.conditions.as_ref().map(|conditions| {
+                    conditions
+                        .iter()
+                        .map(|c| CachedPodCondition {
+                            type_: c.type_.clone(),
+                            status: c.status.clone(),
+                        })
+                        .collect()
+                }),
+                resource_claim_statuses: status.resource_claim_statuses.clone(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -115,5 +210,48 @@ mod tests {
         assert_eq!(CachedDeployment::group(&()), "apps");
         assert_eq!(CachedDeployment::version(&()), "v1");
         assert_eq!(CachedDeployment::plural(&()), "deployments");
+    }
+
+    #[test]
+    fn a_pod_decodes_into_what_is_read_of_it_and_is_small() {
+        let full = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "bert-0", "namespace": "ml", "uid": "p-1", "labels": {"app.kubernetes.io/name": "bert"}},
+            "spec": {"nodeName": "gpu-a100-0",
+                     "containers": [{"name": "server", "image": "triton", "env": [{"name": "A", "value": "b"}],
+                                     "resources": {"limits": {"nvidia.com/gpu": "2"}}}],
+                     "initContainers": [{"name": "fetch", "image": "fetcher"}],
+                     "volumes": [{"name": "model", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.7", "hostIP": "10.1.0.11",
+                       "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-01T09:00:00Z"}],
+                       "resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": "bert-0-gpu-x1"}]},
+        });
+        let cached: CachedPod = serde_json::from_value(full.clone()).expect("a Pod decodes");
+        let typed: Pod = serde_json::from_value(full).expect("the fixture is a Pod");
+        assert_eq!(cached, CachedPod::from(&typed), "decoded and converted alike");
+        let spec = cached.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("gpu-a100-0"));
+        assert_eq!(
+            spec.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
+            "2"
+        );
+        assert_eq!(spec.init_containers.as_ref().unwrap()[0].name, "fetch");
+        let status = cached.status.as_ref().unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.244.1.7"));
+        assert_eq!(status.conditions.as_ref().unwrap()[0].type_, "Ready");
+        assert_eq!(
+            status.resource_claim_statuses.as_ref().unwrap()[0]
+                .resource_claim_name
+                .as_deref(),
+            Some("bert-0-gpu-x1")
+        );
+        assert!(
+            size_of::<CachedPod>() * 3 < size_of::<Pod>(),
+            "{} bytes against {}",
+            size_of::<CachedPod>(),
+            size_of::<Pod>()
+        );
+        assert_eq!(CachedPod::kind(&()), "Pod");
+        assert_eq!(CachedPod::plural(&()), "pods");
     }
 }

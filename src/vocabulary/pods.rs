@@ -1,7 +1,7 @@
 //! Questions every layer asks of a Pod: has it finished, is it ready, where does it run, does it
 //! hold GPUs.
 
-use k8s_openapi::api::core::v1::Pod;
+use super::cached::CachedPod;
 use kube::ResourceExt;
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
 
 /// The namespace and name of the ModelDeployment a pod serves, when the operator made it to
 /// serve one: read from its labels, which a ReplicaSet's pods keep for life.
-pub fn served_model(pod: &Pod) -> Option<(String, String)> {
+pub fn served_model(pod: &CachedPod) -> Option<(String, String)> {
     let labels = pod.labels();
     let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
         && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_SERVER);
@@ -20,7 +20,7 @@ pub fn served_model(pod: &Pod) -> Option<(String, String)> {
 }
 
 /// Succeeded or Failed: its containers will not run again, and its resources are free.
-pub fn is_finished(pod: &Pod) -> bool {
+pub fn is_finished(pod: &CachedPod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
@@ -28,12 +28,12 @@ pub fn is_finished(pod: &Pod) -> bool {
 }
 
 /// Marked for deletion: it may still run, but it is going away.
-pub fn is_terminating(pod: &Pod) -> bool {
+pub fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
 /// The kubelet reports the pod Ready (its readiness probe passes): the Service sends it traffic.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CachedPod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -41,12 +41,12 @@ pub fn is_ready(pod: &Pod) -> bool {
 }
 
 /// The node the scheduler bound the pod to; `None` while it is Pending.
-pub fn node_name(pod: &Pod) -> Option<&str> {
+pub fn node_name(pod: &CachedPod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }
 
 /// Some container has an NVIDIA extended resource among its limits.
-pub fn requests_gpus(pod: &Pod) -> bool {
+pub fn requests_gpus(pod: &CachedPod) -> bool {
     pod.spec.as_ref().is_some_and(|spec| {
         spec.containers
             .iter()
@@ -66,7 +66,7 @@ mod tests {
 
     use super::*;
 
-    fn pod(value: serde_json::Value) -> Pod {
+    fn pod(value: serde_json::Value) -> CachedPod {
         serde_json::from_value(value).expect("fixture is a Pod")
     }
 

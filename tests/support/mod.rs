@@ -385,7 +385,7 @@ pub async fn queue_time_around(
         pod_ips: false,
         timeout: Duration::from_secs(5),
     });
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+    let pod: model_operator::vocabulary::cached::CachedPod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "model-0", "namespace": "ml", "uid": "uid-0",
                      "labels": {"model": "model", "mlops.sathvik.dev/runtime": runtime}},
     }))

@@ -10,7 +10,9 @@ use std::{
 };
 
 use futures::future;
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::vocabulary::cached::CachedPod;
 use kube::ResourceExt;
 use tracing::{debug, warn};
 
@@ -18,14 +20,14 @@ use self::node_agents::{FreshSamples, SampleSource, SamplesError};
 use crate::vocabulary::{PodValue, pods::node_name};
 
 /// The utilisation of every pod in `pods` whose node agent has a fresh sample of its GPUs.
-pub async fn values(source: &SampleSource, pods: &[Arc<Pod>]) -> Vec<PodValue> {
+pub async fn values(source: &SampleSource, pods: &[Arc<CachedPod>]) -> Vec<PodValue> {
     let samples = fetch_nodes(source, pods).await;
     pod_values(pods, &samples)
 }
 
 /// The samples of every node that runs one of `pods`, asked for all at once; nodes whose agent
 /// failed are absent (and logged), so their pods get no value.
-async fn fetch_nodes(source: &SampleSource, pods: &[Arc<Pod>]) -> BTreeMap<String, FreshSamples> {
+async fn fetch_nodes(source: &SampleSource, pods: &[Arc<CachedPod>]) -> BTreeMap<String, FreshSamples> {
     let nodes: BTreeSet<&str> = pods.iter().filter_map(|p| node_name(p)).collect();
     let now = Timestamp::now();
     let fetched = future::join_all(nodes.iter().map(|node| source.fetch(node, now))).await;
@@ -48,7 +50,7 @@ async fn fetch_nodes(source: &SampleSource, pods: &[Arc<Pod>]) -> BTreeMap<Strin
 
 /// Each pod's mean utilisation over the GPUs it holds, from the samples of its node; pods
 /// without a node, a fresh sample or a GPU reading are left out, never given a made-up value.
-pub fn pod_values(pods: &[Arc<Pod>], samples: &BTreeMap<String, FreshSamples>) -> Vec<PodValue> {
+pub fn pod_values(pods: &[Arc<CachedPod>], samples: &BTreeMap<String, FreshSamples>) -> Vec<PodValue> {
     let mut values: Vec<PodValue> = pods
         .iter()
         .filter_map(|pod| {
@@ -76,7 +78,7 @@ mod tests {
 
     use super::*;
 
-    fn pod(name: &str, node: Option<&str>) -> Arc<Pod> {
+    fn pod(name: &str, node: Option<&str>) -> Arc<CachedPod> {
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ml", "labels": {"app": "llm"}},

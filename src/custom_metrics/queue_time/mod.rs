@@ -15,7 +15,9 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::vocabulary::cached::CachedPod;
 use kube::ResourceExt;
 use tracing::{debug, warn};
 
@@ -98,7 +100,7 @@ impl QueueTimeSource {
     /// Where `pod`'s runtime reports queue time: the override of its ModelDeployment, else its
     /// IP, on the port of the runtime its label names. `None` for pods of no known runtime,
     /// without an IP yet, or that the operator may not reach.
-    pub fn target(&self, pod: &Pod) -> Option<Target> {
+    pub fn target(&self, pod: &CachedPod) -> Option<Target> {
         let labels = pod.labels();
         // The builder writes the runtime's spec spelling into the label.
         let label = labels.get(LABEL_RUNTIME)?;
@@ -149,7 +151,7 @@ impl QueueTimeSource {
     }
 
     /// Each pod's mean queue time since an earlier read, for the pods that have one.
-    pub async fn values(&self, pods: &[Arc<Pod>]) -> Vec<PodValue> {
+    pub async fn values(&self, pods: &[Arc<CachedPod>]) -> Vec<PodValue> {
         let targets: Vec<Target> = pods.iter().filter_map(|pod| self.target(pod)).collect();
         let reads: Vec<(Target, Result<QueueCounters, ReadError>, Instant)> = stream::iter(targets)
             .map(|target| async move {
@@ -203,7 +205,7 @@ mod tests {
     use super::*;
     use crate::vocabulary::parse_model_endpoints;
 
-    fn pod(runtime: &str, ip: Option<&str>) -> Pod {
+    fn pod(runtime: &str, ip: Option<&str>) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": "llm-abc", "namespace": "ml", "uid": "u-1",
                          "labels": {"model": "llm", "mlops.sathvik.dev/runtime": runtime}},
@@ -224,7 +226,7 @@ mod tests {
     #[test]
     fn pods_are_read_on_their_runtimes_metrics_port_or_the_override() {
         let at_ips = source(&[], true);
-        let url = |source: &QueueTimeSource, pod: &Pod| source.target(pod).map(|t| t.url);
+        let url = |source: &QueueTimeSource, pod: &CachedPod| source.target(pod).map(|t| t.url);
         assert_eq!(
             url(&at_ips, &pod("triton", Some("10.1.2.3"))).as_deref(),
             Some("http://10.1.2.3:8002/metrics")
