@@ -43,11 +43,13 @@ pub fn desired_hash<K: Serialize>(object: &K) -> u64 {
 /// How long a write the cache has not shown yet counts as current.
 pub const UNCONFIRMED_TRUST: Duration = Duration::from_secs(10);
 
+/// One write, in 48 bytes: the object's UID and version are kept as hashes, since they are only
+/// ever compared with the cache's (a thousand models keep some four thousand of these).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
     hash: u64,
-    uid: String,
-    version: String,
+    uid: u64,
+    version: u64,
     /// The cache has shown this object (its UID) since it was written.
     confirmed: bool,
     at: Instant,
@@ -66,8 +68,38 @@ pub struct LastApplied {
     models: Mutex<HashMap<(String, String), ChildrenWritten>>,
 }
 
-/// By kind.
-type ChildrenWritten = HashMap<&'static str, Written>;
+/// By kind. A model has at most six kinds of children: a short list is a fraction of the room
+/// of a map (whose smallest allocation holds eight), and as quick to search.
+#[derive(Debug, Default)]
+struct ChildrenWritten(Vec<(&'static str, Written)>);
+
+impl ChildrenWritten {
+    fn get(&self, kind: &str) -> Option<&Written> {
+        self.0.iter().find(|(k, _)| *k == kind).map(|(_, written)| written)
+    }
+
+    fn get_mut(&mut self, kind: &str) -> Option<&mut Written> {
+        self.0.iter_mut().find(|(k, _)| *k == kind).map(|(_, written)| written)
+    }
+
+    fn insert(&mut self, kind: &'static str, written: Written) {
+        match self.get_mut(kind) {
+            Some(slot) => *slot = written,
+            None => self.0.push((kind, written)),
+        }
+    }
+
+    fn remove(&mut self, kind: &str) {
+        self.0.retain(|(k, _)| *k != kind);
+    }
+}
+
+/// A hash of a UID or a version string, for comparing with the cache's.
+fn fingerprint(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// The version a change by anyone moves: the generation if the kind keeps one. An HPA keeps
 /// none, and its controller writes its status (so its `resourceVersion`) at every sync: its
@@ -111,9 +143,9 @@ impl LastApplied {
         let Some(cached) = cached else {
             return written.awaiting_cache(hash);
         };
-        let same_object = cached.meta().uid.as_deref() == Some(written.uid.as_str());
+        let same_object = cached.meta().uid.as_deref().map(fingerprint) == Some(written.uid);
         written.confirmed |= same_object;
-        written.hash == hash && same_object && version_of(cached).as_deref() == Some(written.version.as_str())
+        written.hash == hash && same_object && version_of(cached).as_deref().map(fingerprint) == Some(written.version)
     }
 
     /// Whether the child of this kind was written from `hash` so lately that the cache does not
@@ -129,7 +161,7 @@ impl LastApplied {
 
     /// Remembers what an apply of a desired object with `hash` returned.
     pub fn record<K: Resource<DynamicType = ()> + Serialize>(&self, model: (&str, &str), hash: u64, returned: &K) {
-        let (Some(uid), Some(version)) = (returned.meta().uid.clone(), version_of(returned)) else {
+        let (Some(uid), Some(version)) = (returned.meta().uid.as_deref().map(fingerprint), version_of(returned)) else {
             return;
         };
         self.models
@@ -142,7 +174,7 @@ impl LastApplied {
                 Written {
                     hash,
                     uid,
-                    version,
+                    version: fingerprint(&version),
                     confirmed: false,
                     at: Instant::now(),
                 },
