@@ -2,7 +2,7 @@
 //! caches, never from the API server, so that a thousand ModelDeployments cost no list calls.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -229,8 +229,8 @@ pub struct PodIndex {
 
 #[derive(Default)]
 struct PodIndexState {
-    by_model: HashMap<ModelKey, BTreeSet<String>>,
-    relisting: Option<HashMap<ModelKey, BTreeSet<String>>>,
+    by_model: HashMap<ModelKey, PodNames>,
+    relisting: Option<HashMap<ModelKey, PodNames>>,
     /// Counts every pod event: what was computed from the pods is stale when it moved.
     changes: u64,
 }
@@ -277,13 +277,36 @@ impl PodIndex {
         state
             .by_model
             .get(&(namespace.to_owned(), model.to_owned()))
-            .map(|pods| pods.iter().cloned().collect())
+            .map(|pods| pods.0.clone())
             .unwrap_or_default()
     }
 
     /// How many pod events there were so far.
     pub fn changes(&self) -> u64 {
         self.state.read().expect("pod index lock").changes
+    }
+}
+
+/// A model's serving pods' names, sorted: a model has a few, and a `BTreeSet`'s first node
+/// alone holds room for eleven.
+#[derive(Default)]
+struct PodNames(Vec<String>);
+
+impl PodNames {
+    fn insert(&mut self, name: String) {
+        if let Err(at) = self.0.binary_search(&name) {
+            self.0.insert(at, name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.0.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -445,4 +468,54 @@ fn node_is_ready(node: &Node) -> bool {
         .and_then(|status| status.conditions.as_ref())
         .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
         .is_none_or(|ready| ready.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn serving(model: &str, pod: &str) -> CachedPod {
+        serde_json::from_value(json!({"metadata": {"name": pod, "namespace": "ml", "labels": {
+            "app.kubernetes.io/managed-by": "model-operator",
+            "app.kubernetes.io/component": "model-server",
+            "app.kubernetes.io/name": model,
+        }}}))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn the_pod_index_follows_the_watch_and_a_relist_replaces_it() {
+        let index = PodIndex::default();
+        index.follow(&watcher::Event::Apply(serving("bert", "bert-b")));
+        index.follow(&watcher::Event::Apply(serving("bert", "bert-a")));
+        index.follow(&watcher::Event::Apply(serving("bert", "bert-b")));
+        index.follow(&watcher::Event::Apply(serving("gpt", "gpt-a")));
+        assert_eq!(index.pod_names("ml", "bert"), ["bert-a", "bert-b"], "sorted, once each");
+        index.follow(&watcher::Event::Delete(serving("bert", "bert-a")));
+        assert_eq!(index.pod_names("ml", "bert"), ["bert-b"]);
+        index.follow(&watcher::Event::Delete(serving("gpt", "gpt-a")));
+        assert!(index.pod_names("ml", "gpt").is_empty());
+        assert!(
+            !index
+                .state
+                .read()
+                .unwrap()
+                .by_model
+                .contains_key(&("ml".to_owned(), "gpt".to_owned()))
+        );
+
+        index.follow(&watcher::Event::Init);
+        index.follow(&watcher::Event::InitApply(serving("gpt", "gpt-c")));
+        assert_eq!(
+            index.pod_names("ml", "bert"),
+            ["bert-b"],
+            "the old index serves until the list is done"
+        );
+        index.follow(&watcher::Event::InitDone);
+        assert!(index.pod_names("ml", "bert").is_empty());
+        assert_eq!(index.pod_names("ml", "gpt"), ["gpt-c"]);
+        assert_eq!(index.changes(), 9);
+    }
 }
