@@ -14,7 +14,7 @@ use k8s_openapi::{
     api::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{ConfigMap, Node, Service},
+        core::v1::{ConfigMap, Node},
         resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice},
     },
 };
@@ -35,7 +35,7 @@ use crate::{
     api::ModelDeployment,
     reconcile::{Caches, PodIndex, RequestedGpus},
     vocabulary::{
-        cached::{CachedDeployment, CachedPod},
+        cached::{CachedDeployment, CachedPod, CachedService},
         names::{LABEL_MANAGED_BY, MANAGED_BY},
         per_model,
     },
@@ -49,7 +49,7 @@ pub struct Watches {
     pub caches: Caches,
     pub models: Triggers<ModelDeployment>,
     pub deployments: Triggers<CachedDeployment>,
-    pub services: Triggers<Service>,
+    pub services: Triggers<CachedService>,
     pub hpas: Triggers<HorizontalPodAutoscaler>,
     pub jobs: Triggers<Job>,
     pub config_maps: Triggers<ConfigMap>,

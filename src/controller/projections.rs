@@ -16,7 +16,7 @@ use k8s_openapi::{
     api::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
-        core::v1::{ConfigMap, Node, NodeCondition, NodeSpec, NodeStatus, ResourceRequirements, Service},
+        core::v1::{ConfigMap, Node, NodeCondition, NodeSpec, NodeStatus, ResourceRequirements},
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
@@ -27,7 +27,7 @@ use crate::{
     api::ModelDeployment,
     vocabulary::{
         GPU_RESOURCE_PREFIX,
-        cached::{CachedContainer, CachedDeployment, CachedPod},
+        cached::{CachedContainer, CachedDeployment, CachedPod, CachedService},
         names::LABEL_VERSION,
     },
 };
@@ -169,28 +169,17 @@ pub fn model_deployment(model: &mut ModelDeployment) {
     model.metadata.annotations = model.metadata.annotations.take().filter(|a| !a.is_empty());
 }
 
-/// Where a cached Service keeps a digest of its spec (in the cache only; never written).
-pub const SERVICE_SPEC_DIGEST: &str = "model-operator.cache/spec-digest";
-
-/// The operator's Service: only its identity, owners and version are read (is it the model's,
-/// is it as written). Its spec (ports, selector, cluster IPs: some 1.5 KiB) is replaced by a
-/// digest of it among the annotations, because a Service keeps no `generation`: the digest is
-/// what makes an edit to its spec (drift) a change the cache shows, so that the reconcile that
-/// repairs it is triggered at once rather than at the next resync.
-pub fn service(service: &mut Service) {
+/// The operator's Service: its identity, owners and version, and a digest of its spec in place
+/// of the spec ([`CachedService`] says why).
+pub fn service(service: &mut CachedService) {
     common(&mut service.metadata);
-    service.status = None;
-    if let Some(spec) = service.spec.take() {
+    service.spec_digest = service.spec.take().map(|spec| {
         let mut hasher = DefaultHasher::new();
         serde_json::to_vec(&spec)
-            .expect("a Kubernetes object serializes")
+            .expect("a JSON value serializes")
             .hash(&mut hasher);
-        service
-            .metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(SERVICE_SPEC_DIGEST.to_owned(), format!("{:016x}", hasher.finish()));
-    }
+        hasher.finish()
+    });
 }
 
 /// Everything else (the DRA objects) is kept whole but for managed fields.
@@ -426,7 +415,7 @@ mod tests {
 
     #[test]
     fn a_service_keeps_its_identity_and_a_digest_that_moves_with_its_spec() {
-        let service_with = |selector: &str| -> Service {
+        let service_with = |selector: &str| -> CachedService {
             serde_json::from_value(json!({
                 "metadata": {"name": "bert-service", "namespace": "ml", "uid": "s-1", "resourceVersion": "7",
                              "labels": {"app.kubernetes.io/managed-by": "model-operator"},
@@ -441,7 +430,7 @@ mod tests {
         let full = service_with("bert");
         let mut kept = full.clone();
         service(&mut kept);
-        assert!(kept.spec.is_none() && kept.status.is_none());
+        assert!(kept.spec.is_none() && kept.spec_digest.is_some());
         assert_eq!(kept.metadata.owner_references, full.metadata.owner_references);
         assert_eq!(kept.metadata.labels, full.metadata.labels);
         assert_eq!(kept.metadata.resource_version.as_deref(), Some("7"));

@@ -9,7 +9,7 @@ use std::{
 use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
-    core::v1::{ConfigMap, Node, Service},
+    core::v1::{ConfigMap, Node},
     resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice},
 };
 use kube::{
@@ -27,7 +27,7 @@ use crate::{
     gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, dra, requested_per_node},
     vocabulary::{
         GpuAllocation, GpuPlacement, Scaling, Validated,
-        cached::{CachedDeployment, CachedPod},
+        cached::{CachedDeployment, CachedPod, CachedService},
         names::{
             COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
         },
@@ -43,7 +43,7 @@ use crate::{
 pub struct Caches {
     pub models: Store<ModelDeployment>,
     pub deployments: Store<CachedDeployment>,
-    pub services: Store<Service>,
+    pub services: Store<CachedService>,
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub jobs: Store<Job>,
     pub config_maps: Store<ConfigMap>,
@@ -68,7 +68,7 @@ pub struct Caches {
 #[derive(Debug, Default)]
 pub struct Observed {
     pub deployment: Option<Arc<CachedDeployment>>,
-    pub service: Option<Arc<Service>>,
+    pub service: Option<Arc<CachedService>>,
     /// The model's validation Jobs, of this spec and of earlier ones.
     pub validation_jobs: Vec<Arc<Job>>,
     /// Of those, the Job of the current spec (`pick_validation_job`).

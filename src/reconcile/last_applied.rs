@@ -71,25 +71,25 @@ pub struct LastApplied {
 /// By kind. A model has at most six kinds of children: a short list is a fraction of the room
 /// of a map (whose smallest allocation holds eight), and as quick to search.
 #[derive(Debug, Default)]
-struct ChildrenWritten(Vec<(&'static str, Written)>);
+struct ChildrenWritten(Vec<(u64, Written)>);
 
 impl ChildrenWritten {
-    fn get(&self, kind: &str) -> Option<&Written> {
+    fn get(&self, kind: u64) -> Option<&Written> {
         self.0.iter().find(|(k, _)| *k == kind).map(|(_, written)| written)
     }
 
-    fn get_mut(&mut self, kind: &str) -> Option<&mut Written> {
+    fn get_mut(&mut self, kind: u64) -> Option<&mut Written> {
         self.0.iter_mut().find(|(k, _)| *k == kind).map(|(_, written)| written)
     }
 
-    fn insert(&mut self, kind: &'static str, written: Written) {
+    fn insert(&mut self, kind: u64, written: Written) {
         match self.get_mut(kind) {
             Some(slot) => *slot = written,
             None => self.0.push((kind, written)),
         }
     }
 
-    fn remove(&mut self, kind: &str) {
+    fn remove(&mut self, kind: u64) {
         self.0.retain(|(k, _)| *k != kind);
     }
 }
@@ -204,12 +204,10 @@ impl LastApplied {
     }
 }
 
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    // Kinds of k8s-openapi types are static strings; the Cow is always borrowed for them.
-    match K::kind(&()) {
-        std::borrow::Cow::Borrowed(kind) => kind,
-        std::borrow::Cow::Owned(_) => "other",
-    }
+/// The kind's name, as a hash: kinds derived for the caches' lean types (`CachedDeployment`)
+/// name theirs in an owned string, which a `&'static str` key could not hold apart.
+fn kind_of<K: Resource<DynamicType = ()>>() -> u64 {
+    fingerprint(&K::kind(&()))
 }
 
 #[cfg(test)]
@@ -329,5 +327,24 @@ mod tests {
     fn equal_objects_hash_equal_and_different_ones_do_not() {
         assert_eq!(desired_hash(&service("s", "1")), desired_hash(&service("s", "1")));
         assert_ne!(desired_hash(&service("s", "1")), desired_hash(&service("t", "1")));
+    }
+
+    #[test]
+    fn the_caches_lean_types_are_kept_apart_by_their_kinds() {
+        use crate::vocabulary::cached::{CachedDeployment, CachedService};
+        let deployment: CachedDeployment = serde_json::from_value(json!({
+            "metadata": {"name": "bert-deployment", "namespace": "ml", "uid": "d-1", "generation": 1}}))
+        .unwrap();
+        let service: CachedService = serde_json::from_value(json!({
+            "metadata": {"name": "bert-service", "namespace": "ml", "uid": "s-1", "resourceVersion": "9"}}))
+        .unwrap();
+        let last = LastApplied::default();
+        last.record(BERT, 1, &deployment);
+        last.record(BERT, 2, &service);
+        assert!(
+            last.is_current(BERT, 1, Some(&deployment)),
+            "the Service's record is not the Deployment's"
+        );
+        assert!(last.is_current(BERT, 2, Some(&service)));
     }
 }

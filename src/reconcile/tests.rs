@@ -630,7 +630,7 @@ async fn a_model_whose_children_are_as_written_costs_no_request_and_a_drifted_ch
     // The watches bring back what was written.
     let deployment: crate::vocabulary::cached::CachedDeployment =
         serde_json::from_value(stored(&deployment, Some(1))).unwrap();
-    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(stored(&service, None)).unwrap();
+    let service: crate::vocabulary::cached::CachedService = serde_json::from_value(stored(&service, None)).unwrap();
     deployment_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(deployment.clone()));
     service_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(service));
     let mut at_rest = first.clone();

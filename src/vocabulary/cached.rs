@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentStatus},
-        core::v1::{Pod, PodResourceClaimStatus, ResourceRequirements},
+        core::v1::{Pod, PodResourceClaimStatus, ResourceRequirements, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -76,6 +76,24 @@ impl From<&Deployment> for CachedDeployment {
             status: deployment.status.clone(),
         }
     }
+}
+
+/// A Service as the reconcile reads it: identity, owners and version (is it the model's, is it
+/// as written). Its spec (ports, selector, cluster IPs) is decoded only to be digested by the
+/// cache's projection and dropped: a Service keeps no `generation`, so the digest is what makes
+/// an edit to its spec (drift) a change the cache shows, and the repair is triggered at once
+/// rather than at the next resync.
+#[derive(Resource, Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[resource(inherit = Service)]
+pub struct CachedService {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The spec as sent, until the projection digests it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    /// A digest of the spec, set by the cache's projection (never part of what the API sends).
+    #[serde(default, rename = "specDigest", skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<u64>,
 }
 
 /// A pod, of any owner, as the readers of the pod cache read it: the GPU capacity check (its
@@ -253,5 +271,21 @@ mod tests {
         );
         assert_eq!(CachedPod::kind(&()), "Pod");
         assert_eq!(CachedPod::plural(&()), "pods");
+    }
+
+    #[test]
+    fn a_service_decodes_into_its_identity_and_its_spec_to_digest() {
+        let cached: CachedService = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "bert-service", "namespace": "ml", "uid": "s-1"},
+            "spec": {"selector": {"app.kubernetes.io/name": "bert"}, "ports": [{"port": 8080}]},
+            "status": {"loadBalancer": {}},
+        }))
+        .expect("a Service decodes");
+        assert_eq!(cached.metadata.uid.as_deref(), Some("s-1"));
+        assert_eq!(cached.spec.as_ref().unwrap()["ports"][0]["port"], 8080);
+        assert_eq!(cached.spec_digest, None, "only the projection sets it");
+        assert!(size_of::<CachedService>() * 2 < size_of::<Service>());
+        assert_eq!(CachedService::plural(&()), "services");
     }
 }
