@@ -7,10 +7,7 @@
 //! Readers of the caches (`reconcile::fetch`, `model_readiness`, `custom_metrics`, the
 //! triggers) read nothing that is dropped here; the tests below spell out what stays.
 
-use std::{
-    collections::BTreeMap,
-    hash::{DefaultHasher, Hash, Hasher},
-};
+use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
@@ -28,6 +25,7 @@ use crate::{
     vocabulary::{
         GPU_RESOURCE_PREFIX,
         cached::{CachedContainer, CachedDeployment, CachedPod, CachedService},
+        digest::json_hash,
         names::LABEL_VERSION,
     },
 };
@@ -173,13 +171,7 @@ pub fn model_deployment(model: &mut ModelDeployment) {
 /// of the spec ([`CachedService`] says why).
 pub fn service(service: &mut CachedService) {
     common(&mut service.metadata);
-    service.spec_digest = service.spec.take().map(|spec| {
-        let mut hasher = DefaultHasher::new();
-        serde_json::to_vec(&spec)
-            .expect("a JSON value serializes")
-            .hash(&mut hasher);
-        hasher.finish()
-    });
+    service.spec_digest = service.spec.take().map(|spec| json_hash(&spec));
 }
 
 /// Everything else (the DRA objects) is kept whole but for managed fields.
@@ -191,13 +183,9 @@ pub fn whole<K: Resource>(object: &mut K) {
 /// with the same hash carry no change any reader could see.
 pub fn content_hash<K: Resource + Serialize>(object: &mut K) -> u64 {
     let version = object.meta_mut().resource_version.take();
-    let mut hasher = DefaultHasher::new();
-    // Serializing a typed object cannot fail (no maps with non-string keys).
-    serde_json::to_vec(object)
-        .expect("a Kubernetes object serializes")
-        .hash(&mut hasher);
+    let hash = json_hash(object);
     object.meta_mut().resource_version = version;
-    hasher.finish()
+    hash
 }
 
 #[cfg(test)]

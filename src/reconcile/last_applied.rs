@@ -28,16 +28,11 @@ use std::{
 use kube::Resource;
 use serde::Serialize;
 
-use crate::vocabulary::per_model::forget_model;
+use crate::vocabulary::{digest::json_hash, per_model::forget_model};
 
 /// The hash of a desired object, as it would be sent.
 pub fn desired_hash<K: Serialize>(object: &K) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    // Serializing a typed object cannot fail (no maps with non-string keys).
-    serde_json::to_vec(object)
-        .expect("a Kubernetes object serializes")
-        .hash(&mut hasher);
-    hasher.finish()
+    json_hash(object)
 }
 
 /// How long a write the cache has not shown yet counts as current.

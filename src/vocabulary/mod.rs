@@ -10,6 +10,7 @@
 mod addresses;
 pub mod cached;
 mod custom_metric;
+pub mod digest;
 mod gpu;
 mod images;
 mod leadership;
