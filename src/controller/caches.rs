@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -36,6 +35,7 @@ use crate::{
     reconcile::{Caches, PodIndex, RequestedGpus},
     vocabulary::{
         cached::{CachedDeployment, CachedPod, CachedService},
+        digest::text_hash,
         names::{LABEL_MANAGED_BY, MANAGED_BY},
         per_model,
     },
@@ -378,9 +378,7 @@ impl ChangeFilter {
 /// A hash of an object's UID; two UIDs of one kind colliding in 64 bits would cost one
 /// reconcile skipped or one made in vain, never a wrong write.
 fn uid_key<K: Resource>(object: &K) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    object.meta().uid.as_deref().unwrap_or_default().hash(&mut hasher);
-    hasher.finish()
+    text_hash(object.meta().uid.as_deref().unwrap_or_default())
 }
 
 /// kube-runtime's watcher, started anew (a fresh list, then a watch) whenever its watch stream

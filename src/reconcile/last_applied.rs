@@ -20,7 +20,6 @@
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -28,7 +27,10 @@ use std::{
 use kube::Resource;
 use serde::Serialize;
 
-use crate::vocabulary::{digest::json_hash, per_model::forget_model};
+use crate::vocabulary::{
+    digest::{json_hash, text_hash},
+    per_model::forget_model,
+};
 
 /// The hash of a desired object, as it would be sent.
 pub fn desired_hash<K: Serialize>(object: &K) -> u64 {
@@ -89,13 +91,6 @@ impl ChildrenWritten {
     }
 }
 
-/// A hash of a UID or a version string, for comparing with the cache's.
-fn fingerprint(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// The version a change by anyone moves: the generation if the kind keeps one. An HPA keeps
 /// none, and its controller writes its status (so its `resourceVersion`) at every sync: its
 /// version is a hash of what anyone but that controller writes, its metadata's labels,
@@ -138,9 +133,9 @@ impl LastApplied {
         let Some(cached) = cached else {
             return written.awaiting_cache(hash);
         };
-        let same_object = cached.meta().uid.as_deref().map(fingerprint) == Some(written.uid);
+        let same_object = cached.meta().uid.as_deref().map(text_hash) == Some(written.uid);
         written.confirmed |= same_object;
-        written.hash == hash && same_object && version_of(cached).as_deref().map(fingerprint) == Some(written.version)
+        written.hash == hash && same_object && version_of(cached).as_deref().map(text_hash) == Some(written.version)
     }
 
     /// Whether the child of this kind was written from `hash` so lately that the cache does not
@@ -156,7 +151,7 @@ impl LastApplied {
 
     /// Remembers what an apply of a desired object with `hash` returned.
     pub fn record<K: Resource<DynamicType = ()> + Serialize>(&self, model: (&str, &str), hash: u64, returned: &K) {
-        let (Some(uid), Some(version)) = (returned.meta().uid.as_deref().map(fingerprint), version_of(returned)) else {
+        let (Some(uid), Some(version)) = (returned.meta().uid.as_deref().map(text_hash), version_of(returned)) else {
             return;
         };
         self.models
@@ -169,7 +164,7 @@ impl LastApplied {
                 Written {
                     hash,
                     uid,
-                    version: fingerprint(&version),
+                    version: text_hash(&version),
                     confirmed: false,
                     at: Instant::now(),
                 },
@@ -202,7 +197,7 @@ impl LastApplied {
 /// The kind's name, as a hash: kinds derived for the caches' lean types (`CachedDeployment`)
 /// name theirs in an owned string, which a `&'static str` key could not hold apart.
 fn kind_of<K: Resource<DynamicType = ()>>() -> u64 {
-    fingerprint(&K::kind(&()))
+    text_hash(&K::kind(&()))
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub struct CachedLabels {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// For tests: what decoding keeps of a typed fixture.
+#[cfg(test)]
 impl From<&Deployment> for CachedDeployment {
     fn from(deployment: &Deployment) -> Self {
         Self {
@@ -154,6 +156,8 @@ pub struct CachedPodCondition {
     pub status: String,
 }
 
+/// For tests: what decoding keeps of a typed fixture.
+#[cfg(test)]
 impl From<&Pod> for CachedPod {
     fn from(pod: &Pod) -> Self {
         let containers = |list: &[k8s_openapi::api::core::v1::Container]| -> Vec<CachedContainer> {

@@ -17,6 +17,14 @@ pub fn json_hash<T: Serialize + ?Sized>(value: &T) -> u64 {
     hasher.finish()
 }
 
+/// The hash of a UID, a version or a kind's name, for comparing with another's: a `u64` kept
+/// instead of a copy of the string.
+pub fn text_hash(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(text.as_bytes());
+    hasher.finish()
+}
+
 /// Feeds what is written to a hasher.
 struct HashWriter<'a>(&'a mut DefaultHasher);
 
