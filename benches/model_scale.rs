@@ -54,7 +54,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use model_operator::api::{ModelDeployment, Phase};
-use observe::{Arrivals, audit_log_end, audited_writes, cpu_time, samples};
+use observe::{Arrivals, CpuReading, audit_log_end, audited_writes, cpu_time, samples};
 use support::{Operator, TestNamespace, cluster, memory_kib};
 
 /// Targets (the issue's, at N = 1000): the operator's writes per second at rest, its resident
@@ -223,10 +223,14 @@ async fn limit_phase(client: &Client, models: usize, expected: &BTreeMap<String,
         Arrivals::when::<Deployment>(client, &ns.name, deployment_available),
     )
     .await;
-    let started = Instant::now();
+    let (started, cpu_from) = (Instant::now(), CpuReading::now(None));
     limit::write_children(client, &created, RECONCILE_CONCURRENCY).await;
     let by_kind = watches.children_written(expected, started, within).await;
     let children = by_kind.last();
+    println!(
+        "limit: CPU while the children were written: {}",
+        CpuReading::now(None).since(&cpu_from)
+    );
     let ready = watches
         .ready
         .all(models, started, within, "every Deployment of the limit is available")
@@ -271,11 +275,12 @@ async fn burst_phase(
         Arrivals::when::<ModelDeployment>(client, &ns.name, model_ready),
     )
     .await;
-    let started = Instant::now();
+    let (started, cpu_from, sent_before) = (Instant::now(), CpuReading::now(Some(pid)), counters(&operator).await);
     create_models(client, &ns.name, models).await;
     let models_created = started.elapsed();
     let by_kind = watches.children_written(expected, started, within).await;
     let children = by_kind.last();
+    spent_on_children("burst", models, &cpu_from, Some(&sent_before), &operator).await;
     let ready = watches.ready.all(models, started, within, "every model is Ready").await;
     let after_burst_kib = memory_kib(pid, "VmRSS");
     println!(
@@ -322,10 +327,11 @@ async fn backlog_phase(client: &Client, models: usize, expected: &BTreeMap<Strin
         Arrivals::when::<ModelDeployment>(client, &ns.name, model_ready),
     )
     .await;
-    let started = Instant::now();
+    let (started, cpu_from) = (Instant::now(), CpuReading::now(None));
     let operator = start_operator(&ns.name, "scale-backlog");
     let by_kind = watches.children_written(expected, started, within).await;
     let children = by_kind.last();
+    spent_on_children("backlog", models, &cpu_from, None, &operator).await;
     let ready = watches.ready.all(models, started, within, "every model is Ready").await;
     let rss_kib = memory_kib(operator.pid(), "VmRSS");
     let peak_kib = memory_kib(operator.pid(), "VmHWM");
@@ -430,6 +436,37 @@ async fn at_rest(operator: &Operator, namespace: &str, window: Duration) -> Rest
         reconciles_per_s: (after.reconciles - before.reconciles) / seconds,
         cpu_share: (cpu_after - cpu_before).as_secs_f64() / seconds,
     }
+}
+
+/// Where a phase's time went until every child was written: CPU by process, and the operator's
+/// requests per model by verb and resource (from `before`, or from its start).
+async fn spent_on_children(
+    phase: &str,
+    models: usize,
+    cpu_from: &CpuReading,
+    before: Option<&Counters>,
+    operator: &Operator,
+) {
+    let cpu = CpuReading::now(Some(operator.pid())).since(cpu_from);
+    let after = counters(operator).await;
+    let per_model: Vec<String> = after
+        .requests
+        .iter()
+        .filter(|((_, resource), _)| resource != "leases")
+        .filter_map(|(key, value)| {
+            let sent = value - before.and_then(|b| b.requests.get(key)).unwrap_or(&0.0);
+            // The caches' own lists and watches, a few in all, would print as 0.00.
+            let each = sent / models as f64;
+            (each >= 0.005).then(|| format!("{} {} {each:.2}", key.0, key.1))
+        })
+        .collect();
+    let reconciles = after.reconciles - before.map_or(0.0, |b| b.reconciles);
+    println!("{phase}: CPU while the children were written: {cpu}");
+    println!(
+        "{phase}: per model until then: {:.2} reconciles; requests {}",
+        reconciles / models as f64,
+        per_model.join(", ")
+    );
 }
 
 /// Changes one model's environment; how long until its Deployment's pods are to have it.
