@@ -57,10 +57,15 @@ build_operator() {
   local out=$1
   prepare_musl
   # crt-static is the musl target's default; spelled out so the binary stays static even if a
-  # user's RUSTFLAGS or config set target features. CC/AR for the cc crate (ring).
+  # user's RUSTFLAGS or config set target features. CC/AR for the cc crate (ring, jemalloc).
+  # jemalloc's settings are compiled in (docs/faults.md#memory-after-churn): one arena and no
+  # thread caches (a few threads; freed memory is not parked per thread), freed pages handed back
+  # within a second by its background thread rather than kept for reuse, and a misspelt option
+  # fatal rather than ignored.
+  JEMALLOC_SYS_WITH_MALLOC_CONF="abort_conf:true,background_thread:true,narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0" \
   CC_x86_64_unknown_linux_musl=musl-gcc \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static" \
-    "$CARGO" build --profile image --locked --target "$MUSL_TARGET" -p model-operator --bin model-operator
+    "$CARGO" build --profile image --locked --target "$MUSL_TARGET" -p model-operator --bin model-operator --features jemalloc
   install -m 0755 "$(target_dir)/$MUSL_TARGET/image/model-operator" "$out/model-operator"
 }
 
