@@ -223,7 +223,8 @@ async fn limit_phase(client: &Client, models: usize, expected: &BTreeMap<String,
         Arrivals::when::<Deployment>(client, &ns.name, deployment_available),
     )
     .await;
-    let (started, cpu_from) = (Instant::now(), CpuReading::now(None));
+    let cpu_from = CpuReading::now(None);
+    let started = Instant::now();
     limit::write_children(client, &created, RECONCILE_CONCURRENCY).await;
     let by_kind = watches.children_written(expected, started, within).await;
     let children = by_kind.last();
@@ -275,7 +276,9 @@ async fn burst_phase(
         Arrivals::when::<ModelDeployment>(client, &ns.name, model_ready),
     )
     .await;
-    let (started, cpu_from, sent_before) = (Instant::now(), CpuReading::now(Some(pid)), counters(&operator).await);
+    // Read before the clock starts: the counters are a request to the operator.
+    let (cpu_from, sent_before) = (CpuReading::now(Some(pid)), counters(&operator).await);
+    let started = Instant::now();
     create_models(client, &ns.name, models).await;
     let models_created = started.elapsed();
     let by_kind = watches.children_written(expected, started, within).await;
@@ -327,7 +330,8 @@ async fn backlog_phase(client: &Client, models: usize, expected: &BTreeMap<Strin
         Arrivals::when::<ModelDeployment>(client, &ns.name, model_ready),
     )
     .await;
-    let (started, cpu_from) = (Instant::now(), CpuReading::now(None));
+    let cpu_from = CpuReading::now(None);
+    let started = Instant::now();
     let operator = start_operator(&ns.name, "scale-backlog");
     let by_kind = watches.children_written(expected, started, within).await;
     let children = by_kind.last();

@@ -228,13 +228,18 @@ impl CpuReading {
     }
 }
 
+/// Asked of `getconf` once: a CPU reading reads six processes, and a phase's boundary is no place
+/// to start six more.
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    *TICKS
 }
 
 fn audit_log() -> std::path::PathBuf {
