@@ -191,8 +191,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         ApplyState::Applied if applied.awaiting_cache => Some(last_applied::UNCONFIRMED_TRUST),
         ApplyState::Applied => None,
         ApplyState::NameTaken(_) => Some(NAME_TAKEN_RECHECK),
-        ApplyState::Rejected { .. } => Some(ctx.apply_retries.failed(&spec.namespace, &spec.name)),
-        ApplyState::Failed { retry_in, .. } => Some(*retry_in),
+        ApplyState::Rejected { retry, .. } | ApplyState::Failed { retry, .. } => Some(retry.after),
     };
     let mut next = status::compute(StatusInputs {
         generation: model.metadata.generation,
@@ -282,7 +281,7 @@ async fn apply_children(
                 kind: error.kind.clone(),
                 name: error.name.clone(),
                 message: error.source.to_string(),
-                retry_in: ctx.apply_retries.failed(&namespace, &name),
+                retry: ctx.apply_retries.failed(&namespace, &name),
             };
             return (Applied::default(), failure, Some(reasons::APPLY_FAILED));
         }
@@ -316,6 +315,7 @@ async fn apply_children(
                     kind,
                     name: child,
                     message,
+                    retry: ctx.apply_retries.failed(&namespace, &name),
                 };
                 (Applied::default(), state, Some(reasons::CHILD_REJECTED))
             } else {
@@ -323,7 +323,7 @@ async fn apply_children(
                     kind,
                     name: child,
                     message,
-                    retry_in: ctx.apply_retries.failed(&namespace, &name),
+                    retry: ctx.apply_retries.failed(&namespace, &name),
                 };
                 (Applied::default(), state, Some(reasons::APPLY_FAILED))
             }

@@ -2,15 +2,13 @@
 //! Conditions keep their `lastTransitionTime` unless their status flips; the phase, message and
 //! counts are derived from the conditions, so they can never disagree with them.
 
-use std::time::Duration;
-
 use k8s_openapi::{
     api::batch::v1::Job,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
 
-use super::ownership::ForeignObject;
+use super::{ownership::ForeignObject, retry::Retry};
 use crate::{
     api::{
         ModelDeploymentStatus, Phase,
@@ -82,18 +80,19 @@ pub enum ApplyState {
     Applied,
     /// Names held by objects this model does not control; nothing was written.
     NameTaken(Vec<ForeignObject>),
-    /// The API server refused a child as built.
+    /// The API server refused a child as built; tried again (a quota may be lifted) per `retry`.
     Rejected {
         kind: String,
         name: String,
         message: String,
+        retry: Retry,
     },
-    /// Writing failed for another reason; tried again after `retry_in`.
+    /// Writing failed for another reason; tried again per `retry`.
     Failed {
         kind: String,
         name: String,
         message: String,
-        retry_in: Duration,
+        retry: Retry,
     },
 }
 
@@ -225,7 +224,9 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
                 if foreign.len() == 1 { "it goes" } else { "they go" }
             ),
         ),
-        ApplyState::Rejected { kind, name, message } => conditions.set(
+        ApplyState::Rejected {
+            kind, name, message, ..
+        } => conditions.set(
             conditions::APPLIED,
             false,
             reasons::CHILD_REJECTED,
@@ -235,14 +236,14 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
             kind,
             name,
             message,
-            retry_in,
+            retry,
         } => conditions.set(
             conditions::APPLIED,
             false,
             reasons::APPLY_FAILED,
             &format!(
                 "writing {kind} {name} failed: {message}; trying again in {}",
-                humantime::format_duration(*retry_in)
+                humantime::format_duration(retry.backoff)
             ),
         ),
     }
