@@ -30,6 +30,13 @@ pub use crate::vocabulary::{GpuAllocation, GpuSharing, Runtime, ScalingMetric};
     category = "ml",
     namespaced,
     status = "ModelDeploymentStatus",
+    // `kubectl scale md/NAME`, and autoscalers that target any scalable object (KEDA, an HPA of
+    // the user's own), write `spec.replicas`; the selector finds the serving pods for their metrics.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -103,7 +110,8 @@ pub struct ModelDeploymentSpec {
     #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
     pub model_name: Option<String>,
 
-    /// Replicas when `autoscale` is false.
+    /// Replicas when `autoscale` is false (with it, the HorizontalPodAutoscaler decides). Also
+    /// written by `kubectl scale md/NAME` through the `/scale` subresource.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
@@ -335,6 +343,11 @@ pub struct ModelDeploymentStatus {
     /// Replicas of the Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+
+    /// The serving pods' label selector, as `kubectl get pods -l` takes it: what the `/scale`
+    /// subresource reports to autoscalers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 
     /// Replicas whose pods are Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use super::{ownership::ForeignObject, retry::Retry};
+use super::{build, ownership::ForeignObject, retry::Retry};
 use crate::{
     api::{
         ModelDeploymentStatus, Phase,
@@ -354,6 +354,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         version: serving_version.or_else(|| previous.and_then(|p| p.version.clone())),
         observed_generation: generation,
         replicas: Some(replicas),
+        selector: Some(label_selector(validated)),
         ready_replicas: Some(ready_replicas),
         model_ready_replicas: Some(model.ready_replicas),
         ready: Some(format!("{}/{}", model.ready_replicas, wanted)),
@@ -378,6 +379,16 @@ pub fn serving_version(deployment: &CachedDeployment) -> Option<String> {
         .as_ref()?
         .get(LABEL_VERSION)
         .cloned()
+}
+
+/// The serving pods' labels as a selector string (`key=value,…`, keys in order), the form the
+/// `/scale` subresource's `labelSelectorPath` must point at.
+pub fn label_selector(model: &Validated) -> String {
+    build::server_selector(model)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `NAME-service.NAMESPACE.svc:PORT`, the in-cluster address clients send inference to.

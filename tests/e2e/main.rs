@@ -16,6 +16,8 @@ mod dra_agent;
 mod gpu_rig;
 mod handovers;
 mod hostile_peers;
+/// `kubectl scale md/NAME` through the `/scale` subresource.
+mod kubectl_scale;
 mod model_readiness;
 mod ownership;
 mod reconciler;

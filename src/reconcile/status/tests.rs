@@ -463,3 +463,12 @@ fn a_new_model_on_its_way_to_serving_is_one_event_and_a_problem_solved_is_anothe
         "the solved problem, the passed validation and the model serving; not Applied, Available or ModelReady"
     );
 }
+
+#[test]
+fn the_scale_selector_names_the_serving_pods_in_kubectls_form() {
+    let model = validated(TRITON);
+    assert_eq!(
+        label_selector(&model),
+        "app.kubernetes.io/component=model-server,app.kubernetes.io/name=resnet"
+    );
+}
