@@ -11,7 +11,8 @@
 //!   server; [`model_fetch`]: the init container that downloads a model; [`telemetry`]: metrics
 //!   and logs; [`bounded_io`]: reads from peers, bounded in bytes.
 //! - [`model_readiness`]: whether the model itself answers, per runtime; [`custom_metrics`]: the
-//!   aggregated metrics API the HPA scales on (GPU utilisation, queue time).
+//!   aggregated metrics API the HPA scales on (GPU utilisation, queue time); [`activator`]: holds
+//!   a model's requests while it has no ready replica, and forwards them once it answers.
 //! - [`reconcile`]: the driver, fetch → validate → build → apply → readiness → status, and the
 //!   report step.
 //! - [`controller`]: the process: caches, leader election, admin server, shutdown.
@@ -27,6 +28,7 @@ pub mod model_fetch;
 pub mod runtimes;
 pub mod telemetry;
 
+pub mod activator;
 pub mod custom_metrics;
 pub mod model_readiness;
 

@@ -19,6 +19,7 @@ use super::{ModelProbe, ProbeOutcome, ProbeTarget};
 use crate::{
     api::{ModelInfo, TensorInfo, conditions::reasons},
     bounded_io::PROBE_MESSAGE_LIMIT,
+    vocabulary::error_chain,
 };
 
 /// Client code generated from `proto/kserve/v2/grpc_predict_v2.proto`.
@@ -217,18 +218,6 @@ fn shown_model(name: &str, version: &str) -> String {
 
 fn rpc_failure(rpc: &str, status: &Status) -> String {
     format!("Triton's {rpc} failed with {:?}: {}", status.code(), status.message())
-}
-
-/// A transport error's causes joined, since the top one alone is only "transport error".
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

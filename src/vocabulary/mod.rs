@@ -11,6 +11,7 @@ mod addresses;
 pub mod cached;
 mod custom_metric;
 pub mod digest;
+mod errors;
 mod gpu;
 mod images;
 mod leadership;
@@ -27,6 +28,7 @@ pub use self::{
         InvalidEndpoint, InvalidModelEndpoint, ModelEndpoints, host_port, parse_endpoint, parse_model_endpoints,
     },
     custom_metric::{GPU_UTILIZATION_METRIC, POD_METRICS, PodValue, QUEUE_TIME_METRIC, QueueTimeSeries},
+    errors::error_chain,
     gpu::{
         DRA_DRIVER, DRA_GPU_CLASS, DRA_MIG_CLASS, DeviceRequirements, GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY,
         GpuAllocation, GpuPlacement, GpuSharing, MEMORY_LABEL, PRODUCT_LABEL,

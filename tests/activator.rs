@@ -1,0 +1,391 @@
+//! The activator's data path against the real runtimes on loopback: a model with no replica gets
+//! real requests (a FastAPI `POST /predict`, a Triton gRPC `ModelInfer`), the first of them asks
+//! for a replica, which here starts the real server; every request is held until the operator's
+//! own model probe says the model answers, then answered by the runtime. A model that never
+//! starts, a full queue and an unknown host get their refusals in the client's protocol.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use model_operator::{
+    activator::{Activator, Limits, ModelKey, Models, Route, Upstream, host::ServiceHost, upstream::Protocol},
+    api::Runtime,
+    model_readiness::{
+        ProbeSettings, ProbeTarget, Prober,
+        triton::kserve::{
+            ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
+            model_infer_request::InferInputTensor,
+        },
+    },
+};
+use support::{ServerProcess, Shutdown, TestServers, Triton, free_port, write_affine_model};
+use tokio::{net::TcpListener, sync::watch};
+
+/// A model's replica, as the test starts it when the activator asks for one.
+type StartReplica = Box<dyn FnOnce(watch::Sender<Option<Upstream>>) + Send>;
+
+/// One model, `NAME-service` in namespace `ml`: the part of the cluster the activator asks.
+struct OneModel {
+    key: ModelKey,
+    ready: watch::Sender<Option<Upstream>>,
+    cold_start_timeout: Duration,
+    wakes: AtomicUsize,
+    start: Mutex<Option<StartReplica>>,
+}
+
+impl OneModel {
+    fn new(name: &str, cold_start_timeout: Duration, start: Option<StartReplica>) -> Arc<Self> {
+        Arc::new(Self {
+            key: ModelKey {
+                namespace: "ml".into(),
+                name: name.into(),
+            },
+            ready: watch::channel(None).0,
+            cold_start_timeout,
+            wakes: AtomicUsize::new(0),
+            start: Mutex::new(start),
+        })
+    }
+}
+
+impl Models for OneModel {
+    fn route(&self, host: &ServiceHost) -> Result<Route, String> {
+        let ours = host.service == format!("{}-service", self.key.name)
+            && host.namespace.as_deref().is_none_or(|ns| ns == self.key.namespace);
+        if !ours {
+            return Err(format!("no ModelDeployment has the Service {host}"));
+        }
+        Ok(Route {
+            model: self.key.clone(),
+            ready: self.ready.subscribe(),
+            cold_start_timeout: self.cold_start_timeout,
+        })
+    }
+
+    fn wake(&self, _model: &ModelKey) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        if let Some(start) = self.start.lock().unwrap().take() {
+            start(self.ready.clone());
+        }
+    }
+}
+
+/// The activator on a free loopback port for `protocol`.
+async fn start_activator(models: Arc<dyn Models>, limits: Limits, protocol: Protocol) -> (Arc<Activator>, SocketAddr) {
+    let activator = Activator::new(models, limits);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(activator.clone().serve(listener, protocol, std::future::pending()));
+    (activator, addr)
+}
+
+/// Probes `target` with the operator's own prober until the model answers, then publishes where.
+async fn publish_once_ready(target: ProbeTarget, upstream: Upstream, ready: watch::Sender<Option<Upstream>>) {
+    let prober = Prober::new(ProbeSettings::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let outcome = prober.probe(&target).await;
+        if outcome.ready {
+            ready.send_replace(Some(upstream));
+            return;
+        }
+        assert!(Instant::now() < deadline, "the model never answered: {outcome:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A client that reaches `NAME-service.ml` at the activator, as the Service would send it there.
+fn http_client(service_host: &str, activator: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .resolve(service_host, activator)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn fastapi_app(servers: &TestServers, dir: &Path, model_path: &Path, port: u16) -> ServerProcess {
+    let mut command = Command::new(servers.path("PYTHON"));
+    command
+        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("inference"))
+        .env("MODEL_PATH", model_path)
+        .env("MODEL_NAME", "affine")
+        .env("MODEL_VERSION", "v1");
+    ServerProcess::spawn("uvicorn", command, dir.join("uvicorn.log"), Shutdown::MainProcess)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then_answered() {
+    let servers = TestServers::installed();
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.pt");
+    write_affine_model(&servers.path("PYTHON"), &model_path);
+    let port = free_port();
+    let app: Arc<Mutex<Option<ServerProcess>>> = Arc::default();
+    let start: StartReplica = {
+        let (app, python_dir, model_path) = (app.clone(), dir.path().to_path_buf(), model_path.clone());
+        Box::new(move |ready| {
+            *app.lock().unwrap() = Some(fastapi_app(&TestServers::installed(), &python_dir, &model_path, port));
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let target = ProbeTarget {
+                runtime: Runtime::FastapiPytorch,
+                endpoint: addr.to_string(),
+                model_name: "affine".into(),
+                version: None,
+            };
+            tokio::spawn(publish_once_ready(target, Upstream { http: addr, grpc: None }, ready));
+        })
+    };
+    let model = OneModel::new("affine", Duration::from_secs(120), Some(start));
+    let (activator, addr) = start_activator(model.clone(), Limits::default(), Protocol::Http).await;
+    assert!(app.lock().unwrap().is_none(), "no replica before the first request");
+
+    // Eight clients at once, each with its own connection, during the cold start.
+    let service = "affine-service.ml";
+    let url = format!("http://{service}:{}/predict", addr.port());
+    let asked = Instant::now();
+    let requests = (1..=8).map(|i| {
+        let (client, url) = (http_client(service, addr), url.clone());
+        async move {
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"features": [[{i}.0]]}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            (i, body)
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let cold_start = asked.elapsed();
+    for (i, body) in answers {
+        // The affine model: 2x + 1.
+        assert_eq!(body, serde_json::json!({"predictions": [[f64::from(2 * i + 1)]]}));
+    }
+    assert!(model.wakes.load(Ordering::Relaxed) >= 1);
+    assert!(app.lock().unwrap().is_some(), "the first request started the replica");
+    assert_eq!(activator.held(&model.key), 0, "nobody is left waiting");
+
+    // Several requests on one connection, one after another: answered in order, now warm.
+    let client = http_client(service, addr);
+    for i in 10..13 {
+        let text = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"features": [[{i}.0]]}}"#))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body, serde_json::json!({"predictions": [[f64::from(2 * i + 1)]]}));
+    }
+    eprintln!("cold start through the activator: {cold_start:?}");
+}
+
+const ADDER_CONFIG: &str = r#"
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"#;
+
+/// Doubles its input.
+const ADDER_PY: &str = r#"
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            out = pb_utils.Tensor("OUTPUT0", (data * 2).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"#;
+
+fn adder_repository(dir: &Path) -> PathBuf {
+    let repo = dir.join("models");
+    std::fs::create_dir_all(repo.join("adder/1")).unwrap();
+    std::fs::write(repo.join("adder/config.pbtxt"), ADDER_CONFIG).unwrap();
+    std::fs::write(repo.join("adder/1/model.py"), ADDER_PY).unwrap();
+    repo
+}
+
+fn infer_request(values: [f32; 4]) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "adder".into(),
+        inputs: vec![InferInputTensor {
+            name: "INPUT0".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
+fn floats(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_inferences_sent_to_a_triton_model_at_zero_are_held_then_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = adder_repository(dir.path());
+    let triton: Arc<Mutex<Option<Triton>>> = Arc::default();
+    let start: StartReplica = {
+        let (triton, dir) = (triton.clone(), dir.path().to_path_buf());
+        Box::new(move |ready| {
+            let server = Triton::start(&TestServers::installed(), &repo, &dir, &[]);
+            let grpc: SocketAddr = server.grpc.parse().unwrap();
+            let http: SocketAddr = server.http.trim_start_matches("http://").parse().unwrap();
+            *triton.lock().unwrap() = Some(server);
+            let target = ProbeTarget {
+                runtime: Runtime::Triton,
+                endpoint: grpc.to_string(),
+                model_name: "adder".into(),
+                version: None,
+            };
+            tokio::spawn(publish_once_ready(target, Upstream { http, grpc: Some(grpc) }, ready));
+        })
+    };
+    let model = OneModel::new("adder", Duration::from_secs(120), Some(start));
+    let (activator, addr) = start_activator(model.clone(), Limits::default(), Protocol::Grpc).await;
+
+    // One HTTP/2 connection to the activator, its `:authority` the model's Service.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .origin("http://adder-service.ml.svc:8001".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let client = GrpcInferenceServiceClient::new(channel);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let requests = (0..6u8).map(|i| {
+        let (mut client, order) = (client.clone(), order.clone());
+        async move {
+            let value = f32::from(i);
+            let response = client
+                .model_infer(infer_request([value, value + 1.0, 0.5, -1.0]))
+                .await
+                .unwrap_or_else(|status| panic!("inference {i}: {status}"))
+                .into_inner();
+            order.lock().unwrap().push(i);
+            assert_eq!(response.model_name, "adder");
+            assert_eq!(
+                floats(&response.raw_output_contents[0]),
+                [2.0 * value, 2.0 * value + 2.0, 1.0, -2.0],
+                "inference {i}"
+            );
+        }
+    });
+    // Each stream opens after the one before, so that their arrival order is known.
+    let staggered = requests.enumerate().map(|(k, request)| async move {
+        tokio::time::sleep(Duration::from_millis(20 * k as u64)).await;
+        request.await;
+    });
+    futures::future::join_all(staggered).await;
+    assert!(triton.lock().unwrap().is_some(), "the first inference started Triton");
+    assert_eq!(activator.held(&model.key), 0);
+    // Triton's single model instance answers one request after another, in the order they
+    // reached it: the order the activator forwarded them.
+    assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_model_that_does_not_start_in_time_a_full_queue_and_an_unknown_host_are_refused_clearly() {
+    // Nothing starts: the replica never becomes ready.
+    let model = OneModel::new("stuck", Duration::from_secs(2), None);
+    let limits = Limits {
+        queue_per_model: 2,
+        ..Limits::default()
+    };
+    let (activator, http_addr) = start_activator(model.clone(), limits, Protocol::Http).await;
+    let service = "stuck-service.ml";
+    let url = format!("http://{service}:{}/predict", http_addr.port());
+    let held = (0..2).map(|_| {
+        let (client, url) = (http_client(service, http_addr), url.clone());
+        async move { client.post(&url).body("{}").send().await.unwrap() }
+    });
+    let held = tokio::spawn(futures::future::join_all(held));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while activator.held(&model.key) < 2 {
+        assert!(Instant::now() < deadline, "two requests are held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The queue is full: the third is refused at once, with a retry hint.
+    let overflow = http_client(service, http_addr)
+        .post(&url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overflow.status(), 503);
+    assert_eq!(overflow.headers()["retry-after"], "1");
+    let text = overflow.text().await.unwrap();
+    assert!(
+        text.contains("model ml/stuck is starting and already holds 2 requests"),
+        "{text}"
+    );
+
+    // The held ones time out with the bound named.
+    for response in held.await.unwrap() {
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "5");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("model ml/stuck did not become ready within 2s"), "{text}");
+    }
+    assert_eq!(activator.held(&model.key), 0);
+
+    // A host that names no model's Service.
+    let other = http_client("payments.ml", http_addr)
+        .get(format!("http://payments.ml:{}/", http_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    assert!(other.text().await.unwrap().contains("is not a Service's name"));
+
+    // gRPC clients get UNAVAILABLE with the same words, never a hang.
+    let (_, grpc_addr) = start_activator(model.clone(), limits, Protocol::Grpc).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .origin("http://stuck-service.ml:8001".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let status = GrpcInferenceServiceClient::new(channel)
+        .model_infer(infer_request([1.0; 4]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("did not become ready within 2s"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "5000");
+}
