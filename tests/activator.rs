@@ -9,121 +9,26 @@ mod support;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use model_operator::{
-    activator::{Activator, Limits, ModelKey, Models, Route, Upstream, host::ServiceHost, upstream::Protocol},
+    activator::{Limits, Upstream, upstream::Protocol},
     api::Runtime,
     model_readiness::{
-        ProbeSettings, ProbeTarget, Prober,
+        ProbeTarget,
         triton::kserve::{
             ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
             model_infer_request::InferInputTensor,
         },
     },
 };
-use support::{ServerProcess, Shutdown, TestServers, Triton, free_port, write_affine_model};
-use tokio::{net::TcpListener, sync::watch};
-
-/// A model's replica, as the test starts it when the activator asks for one.
-type StartReplica = Box<dyn FnOnce(watch::Sender<Option<Upstream>>) + Send>;
-
-/// One model, `NAME-service` in namespace `ml`: the part of the cluster the activator asks.
-struct OneModel {
-    key: ModelKey,
-    ready: watch::Sender<Option<Upstream>>,
-    cold_start_timeout: Duration,
-    wakes: AtomicUsize,
-    start: Mutex<Option<StartReplica>>,
-}
-
-impl OneModel {
-    fn new(name: &str, cold_start_timeout: Duration, start: Option<StartReplica>) -> Arc<Self> {
-        Arc::new(Self {
-            key: ModelKey {
-                namespace: "ml".into(),
-                name: name.into(),
-            },
-            ready: watch::channel(None).0,
-            cold_start_timeout,
-            wakes: AtomicUsize::new(0),
-            start: Mutex::new(start),
-        })
-    }
-}
-
-impl Models for OneModel {
-    fn route(&self, host: &ServiceHost) -> Result<Route, String> {
-        let ours = host.service == format!("{}-service", self.key.name)
-            && host.namespace.as_deref().is_none_or(|ns| ns == self.key.namespace);
-        if !ours {
-            return Err(format!("no ModelDeployment has the Service {host}"));
-        }
-        Ok(Route {
-            model: self.key.clone(),
-            ready: self.ready.subscribe(),
-            cold_start_timeout: self.cold_start_timeout,
-        })
-    }
-
-    fn wake(&self, _model: &ModelKey) {
-        self.wakes.fetch_add(1, Ordering::Relaxed);
-        if let Some(start) = self.start.lock().unwrap().take() {
-            start(self.ready.clone());
-        }
-    }
-}
-
-/// The activator on a free loopback port for `protocol`.
-async fn start_activator(models: Arc<dyn Models>, limits: Limits, protocol: Protocol) -> (Arc<Activator>, SocketAddr) {
-    let activator = Activator::new(models, limits);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(activator.clone().serve(listener, protocol, std::future::pending()));
-    (activator, addr)
-}
-
-/// Probes `target` with the operator's own prober until the model answers, then publishes where.
-async fn publish_once_ready(target: ProbeTarget, upstream: Upstream, ready: watch::Sender<Option<Upstream>>) {
-    let prober = Prober::new(ProbeSettings::default()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let outcome = prober.probe(&target).await;
-        if outcome.ready {
-            ready.send_replace(Some(upstream));
-            return;
-        }
-        assert!(Instant::now() < deadline, "the model never answered: {outcome:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A client that reaches `NAME-service.ml` at the activator, as the Service would send it there.
-fn http_client(service_host: &str, activator: SocketAddr) -> reqwest::Client {
-    reqwest::Client::builder()
-        .resolve(service_host, activator)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
-fn fastapi_app(servers: &TestServers, dir: &Path, model_path: &Path, port: u16) -> ServerProcess {
-    let mut command = Command::new(servers.path("PYTHON"));
-    command
-        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("inference"))
-        .env("MODEL_PATH", model_path)
-        .env("MODEL_NAME", "affine")
-        .env("MODEL_VERSION", "v1");
-    ServerProcess::spawn("uvicorn", command, dir.join("uvicorn.log"), Shutdown::MainProcess)
-}
+use support::{
+    ServerProcess, TestServers, Triton, free_port,
+    one_model::{OneModel, StartReplica, fastapi_app, http_client, publish_once_ready, start_activator},
+    write_affine_model,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then_answered() {

@@ -15,6 +15,8 @@ use std::{
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
+
+pub mod one_model;
 use serde_json::Value;
 
 /// Paths of the installed servers, from `~/.cache/model-operator/test-servers.env`.
