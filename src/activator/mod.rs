@@ -13,6 +13,7 @@
 //! where, how to ask for one) comes from a [`Models`], so that the data path is the same whoever
 //! decides those.
 
+pub mod cluster;
 pub mod gate;
 pub mod host;
 pub mod refusal;

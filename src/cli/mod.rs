@@ -1,6 +1,7 @@
 //! Command line of the `model-operator` binary: one subcommand per job, each a struct whose
 //! `run(self)` destructures every flag so that an unused flag does not compile.
 
+mod activator;
 mod fetch;
 mod probe;
 mod render;
@@ -46,6 +47,9 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Ask a model server whether a model is loaded and answering (exit 0 ready, 1 not, 2 error).
     Probe(probe::ProbeArgs),
+    /// Hold requests for models with no ready replica, ask for one when a model is at zero,
+    /// and forward the requests once the model answers.
+    Activator(activator::ActivatorArgs),
 }
 
 /// The images the operator supplies itself, shared by `render` and `run` so both build the
@@ -86,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Fetch(args) => args.run(),
         Command::Run(args) => args.run(),
         Command::Probe(args) => args.run(),
+        Command::Activator(args) => args.run(),
     }
 }
 

@@ -22,11 +22,11 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 pub use self::{
     admin::CachesSynced,
     leader::{LeaseSettings, LeaseSettingsError},
+    shutdown::Shutdown,
 };
 use self::{
     caches::Watches,
     leader::NotLeader,
-    shutdown::Shutdown,
     triggers::{
         leadership_gained, models_affected_by_claim, models_affected_by_node, models_affected_by_pod, models_with_gpus,
     },

@@ -2,6 +2,8 @@
 //! loopback. Run by `make e2e` (part of `make test`), which starts the cluster first; each test
 //! works in its own random namespace with its own operator process.
 
+/// The activator binary: a model at zero woken by its first request.
+mod activator;
 mod admission;
 mod autoscaling;
 /// The table of bad specs the offline admission test reads too.

@@ -1,0 +1,227 @@
+//! The activator binary (`model-operator activator`) on the local control plane, beside the
+//! operator: a model at zero (`replicas: 0`) gets a real `POST /predict`; the activator holds it,
+//! scales the model to one through its `/scale` subresource, waits until the operator's probe of
+//! the real FastAPI runtime says the model answers, and forwards it. An activator killed while
+//! it holds a request leaves its client with an error at once, not a hang.
+//!
+//! kwok's pods have made-up IPs, so the runtime is the FastAPI app on loopback, started once the
+//! pod exists, and both the operator (`--probe-endpoint`) and the activator (`--model-endpoint`)
+//! reach it there; the test sends to the activator itself, as the model's Service would.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use model_operator::api::{ModelDeployment, Phase};
+use serde_json::Value;
+
+use crate::{
+    servers::{TestServers, free_port, write_affine_model},
+    support::{Operator, TestNamespace, cluster, eventually, kubeconfig_path, start_inference_app},
+};
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// `model-operator activator` for one namespace, its ports read back from its log. Killed on drop.
+struct ActivatorProcess {
+    child: Child,
+    http: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl ActivatorProcess {
+    fn start(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let binary =
+            std::env::var("E2E_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_model-operator").to_owned());
+        let mut child = Command::new(binary)
+            .args(["--log-format", "json", "activator"])
+            .args(["--watch-namespace", namespace])
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--health-addr", "127.0.0.1:0"])
+            // The test cluster's pod IPs are made up: never dialled.
+            .arg("--forward-to-pod-ips=false")
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,model_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("the activator starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let listening = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["fields"]["message"] == "activator listening");
+            if let Some(line) = listening {
+                break line["fields"]["http"].as_str().unwrap().parse().unwrap();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the activator exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the activator did not listen in 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, http, log }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ActivatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn model_at_zero(name: &str) -> String {
+    format!(
+        "apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {{name: {name}}}
+spec:
+  modelURI: https://models.example.com/{name}.pt
+  runtime: fastapi-pytorch
+  modelName: affine
+  replicas: 0
+"
+    )
+}
+
+/// A client that sends `NAME-service.NAMESPACE` to the activator, as the Service would.
+fn client_for(service_host: &str, activator: SocketAddr, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .resolve(service_host, activator)
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_request_to_a_model_at_zero_scales_it_to_one_and_is_answered_once_the_model_answers() {
+    let servers = TestServers::installed();
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-activator").await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.pt");
+    write_affine_model(&servers.path("PYTHON"), &model_path);
+    let port = free_port();
+    let runtime = format!("{}/sleepy=127.0.0.1:{port}", ns.name);
+    let _operator = Operator::start_with(&ns.name, "activator-op", &["--probe-endpoint", &runtime]);
+    let activator = ActivatorProcess::start(&ns.name, "activator", &["--model-endpoint", &runtime]);
+    ns.apply_model(&model_at_zero("sleepy")).await.unwrap();
+    let deployments = ns.api::<Deployment>();
+    eventually(SETTLE, "the model's Deployment exists with 0 replicas", || async {
+        let deployment = deployments.get_opt("sleepy").await.ok()??;
+        (deployment.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+
+    // The runtime comes up once the model's pod exists, as the pod's container would.
+    let runtime_for_pod = {
+        let (deployments, dir, model_path) = (deployments.clone(), dir.path().to_path_buf(), model_path.clone());
+        tokio::spawn(async move {
+            eventually(SETTLE, "the model is scaled to one", || async {
+                let deployment = deployments.get_opt("sleepy").await.ok()??;
+                (deployment.status?.ready_replicas == Some(1)).then_some(())
+            })
+            .await;
+            start_inference_app(&TestServers::installed(), &dir, "affine", &model_path, port)
+        })
+    };
+
+    let service = format!("sleepy-service.{}", ns.name);
+    let url = format!("http://{service}:{}/predict", activator.http.port());
+    let asked = Instant::now();
+    let http = client_for(&service, activator.http, SETTLE);
+    let requests = (1..=3).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"features": [[{i}.0]]}}"#))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            assert!(status.is_success(), "{status}: {text}");
+            let body: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body, serde_json::json!({"predictions": [[f64::from(2 * i + 1)]]}));
+        }
+    });
+    futures::future::join_all(requests).await;
+    let woke_in = asked.elapsed();
+    let _app = runtime_for_pod.await.unwrap();
+
+    let model = ns.api::<ModelDeployment>().get("sleepy").await.unwrap();
+    assert_eq!(model.spec.replicas, 1, "the activator scaled it to one");
+    assert!(
+        model
+            .managed_fields()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("model-operator-activator")),
+        "written under the activator's own field manager"
+    );
+    assert_eq!(model.status.and_then(|s| s.phase), Some(Phase::Ready));
+    assert!(
+        activator.log_text().contains("scaled it to 1"),
+        "{}",
+        activator.log_text()
+    );
+    eprintln!("answered through the activator {woke_in:.1?} after the first request");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn an_activator_killed_while_holding_a_request_fails_it_at_once() {
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-activator-kill").await;
+    // Its runtime never answers: nothing listens where the operator probes it.
+    let nowhere = format!("{}/stuck=127.0.0.1:{}", ns.name, free_port());
+    let _operator = Operator::start_with(&ns.name, "activator-kill-op", &["--probe-endpoint", &nowhere]);
+    let mut activator = ActivatorProcess::start(&ns.name, "activator-kill", &["--model-endpoint", &nowhere]);
+    ns.apply_model(&model_at_zero("stuck")).await.unwrap();
+    let service = format!("stuck-service.{}", ns.name);
+    let url = format!("http://{service}:{}/predict", activator.http.port());
+    // The request stays held.
+    let http = client_for(&service, activator.http, Duration::from_secs(60));
+    let held = tokio::spawn(async move {
+        let sent = Instant::now();
+        let result = http.post(&url).body("{}").send().await;
+        (result.map(|r| r.status()), sent.elapsed())
+    });
+    eventually(SETTLE, "the activator asked for a replica", || async {
+        activator.log_text().contains("scaled it to 1").then_some(())
+    })
+    .await;
+    let killed = Instant::now();
+    activator.kill();
+    let (result, _) = held.await.unwrap();
+    let noticed = killed.elapsed();
+    assert!(result.is_err(), "a held request's client sees an error: {result:?}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "at once, not after its timeout: {noticed:?}"
+    );
+    ns.delete().await;
+}
