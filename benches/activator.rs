@@ -129,8 +129,8 @@ async fn main() {
         let (answered, t) = cold_start(dir.path(), round).await;
         let (woken, spawned, ready) = (t.woken.unwrap(), t.spawned.unwrap(), t.ready.unwrap());
         println!(
-            "cold start {round}: answered after {answered:.0?}: replica asked for {:.1?}, process started {:.0?}, \
-             model loaded and probed ready {:.0?}, forwarded and answered {:.1?}",
+            "cold start {round}: answered after {answered:.2?}: replica asked for {:.1?}, process started {:.1?}, \
+             model loaded and probed ready {:.2?}, forwarded and answered {:.1?}",
             woken.saturating_duration_since(asked),
             spawned.saturating_duration_since(woken),
             ready.saturating_duration_since(spawned),
@@ -178,14 +178,14 @@ async fn main() {
     let added = percentile(&via, 0.5).saturating_sub(percentile(&direct, 0.5));
     for (what, sorted) in [("straight to the runtime", &direct), ("through the activator", &via)] {
         println!(
-            "warm POST /predict {what}, {WARM_REQUESTS} requests: median {:.0?}, p90 {:.0?}, p99 {:.0?}",
+            "warm POST /predict {what}, {WARM_REQUESTS} requests: median {:.2?}, p90 {:.2?}, p99 {:.2?}",
             percentile(sorted, 0.5),
             percentile(sorted, 0.9),
             percentile(sorted, 0.99)
         );
     }
     println!(
-        "activator's added latency at the median: {added:.0?} (target under {ADDED_LATENCY_TARGET:?}): {}",
+        "activator's added latency at the median: {added:.1?} (target under {ADDED_LATENCY_TARGET:?}): {}",
         if added < ADDED_LATENCY_TARGET { "met" } else { "MISSED" }
     );
 

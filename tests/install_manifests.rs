@@ -388,3 +388,76 @@ fn the_hpa_may_read_every_served_metric() {
         "the chart's reader role should list {listed}"
     );
 }
+
+#[test]
+fn the_activator_runs_two_replicas_on_the_ports_its_service_names() {
+    let deployment: Deployment = one("config/activator/deployment.yaml", "Deployment");
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let container = pod.containers.iter().find(|c| c.name == "activator").unwrap();
+    assert_eq!(container.args.as_deref(), Some(&["activator".to_owned()][..]));
+    let port = |name: &str| {
+        container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("a port named {name}"))
+            .container_port
+    };
+    // `model-operator activator`'s --http-addr, --grpc-addr and --health-addr defaults.
+    assert_eq!((port("http"), port("grpc"), port("health")), (8012, 8013, 8081));
+    let service: Service = one("config/activator/service.yaml", "Service");
+    let targets: Vec<Option<IntOrString>> = service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| p.target_port)
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            Some(IntOrString::String("http".into())),
+            Some(IntOrString::String("grpc".into()))
+        ]
+    );
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let account: Value = documents("config/activator/serviceaccount.yaml").remove(0);
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        account["metadata"]["name"].as_str()
+    );
+}
+
+#[test]
+fn the_activator_may_write_only_a_models_scale() {
+    let role: ClusterRole = one("config/activator/rbac.yaml", "ClusterRole");
+    let mut grants: Vec<String> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .flat_map(|rule| {
+            let verbs = rule.verbs.clone();
+            rule.resources
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(move |resource| verbs.clone().into_iter().map(move |verb| format!("{verb} {resource}")))
+        })
+        .collect();
+    grants.sort();
+    assert_eq!(
+        grants,
+        [
+            "list modeldeployments",
+            "list pods",
+            "patch modeldeployments/scale",
+            "watch modeldeployments",
+            "watch pods"
+        ]
+    );
+}

@@ -14,6 +14,9 @@
 #     take the leader Lease, reconcile a ModelDeployment through validation Job, ConfigMap,
 #     Deployment, Service and HPA to Ready, prune the HPA, publish Events and release the Lease,
 #     without a single "forbidden" in its log;
+#   - the activator Deployment has 2 replicas and they run, and its ServiceAccount is enough for
+#     the real binary (`model-operator activator`, impersonated): its watches list, and a request
+#     for a model at zero makes it scale the model to one through /scale, with no "forbidden";
 #   - with the ServiceMonitor CRD then installed, the opt-in monitors apply on top and select the
 #     Services they scrape: config/prometheus (config/default plus the monitors), and the chart
 #     upgraded with serviceMonitor.enabled=true;
@@ -57,6 +60,7 @@ MODEL=install-check
 
 WORK=$(mktemp -d /tmp/install-check.XXXXXX)
 OPERATOR_PID=
+ACTIVATOR_PID=
 
 k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 helm_() { "$HELM" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
@@ -133,9 +137,17 @@ delete_helm_install() {
     log "warning: namespace $HELM_NAMESPACE was not gone after ${WAIT_S}s"
 }
 
+stop_activator() {
+  [[ -n $ACTIVATOR_PID ]] || return 0
+  kill -KILL "$ACTIVATOR_PID" 2>/dev/null || true
+  wait "$ACTIVATOR_PID" 2>/dev/null || true
+  ACTIVATOR_PID=
+}
+
 cleanup() {
   local status=$?
   stop_operator
+  stop_activator
   delete_kustomize_install
   delete_helm_install
   remove_servicemonitor_crd
@@ -161,6 +173,11 @@ check_workloads() {
   running=$(k get pods -n "$namespace" -l app.kubernetes.io/name=model-operator,app.kubernetes.io/component=controller \
     --field-selector=status.phase=Running -o name | wc -l)
   ((running == 2)) || fail "$running operator pods run in $namespace, not 2"
+  local activator=$4
+  replicas=$(k get deployment "$activator" -n "$namespace" -o jsonpath='{.spec.replicas}')
+  [[ $replicas == 2 ]] || fail "deployment/$activator in $namespace has $replicas replicas, not 2"
+  k rollout status deployment "$activator" -n "$namespace" --timeout="${WAIT_S}s" >/dev/null ||
+    fail "deployment/$activator in $namespace did not become available"
 
   # Every GPU node (GPU feature discovery's label) and no other node gets an agent.
   local gpu_nodes
@@ -178,7 +195,7 @@ check_workloads() {
     -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort)
   [[ $agent_nodes == "$gpu_nodes" ]] ||
     fail "node agents of daemonset/$daemonset run on [$(one_line "$agent_nodes")], the GPU nodes are [$(one_line "$gpu_nodes")]"
-  log "$namespace: deployment/$deployment 2/2 running; daemonset/$daemonset on the GPU nodes only: $(one_line "$agent_nodes")"
+  log "$namespace: deployment/$deployment and deployment/$activator 2/2 running; daemonset/$daemonset on the GPU nodes only: $(one_line "$agent_nodes")"
 }
 
 daemonset_ready() {
@@ -322,6 +339,56 @@ EOF
   log "$label: the operator synced, led, reconciled $MODEL to Ready, pruned its HPA and published Events as $namespace/$account"
 }
 
+scaled_to_one() {
+  [[ $(k get modeldeployment "$1" -n "$MODEL_NAMESPACE" -o jsonpath='{.spec.replicas}') == 1 ]]
+}
+
+# Runs the activator binary as its ServiceAccount ($1 namespace, $2 account): its watches must
+# list, and a request for a model at zero must make it scale the model to one.
+check_activator_rbac() {
+  local namespace=$1 account=$2 label=$3
+  local log="$WORK/activator-$label.log" model=install-check-zero
+  k create namespace "$MODEL_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
+  k apply -n "$MODEL_NAMESPACE" -f - >/dev/null <<EOF
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata:
+  name: $model
+spec:
+  modelURI: https://example.com/models/install-check.pt
+  runtime: fastapi-pytorch
+  replicas: 0
+EOF
+  log "$label: running the activator as serviceaccount $namespace/$account"
+  KUBECONFIG="$KUBECONFIG_FILE" \
+    KUBE_RS_DEBUG_IMPERSONATE_USER="system:serviceaccount:$namespace:$account" \
+    KUBE_RS_DEBUG_IMPERSONATE_GROUP="system:serviceaccounts,system:serviceaccounts:$namespace,system:authenticated" \
+    RUST_LOG=info \
+    "$OPERATOR_BIN" --log-format json activator \
+    --watch-namespace "$MODEL_NAMESPACE" \
+    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 \
+    --forward-to-pod-ips=false >"$log" 2>&1 9>&- &
+  ACTIVATOR_PID=$!
+  local deadline=$((SECONDS + 60)) health= http=
+  until [[ -n $health ]]; do
+    process_alive "$ACTIVATOR_PID" || { tail -n 20 "$log" >&2; fail "$label: the activator exited at start (log: $log)"; }
+    ((SECONDS < deadline)) || fail "$label: the activator logged no listening addresses in 60s (log: $log)"
+    sleep 0.5
+    health=$(log_field "$log" health)
+    http=$(log_field "$log" http)
+  done
+  wait_until 60 "$label: the activator's /readyz (its watches listed; log: $log)" http_ok "http://$health/readyz"
+  # Held (the model never answers here) until curl gives up; what counts is the scale-up.
+  curl -s --max-time 3 -H "Host: $model-service.$MODEL_NAMESPACE" -d '{}' "http://$http/predict" >/dev/null || true
+  wait_until 30 "$label: the activator to scale $model to one (log: $log)" scaled_to_one "$model"
+  stop_activator
+  if grep -qiE 'forbidden|\b403\b' "$log"; then
+    operator_fail "$log" "$label: the API server refused the activator something (above)"
+  fi
+  k delete modeldeployment "$model" -n "$MODEL_NAMESPACE" --ignore-not-found --wait=false >/dev/null
+  log "$label: the activator listed its watches and scaled a model at zero to one as $namespace/$account"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 servicemonitor_crd_file() {
@@ -409,11 +476,12 @@ check_kustomize() {
     >"$WORK/kustomize.objects" || fail "kubectl apply --server-side -k config/default was refused"
   log "kustomize: without the ServiceMonitor CRD, the API server accepted config/default's $(wc -l <"$WORK/kustomize.objects") objects (dry run, then for real)"
 
-  check_workloads "$KUSTOMIZE_NAMESPACE" model-operator node-agent
+  check_workloads "$KUSTOMIZE_NAMESPACE" model-operator node-agent model-operator-activator
   check_pod_security "$KUSTOMIZE_NAMESPACE"
   awk '$1 == "ClusterRole" || $1 == "Role"' "$WORK/kustomize.objects" | check_no_wildcards
   check_agent_writes_nothing "$KUSTOMIZE_NAMESPACE" node-agent
   check_operator_rbac "$KUSTOMIZE_NAMESPACE" model-operator node-agent kustomize
+  check_activator_rbac "$KUSTOMIZE_NAMESPACE" model-operator-activator kustomize
 
   # The opt-in overlay: the same objects plus the two ServiceMonitors, applied over the default.
   install_servicemonitor_crd
@@ -491,12 +559,14 @@ check_helm() {
   log "helm: without the ServiceMonitor CRD, release $HELM_RELEASE installed in $HELM_NAMESPACE with the chart's defaults"
 
   local fullname="$HELM_RELEASE-model-operator"
-  check_workloads "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent"
+  check_workloads "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" "$fullname-activator"
   check_pod_security "$HELM_NAMESPACE"
-  printf '%s\n' "ClusterRole $fullname" "ClusterRole $fullname-custom-metrics-reader" "Role $fullname $HELM_NAMESPACE" |
+  printf '%s\n' "ClusterRole $fullname" "ClusterRole $fullname-custom-metrics-reader" "ClusterRole $fullname-activator" \
+    "Role $fullname $HELM_NAMESPACE" |
     check_no_wildcards
   check_agent_writes_nothing "$HELM_NAMESPACE" "$fullname-node-agent"
   check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm
+  check_activator_rbac "$HELM_NAMESPACE" "$fullname-activator" helm
 
   install_servicemonitor_crd
   helm_ upgrade "$HELM_RELEASE" "$chart" --namespace "$HELM_NAMESPACE" --reuse-values \
@@ -526,13 +596,15 @@ check_helm_namespaced() {
     --set operator.watchNamespace="$MODEL_NAMESPACE" --wait --timeout "${WAIT_S}s" >"$WORK/helm-namespaced.txt" ||
     fail "helm upgrade --set operator.watchNamespace=$MODEL_NAMESPACE was refused"
   gone clusterrole "$fullname" || fail "a namespaced install still has the cluster-wide ClusterRole $fullname"
+  gone clusterrole "$fullname-activator" || fail "a namespaced install still has the cluster-wide ClusterRole $fullname-activator"
   k get role "$fullname" -n "$MODEL_NAMESPACE" >/dev/null || fail "a namespaced install has no Role in $MODEL_NAMESPACE"
   local cluster_wide
   cluster_wide=$(k get clusterrole "$fullname-nodes" -o jsonpath='{range .rules[*]}{.resources}{" "}{.verbs}{"\n"}{end}')
   [[ $cluster_wide == $'["nodes"] ["list","watch"]\n["resourceslices","deviceclasses"] ["list","watch"]' ]] ||
     fail "a namespaced install grants more than reading nodes, ResourceSlices and DeviceClasses cluster-wide: $cluster_wide"
-  printf '%s\n' "ClusterRole $fullname-nodes" "Role $fullname $MODEL_NAMESPACE" | check_no_wildcards
+  printf '%s\n' "ClusterRole $fullname-nodes" "Role $fullname $MODEL_NAMESPACE" "Role $fullname-activator $MODEL_NAMESPACE" | check_no_wildcards
   check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm-namespaced
+  check_activator_rbac "$HELM_NAMESPACE" "$fullname-activator" helm-namespaced
   log "helm: a namespaced install (Role in $MODEL_NAMESPACE; nodes, ResourceSlices, DeviceClasses read-only) is enough for the operator"
 }
 

@@ -11,6 +11,10 @@
 {{- printf "%s-node-agent" (include "model-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "model-operator.activatorName" -}}
+{{- printf "%s-activator" (include "model-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "model-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "model-operator.fullname" .) .Values.serviceAccount.name -}}
@@ -33,6 +37,12 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/name: model-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: controller
+{{- end -}}
+
+{{- define "model-operator.activatorSelectorLabels" -}}
+app.kubernetes.io/name: model-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: activator
 {{- end -}}
 
 {{- define "model-operator.nodeAgentSelectorLabels" -}}
