@@ -48,6 +48,9 @@ pub mod reasons {
     pub const REDUCED_CAPACITY: &str = "ReducedCapacity";
     /// No replica is ready.
     pub const DEPLOYMENT_UNAVAILABLE: &str = "DeploymentUnavailable";
+    /// `replicas: 0`: no replica is wanted (by hand, `kubectl scale` or an autoscaler); a request
+    /// through the activator scales the model to one.
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     pub const MODEL_LOADED: &str = "ModelLoaded";
     pub const MODEL_LOADING: &str = "ModelLoading";
     pub const MODEL_NOT_REGISTERED: &str = "ModelNotRegistered";

@@ -409,6 +409,8 @@ pub enum Phase {
     Deploying,
     /// Every wanted replica serves the model.
     Ready,
+    /// No replica is wanted (`replicas: 0`); a request through the activator wakes the model.
+    ScaledToZero,
     /// Validation failed or the spec cannot be served; see `message` and conditions.
     Failed,
 }

@@ -260,6 +260,13 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
     // Capacity and service are told apart: a Deployment scaling up or rolling out has fewer
     // ready replicas than wanted for a while, which is reduced capacity (Available stays True,
     // its reason says so), not an outage. Only no ready replica at all is unavailable.
+    // Scaled to zero: nothing is wanted, so nothing missing is a fault.
+    let at_zero = deployment.is_some() && wanted == 0;
+    let zero_message = if replicas > 0 {
+        format!("scaled to zero; {replicas} replica(s) still stopping")
+    } else {
+        "scaled to zero (replicas: 0); a request through the activator scales it to one".to_owned()
+    };
     if deployment.is_none() {
         conditions.set(
             conditions::AVAILABLE,
@@ -267,6 +274,8 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
             reasons::DEPLOYMENT_NOT_CREATED,
             "the Deployment is created once the version is validated",
         );
+    } else if at_zero {
+        conditions.set(conditions::AVAILABLE, false, reasons::SCALED_TO_ZERO, &zero_message);
     } else if ready_replicas > 0 && ready_replicas >= wanted {
         conditions.set(
             conditions::AVAILABLE,
@@ -293,7 +302,11 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
     // Ready means the model answers: one replica whose model answers serves, however many
     // others are starting.
     let ready = deployment.is_some() && model.ready_replicas > 0;
-    conditions.set(conditions::MODEL_READY, ready, model.reason, &model.message);
+    if at_zero && !ready {
+        conditions.set(conditions::MODEL_READY, false, reasons::SCALED_TO_ZERO, &zero_message);
+    } else {
+        conditions.set(conditions::MODEL_READY, ready, model.reason, &model.message);
+    }
     let ready_message = if ready {
         format!(
             "version {} serves on {} of {wanted} replica(s)",
@@ -305,12 +318,12 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
     } else {
         "no replica's model answers yet".to_owned()
     };
-    conditions.set(
-        conditions::READY,
-        ready,
-        if ready { reasons::SERVING } else { reasons::NOT_SERVING },
-        &ready_message,
-    );
+    let (ready_reason, ready_message) = match () {
+        () if ready => (reasons::SERVING, ready_message),
+        () if at_zero => (reasons::SCALED_TO_ZERO, zero_message.clone()),
+        () => (reasons::NOT_SERVING, ready_message),
+    };
+    conditions.set(conditions::READY, ready, ready_reason, &ready_message);
 
     let rolled_out = serving_version.as_deref() == Some(validated.version.as_str())
         && deployment_status.and_then(|s| s.updated_replicas).unwrap_or(0) >= wanted
@@ -339,6 +352,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         ),
         (ValidationState::Running { .. }, _) => (Phase::Validating, conditions.message(conditions::VALIDATED)),
         (_, Some(report)) if !report.fits => (Phase::Pending, report.message.clone()),
+        _ if at_zero && !ready => (Phase::ScaledToZero, zero_message),
         _ if ready && rolled_out => (Phase::Ready, ready_message),
         _ if ready_replicas == 0 => (Phase::Deploying, conditions.message(conditions::AVAILABLE)),
         _ if ready => (

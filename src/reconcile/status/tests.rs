@@ -472,3 +472,48 @@ fn the_scale_selector_names_the_serving_pods_in_kubectls_form() {
         "app.kubernetes.io/component=model-server,app.kubernetes.io/name=resnet"
     );
 }
+
+/// Version 2, scaled to zero: `count` pods still stopping.
+fn scaled_to_zero(stopping: u32) -> CachedDeployment {
+    deployment(&format!(
+        r#"
+metadata: {{name: resnet, namespace: ml}}
+spec:
+  replicas: 0
+  template:
+    metadata: {{labels: {{mlops.sathvik.dev/version: "2"}}}}
+status:
+  replicas: {stopping}
+  updatedReplicas: {stopping}
+"#
+    ))
+}
+
+#[test]
+fn a_model_at_zero_is_scaled_to_zero_not_deploying_and_says_how_it_wakes() {
+    let spec = validated(TRITON);
+    let idle = scaled_to_zero(0);
+    let status = compute(inputs(&spec, Some(&idle), succeeded()));
+    assert_eq!(status.phase, Some(Phase::ScaledToZero), "{status:#?}");
+    assert_eq!(status.ready.as_deref(), Some("0/0"));
+    for type_ in [conditions::AVAILABLE, conditions::MODEL_READY, conditions::READY] {
+        let c = condition(&status, type_);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::SCALED_TO_ZERO),
+            "{type_}"
+        );
+    }
+    assert_eq!(
+        status.message.as_deref(),
+        Some("scaled to zero (replicas: 0); a request through the activator scales it to one")
+    );
+
+    let stopping = scaled_to_zero(2);
+    let status = compute(inputs(&spec, Some(&stopping), succeeded()));
+    assert_eq!(status.phase, Some(Phase::ScaledToZero));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("scaled to zero; 2 replica(s) still stopping")
+    );
+}
