@@ -254,25 +254,9 @@ impl Models for ClusterModels {
             .get(&host.service)
             .into_iter()
             .flatten()
-            .filter(|key| host.namespace.as_deref().is_none_or(|ns| ns == key.namespace))
             .cloned()
             .collect();
-        let key = match candidates.as_slice() {
-            [key] => key.clone(),
-            [] if !self.is_synced() => {
-                return Err("the activator is still listing the cluster's ModelDeployments; try again shortly".into());
-            }
-            [] => return Err(format!("no ModelDeployment has the Service {host}")),
-            several => {
-                let namespaces: Vec<&str> = several.iter().map(|k| k.namespace.as_str()).collect();
-                return Err(format!(
-                    "the Service {} exists in namespaces {}: send the request to {}.NAMESPACE",
-                    host.service,
-                    namespaces.join(", "),
-                    host.service
-                ));
-            }
-        };
+        let key = choose(host, &candidates, self.is_synced())?;
         Ok(Route {
             ready: self.follow(&key),
             model: key,
@@ -310,6 +294,29 @@ impl Models for ClusterModels {
                 Err(error) => warn!(model = %key, %error, "could not scale the model to 1 for its waiting requests"),
             }
         });
+    }
+}
+
+/// The one model a host can mean, among those with its Service name; the words for the client
+/// when there is none or more than one.
+fn choose(host: &ServiceHost, candidates: &[ModelKey], synced: bool) -> Result<ModelKey, String> {
+    let matching: Vec<&ModelKey> = candidates
+        .iter()
+        .filter(|key| host.namespace.as_deref().is_none_or(|ns| ns == key.namespace))
+        .collect();
+    match matching.as_slice() {
+        [key] => Ok((*key).clone()),
+        [] if !synced => Err("the activator is still listing the cluster's ModelDeployments; try again shortly".into()),
+        [] => Err(format!("no ModelDeployment has the Service {host}")),
+        several => {
+            let namespaces: Vec<&str> = several.iter().map(|k| k.namespace.as_str()).collect();
+            Err(format!(
+                "the Service {} exists in namespaces {}: send the request to {}.NAMESPACE",
+                host.service,
+                namespaces.join(", "),
+                host.service
+            ))
+        }
     }
 }
 
@@ -427,4 +434,91 @@ fn forwarded_ports(runtime: Runtime) -> (Option<i32>, Option<i32>) {
     let profile = runtimes::profile(runtime);
     let port = |name: &str| profile.service_ports().iter().find(|p| p.name == name).map(|p| p.port);
     (port("http"), port("grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(namespace: &str, name: &str) -> ModelKey {
+        ModelKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn host(service: &str, namespace: Option<&str>) -> ServiceHost {
+        ServiceHost {
+            service: service.into(),
+            namespace: namespace.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_short_name_finds_the_only_model_and_an_ambiguous_one_asks_for_the_namespace() {
+        let both = [key("ml", "bert"), key("search", "bert")];
+        assert_eq!(
+            choose(&host("bert-service", Some("ml")), &both, true),
+            Ok(key("ml", "bert"))
+        );
+        assert_eq!(
+            choose(&host("bert-service", None), &both[..1], true),
+            Ok(key("ml", "bert"))
+        );
+        assert_eq!(
+            choose(&host("bert-service", None), &both, true),
+            Err(
+                "the Service bert-service exists in namespaces ml, search: send the request to bert-service.NAMESPACE"
+                    .into()
+            )
+        );
+        assert_eq!(
+            choose(&host("bert-service", Some("prod")), &both, true),
+            Err("no ModelDeployment has the Service bert-service.prod".into())
+        );
+        assert!(
+            choose(&host("bert-service", Some("prod")), &both, false)
+                .unwrap_err()
+                .contains("still listing")
+        );
+    }
+
+    fn pod(name: &str, ready: bool, ip: &str) -> CachedPod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ml", "labels": {LABEL_NAME: "bert", LABEL_COMPONENT: COMPONENT_SERVER}},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_ready_pods_are_forwarded_to_and_a_relist_replaces_what_was_seen() {
+        let mut pods = ReadyPods::default();
+        let bert = key("ml", "bert");
+        assert!(
+            matches!(pods.apply(watcher::Event::Apply(pod("bert-b", false, "10.0.0.2"))), Change::Pod(k) if k == bert)
+        );
+        assert_eq!(pods.first(&bert), None, "not Ready");
+        pods.apply(watcher::Event::Apply(pod("bert-b", true, "10.0.0.2")));
+        pods.apply(watcher::Event::Apply(pod("bert-a", true, "10.0.0.1")));
+        assert_eq!(
+            pods.first(&bert),
+            Some("10.0.0.1".parse().unwrap()),
+            "the first by name"
+        );
+        pods.apply(watcher::Event::Delete(pod("bert-a", true, "10.0.0.1")));
+        assert_eq!(pods.first(&bert), Some("10.0.0.2".parse().unwrap()));
+
+        // A relist that no longer sees bert-b, but a new pod.
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitApply(pod("bert-c", true, "10.0.0.3")));
+        assert_eq!(
+            pods.first(&bert),
+            Some("10.0.0.2".parse().unwrap()),
+            "until the relist is done"
+        );
+        assert!(matches!(pods.apply(watcher::Event::InitDone), Change::Relisted));
+        assert_eq!(pods.first(&bert), Some("10.0.0.3".parse().unwrap()));
+        assert!(pods.listed);
+    }
 }

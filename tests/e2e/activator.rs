@@ -134,6 +134,11 @@ async fn a_request_to_a_model_at_zero_scales_it_to_one_and_is_answered_once_the_
         (deployment.spec?.replicas == Some(0)).then_some(())
     })
     .await;
+    eventually(SETTLE, "the model says it is scaled to zero", || async {
+        let model = ns.api::<ModelDeployment>().get_opt("sleepy").await.ok()??;
+        (model.status?.phase == Some(Phase::ScaledToZero)).then_some(())
+    })
+    .await;
 
     // The runtime comes up once the model's pod exists, as the pod's container would.
     let runtime_for_pod = {
