@@ -7,7 +7,9 @@
 //! - [`host`]: which model a request is for, from the Service name it dialled;
 //! - [`gate`]: one model's queue of held requests and their order;
 //! - [`upstream`]: the connections to the replicas, and what is rewritten on the way;
-//! - [`refusal`]: the answers when a request cannot go on.
+//! - [`refusal`]: the answers when a request cannot go on;
+//! - [`metrics`]: what became of the requests, for `/metrics`;
+//! - [`cluster`]: the [`Models`] of a real cluster (its ModelDeployments and serving pods).
 //!
 //! What the activator knows about models (which Service is whose, whether a replica is ready and
 //! where, how to ask for one) comes from a [`Models`], so that the data path is the same whoever
@@ -16,6 +18,7 @@
 pub mod cluster;
 pub mod gate;
 pub mod host;
+pub mod metrics;
 pub mod refusal;
 pub mod upstream;
 
@@ -41,6 +44,7 @@ use tracing::{debug, info};
 use self::{
     gate::{Gate, NoTurn},
     host::ServiceHost,
+    metrics::{ActivatorMetrics, FORWARDED, FORWARDED_AFTER_HOLD},
     refusal::Refusal,
     upstream::{Protocol, Upstreams, response_for_client},
 };
@@ -119,6 +123,7 @@ pub struct Activator {
     upstreams: Upstreams,
     limits: Limits,
     connections: Arc<Semaphore>,
+    metrics: ActivatorMetrics,
 }
 
 impl Activator {
@@ -129,7 +134,13 @@ impl Activator {
             upstreams: Upstreams::default(),
             limits,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            metrics: ActivatorMetrics::default(),
         })
+    }
+
+    /// Its metrics, as `/metrics` serves them.
+    pub fn metrics(&self) -> &ActivatorMetrics {
+        &self.metrics
     }
 
     /// Requests held now for `model`.
@@ -190,8 +201,20 @@ impl Activator {
         }
     }
 
-    /// One request: its model found, its turn waited for, then forwarded.
+    /// One request, counted by what became of it.
     async fn handle(&self, protocol: Protocol, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+        let (response, outcome) = self.forward(protocol, peer, request).await;
+        self.metrics.requests.with_label_values(&[outcome]).inc();
+        response
+    }
+
+    /// Its model found, its turn waited for, then forwarded; or why not.
+    async fn forward(
+        &self,
+        protocol: Protocol,
+        peer: SocketAddr,
+        request: Request<Incoming>,
+    ) -> (Response<Body>, &'static str) {
         let grpc = protocol == Protocol::Grpc
             || request
                 .headers()
@@ -200,7 +223,8 @@ impl Activator {
                 .is_some_and(|v| v.starts_with("application/grpc"));
         let refuse = |refusal: Refusal| {
             debug!(%peer, reason = refusal.reason(), message = %refusal.message(), "request refused");
-            if grpc { refusal.grpc() } else { refusal.http() }
+            let response = if grpc { refusal.grpc() } else { refusal.http() };
+            (response, refusal.reason())
         };
         let host = request
             .uri()
@@ -217,7 +241,19 @@ impl Activator {
         let model = route.model.clone();
         let gate = self.gate(&route);
         let deadline = Instant::now() + route.cold_start_timeout;
-        let turn = match gate.turn(deadline, || self.models.wake(&model)).await {
+        let waiting = Instant::now();
+        let mut held = None;
+        let turn = gate
+            .turn(deadline, || {
+                held = Some(HeldGauge::new(&self.metrics));
+                self.models.wake(&model);
+            })
+            .await;
+        if let Some(held) = held.take() {
+            self.metrics.hold_seconds.observe(waiting.elapsed().as_secs_f64());
+            drop(held);
+        }
+        let turn = match turn {
             Ok(turn) => turn,
             Err(NoTurn::Full) => {
                 return refuse(Refusal::QueueFull {
@@ -233,9 +269,12 @@ impl Activator {
             }
             Err(NoTurn::Gone) => return refuse(Refusal::NoModel(format!("model {model} was deleted"))),
         };
-        if turn.was_held {
+        let outcome = if turn.was_held {
             debug!(%model, waited = ?turn.waited, "held request forwarded");
-        }
+            FORWARDED_AFTER_HOLD
+        } else {
+            FORWARDED
+        };
         let addr = match protocol {
             Protocol::Http => turn.upstream.http,
             Protocol::Grpc => match turn.upstream.grpc {
@@ -255,7 +294,7 @@ impl Activator {
         // Queued on the replica's connection: the next request may go.
         drop(turn);
         match pending.await {
-            Ok(response) => response_for_client(response),
+            Ok(response) => (response_for_client(response), outcome),
             Err(error) => refuse(Refusal::UpstreamFailed {
                 model: model.to_string(),
                 error,
@@ -276,5 +315,21 @@ impl Activator {
         let gate = Arc::new(Gate::new(route.ready.clone(), self.limits.queue_per_model));
         gates.insert(route.model.clone(), gate.clone());
         gate
+    }
+}
+
+/// One request counted among the held while it waits (also when its client goes away).
+struct HeldGauge<'a>(&'a ActivatorMetrics);
+
+impl<'a> HeldGauge<'a> {
+    fn new(metrics: &'a ActivatorMetrics) -> Self {
+        metrics.held.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for HeldGauge<'_> {
+    fn drop(&mut self) {
+        self.0.held.dec();
     }
 }

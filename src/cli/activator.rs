@@ -27,7 +27,7 @@ pub struct ActivatorArgs {
     /// Where the models' gRPC traffic arrives (Triton's KServe-v2 port maps here).
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:8013")]
     pub grpc_addr: SocketAddr,
-    /// Address of `/healthz` and `/readyz` (ready once the watches have listed).
+    /// Address of `/healthz`, `/readyz` (ready once the watches have listed) and `/metrics`.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     pub health_addr: SocketAddr,
     /// Follow ModelDeployments in this namespace only; all namespaces when unset.
@@ -140,22 +140,32 @@ async fn serve(
     info!(http = ?http.local_addr()?, grpc = ?grpc.local_addr()?, health = ?health.local_addr()?, "activator listening");
     let activator = Activator::new(models.clone(), limits);
     let watch_task = tokio::spawn(watching);
-    let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let models = Arc::clone(&models);
-            async move {
-                if models.is_synced() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "listing the cluster's ModelDeployments",
-                    )
+    let metrics = activator.clone();
+    let probes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move { metrics.metrics().encode() }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let models = Arc::clone(&models);
+                async move {
+                    if models.is_synced() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "listing the cluster's ModelDeployments",
+                        )
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     let health_server = tokio::spawn(
         axum::serve(health, probes)
             .with_graceful_shutdown(shutdown.wait())
