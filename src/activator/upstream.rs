@@ -10,11 +10,17 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, 
 use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use tracing::debug;
 
 use crate::vocabulary::error_chain;
+
+/// How long connecting to a replica may take: a pod that vanished without a reset (its node
+/// lost) must not stall the requests queued behind the one connecting.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often an idle HTTP/2 connection to a replica is pinged.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Which of the model's ports a request goes to, by the activator port it came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +45,7 @@ impl Default for Upstreams {
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http1 = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(32)
             .build(connector);
@@ -83,12 +90,21 @@ impl Upstreams {
         {
             return Ok(sender);
         }
-        let stream = tokio::net::TcpStream::connect(addr)
+        // Bounded: the model's next requests wait their turn behind this one.
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
+            .map_err(|_| format!("connecting to {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        // Pings find a replica that went away without closing the connection.
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(CONNECT_TIMEOUT)
+            .handshake(TokioIo::new(stream));
+        let (mut sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
+            .map_err(|_| format!("HTTP/2 handshake with {addr}: no answer within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("HTTP/2 handshake with {addr}: {}", error_chain(&e)))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
