@@ -26,8 +26,8 @@ use model_operator::{
     model_readiness::ProbeTarget,
 };
 use support::{
-    ServerProcess, TestServers, free_port,
-    one_model::{OneModel, StartReplica, fastapi_app, http_client, publish_once_ready, start_activator},
+    ServerProcess, TestServers, free_port, inference_app,
+    one_model::{OneModel, StartReplica, http_client, publish_once_ready, start_activator},
     write_affine_model,
 };
 use tokio::io::AsyncWriteExt;
@@ -85,7 +85,13 @@ async fn cold_start(dir: &std::path::Path, round: usize) -> (Duration, Timeline)
         let (app, timeline, dir, model_path) = (app.clone(), timeline.clone(), dir.to_path_buf(), model_path.clone());
         Box::new(move |ready| {
             timeline.lock().unwrap().woken = Some(Instant::now());
-            *app.lock().unwrap() = Some(fastapi_app(&TestServers::installed(), &dir, &model_path, port));
+            *app.lock().unwrap() = Some(inference_app(
+                &TestServers::installed(),
+                &dir,
+                "affine",
+                &model_path,
+                port,
+            ));
             timeline.lock().unwrap().spawned = Some(Instant::now());
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let target = ProbeTarget {
@@ -140,7 +146,7 @@ async fn main() {
 
     // 2. Added latency on a warm model.
     let port = free_port();
-    let _app = fastapi_app(&servers, dir.path(), &dir.path().join("model.pt"), port);
+    let _app = inference_app(&servers, dir.path(), "affine", &dir.path().join("model.pt"), port);
     let runtime: SocketAddr = ([127, 0, 0, 1], port).into();
     let model = OneModel::new("warm", Duration::from_secs(120), None);
     let (_activator, addr) = start_activator(model.clone(), Limits::default(), Protocol::Http).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use model_operator::api::{ModelDeployment, conditions};
 use servers::{TestServers, free_port, write_affine_model};
-use support::{Operator, TestNamespace, cluster, eventually, start_inference_app};
+use support::{Operator, TestNamespace, cluster, eventually};
 
 const ROUNDS: usize = 5;
 
@@ -58,7 +58,7 @@ async fn main() {
     let mut latencies = Vec::new();
     for (name, port) in names.iter().zip(&ports) {
         let model_path = dir.path().join(format!("{name}.pt"));
-        let _app = start_inference_app(&servers, dir.path(), name, &model_path, *port);
+        let _app = servers::inference_app(&servers, dir.path(), name, &model_path, *port);
         ns.apply_model(&model_yaml(name)).await.expect("the model is accepted");
         eventually(
             Duration::from_secs(120),

@@ -26,9 +26,9 @@ use model_operator::{
     },
 };
 use support::{
-    ServerProcess, TestServers, Triton, free_port,
-    one_model::{OneModel, StartReplica, fastapi_app, http_client, publish_once_ready, start_activator},
-    write_affine_model,
+    ServerProcess, TRITON_DOUBLER_PY, TestServers, Triton, free_port, inference_app,
+    one_model::{OneModel, StartReplica, http_client, publish_once_ready, start_activator},
+    write_affine_model, write_triton_model,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +42,13 @@ async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then
     let start: StartReplica = {
         let (app, python_dir, model_path) = (app.clone(), dir.path().to_path_buf(), model_path.clone());
         Box::new(move |ready| {
-            *app.lock().unwrap() = Some(fastapi_app(&TestServers::installed(), &python_dir, &model_path, port));
+            *app.lock().unwrap() = Some(inference_app(
+                &TestServers::installed(),
+                &python_dir,
+                "affine",
+                &model_path,
+                port,
+            ));
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let target = ProbeTarget {
                 runtime: Runtime::FastapiPytorch,
@@ -110,34 +116,9 @@ async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then
     eprintln!("cold start through the activator: {cold_start:?}");
 }
 
-const ADDER_CONFIG: &str = r#"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
-output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-"#;
-
-/// Doubles its input.
-const ADDER_PY: &str = r#"
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            out = pb_utils.Tensor("OUTPUT0", (data * 2).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-        return responses
-"#;
-
 fn adder_repository(dir: &Path) -> PathBuf {
     let repo = dir.join("models");
-    std::fs::create_dir_all(repo.join("adder/1")).unwrap();
-    std::fs::write(repo.join("adder/config.pbtxt"), ADDER_CONFIG).unwrap();
-    std::fs::write(repo.join("adder/1/model.py"), ADDER_PY).unwrap();
+    write_triton_model(&repo, "adder", &TRITON_DOUBLER_PY.replace("{delay}", "0"));
     repo
 }
 

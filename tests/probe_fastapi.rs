@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use model_operator::api::conditions::reasons;
 use support::{
-    CliProbe, ServerProcess, Shutdown, TestServers, free_port, probe_cli, probe_cli_until, run_python,
+    CliProbe, ServerProcess, TestServers, free_port, inference_app, probe_cli, probe_cli_until, run_python,
     write_affine_model,
 };
 
@@ -19,17 +19,8 @@ struct ModelServer {
 
 fn start_app(servers: &TestServers, dir: &Path, model_path: &Path) -> ModelServer {
     let port = free_port();
-    let mut command = Command::new(servers.path("PYTHON"));
-    command
-        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("inference"))
-        .env("MODEL_PATH", model_path)
-        .env("MODEL_NAME", "affine")
-        .env("MODEL_VERSION", "v1")
-        .env("MODEL_WAIT_SECONDS", "60");
     ModelServer {
-        process: ServerProcess::spawn("uvicorn", command, dir.join("uvicorn.log"), Shutdown::MainProcess),
+        process: inference_app(servers, dir, "affine", model_path, port),
         endpoint: format!("127.0.0.1:{port}"),
     }
 }

@@ -10,39 +10,13 @@ use model_operator::{
     api::{Runtime, conditions::reasons},
     model_readiness::{ProbeSettings, ProbeTarget, Prober},
 };
-use support::{TestServers, Triton, probe_cli, probe_cli_until, queue_time_around, series_total};
+use support::{
+    TRITON_DOUBLER_PY, TestServers, Triton, probe_cli, probe_cli_until, queue_time_around, series_total,
+    write_triton_model,
+};
 
 /// Long enough to be seen loading by several probes, short enough for a quick test.
 const SLOW_LOAD_SECONDS: u32 = 6;
-
-const CONFIG: &str = r#"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
-output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-"#;
-
-/// Doubles its input; `LOAD_DELAY` seconds of `initialize` stand in for loading large weights.
-const MODEL_PY: &str = r#"
-import time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-LOAD_DELAY = {delay}
-
-class TritonPythonModel:
-    def initialize(self, args):
-        time.sleep(LOAD_DELAY)
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            out = pb_utils.Tensor("OUTPUT0", (data * 2).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-        return responses
-"#;
 
 const BROKEN_PY: &str = r#"
 class TritonPythonModel:
@@ -53,22 +27,15 @@ class TritonPythonModel:
         return []
 "#;
 
-fn write_model(repo: &Path, name: &str, model_py: &str) {
-    let version_dir = repo.join(name).join("1");
-    std::fs::create_dir_all(&version_dir).unwrap();
-    std::fs::write(repo.join(name).join("config.pbtxt"), CONFIG).unwrap();
-    std::fs::write(version_dir.join("model.py"), model_py).unwrap();
-}
-
 fn start_triton(servers: &TestServers, dir: &Path) -> Triton {
     let repo = dir.join("models");
-    write_model(&repo, "adder", &MODEL_PY.replace("{delay}", "0"));
-    write_model(
+    write_triton_model(&repo, "adder", &TRITON_DOUBLER_PY.replace("{delay}", "0"));
+    write_triton_model(
         &repo,
         "slow",
-        &MODEL_PY.replace("{delay}", &SLOW_LOAD_SECONDS.to_string()),
+        &TRITON_DOUBLER_PY.replace("{delay}", &SLOW_LOAD_SECONDS.to_string()),
     );
-    write_model(&repo, "broken", BROKEN_PY);
+    write_triton_model(&repo, "broken", BROKEN_PY);
     // Explicit mode: only `adder` loads at start; the test loads and unloads the others
     // through the repository API, as an operator-driven rollout would.
     Triton::start(

@@ -20,8 +20,8 @@ use model_operator::api::{ModelDeployment, Phase};
 use serde_json::Value;
 
 use crate::{
-    servers::{TestServers, free_port, write_affine_model},
-    support::{Operator, TestNamespace, cluster, eventually, kubeconfig_path, start_inference_app},
+    servers::{TestServers, free_port, inference_app, write_affine_model},
+    support::{Operator, TestNamespace, cluster, eventually, kubeconfig_path},
 };
 
 const SETTLE: Duration = Duration::from_secs(120);
@@ -149,7 +149,7 @@ async fn a_request_to_a_model_at_zero_scales_it_to_one_and_is_answered_once_the_
                 (deployment.status?.ready_replicas == Some(1)).then_some(())
             })
             .await;
-            start_inference_app(&TestServers::installed(), &dir, "affine", &model_path, port)
+            inference_app(&TestServers::installed(), &dir, "affine", &model_path, port)
         })
     };
 

@@ -10,7 +10,7 @@ use model_operator::api::{ModelDeployment, Phase, conditions, conditions::reason
 
 use crate::{
     servers::{TestServers, free_port, write_affine_model},
-    support::{Operator, TestNamespace, cluster, eventually, example, start_inference_app},
+    support::{Operator, TestNamespace, cluster, eventually, example},
 };
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -61,7 +61,7 @@ async fn the_status_follows_the_model_in_the_real_runtime() {
 
     // The runtime is up and loading: still not Ready, and the reason says so.
     let model_path = dir.path().join("model.pt");
-    let mut app = start_inference_app(&servers, dir.path(), "dummy-model", &model_path, port);
+    let mut app = crate::servers::inference_app(&servers, dir.path(), "dummy-model", &model_path, port);
     model_ready_becomes(&ns, "False", reasons::MODEL_LOADING).await;
 
     // The model loads: Ready, with the runtime's own description of the model.

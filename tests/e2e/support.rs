@@ -352,32 +352,6 @@ pub fn example(name: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The project's inference app (`inference/`, the fastapi-pytorch runtime) serving `model_name`
-/// from `model_path` on loopback, waiting for the file to appear before it loads it.
-pub fn start_inference_app(
-    servers: &crate::servers::TestServers,
-    log_dir: &Path,
-    model_name: &str,
-    model_path: &Path,
-    port: u16,
-) -> crate::servers::ServerProcess {
-    let mut command = Command::new(servers.path("PYTHON"));
-    command
-        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(repo_root().join("inference"))
-        .env("MODEL_PATH", model_path)
-        .env("MODEL_NAME", model_name)
-        .env("MODEL_VERSION", "v1")
-        .env("MODEL_WAIT_SECONDS", "120");
-    crate::servers::ServerProcess::spawn(
-        "uvicorn",
-        command,
-        log_dir.join(format!("uvicorn-{model_name}.log")),
-        crate::servers::Shutdown::MainProcess,
-    )
-}
-
 /// Samples a ModelDeployment's `Ready` condition every 200 ms until stopped, and keeps every
 /// sample where it was not True: a watch on the contract that scaling and rollouts never turn
 /// it False.

@@ -169,6 +169,72 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The project's inference app (`inference/`, the fastapi-pytorch runtime) serving `model_name`
+/// from `model_path` on loopback port `port`, waiting up to two minutes for the file to appear
+/// before it loads it; its log is `uvicorn-MODEL_NAME.log` in `log_dir`.
+pub fn inference_app(
+    servers: &TestServers,
+    log_dir: &Path,
+    model_name: &str,
+    model_path: &Path,
+    port: u16,
+) -> ServerProcess {
+    let mut command = Command::new(servers.path("PYTHON"));
+    command
+        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("inference"))
+        .env("MODEL_PATH", model_path)
+        .env("MODEL_NAME", model_name)
+        .env("MODEL_VERSION", "v1")
+        .env("MODEL_WAIT_SECONDS", "120");
+    ServerProcess::spawn(
+        "uvicorn",
+        command,
+        log_dir.join(format!("uvicorn-{model_name}.log")),
+        Shutdown::MainProcess,
+    )
+}
+
+/// A Triton python-backend model for the protocol tests: FP32 `INPUT0` of 4 elements doubled into
+/// `OUTPUT0`, one CPU instance.
+pub const TRITON_DOUBLER_CONFIG: &str = r#"
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"#;
+
+/// Doubles its input; `LOAD_DELAY` seconds of `initialize` stand in for loading large weights.
+pub const TRITON_DOUBLER_PY: &str = r#"
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+LOAD_DELAY = {delay}
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(LOAD_DELAY)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            out = pb_utils.Tensor("OUTPUT0", (data * 2).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"#;
+
+/// A Triton model `name` in `repo`: the doubler's configuration, `model_py` as its version 1.
+pub fn write_triton_model(repo: &Path, name: &str, model_py: &str) {
+    let version_dir = repo.join(name).join("1");
+    std::fs::create_dir_all(&version_dir).unwrap();
+    std::fs::write(repo.join(name).join("config.pbtxt"), TRITON_DOUBLER_CONFIG).unwrap();
+    std::fs::write(version_dir.join("model.py"), model_py).unwrap();
+}
+
 /// A real tritonserver (CPU, python backend) on free loopback ports. Dropping it stops the
 /// server and removes its python-backend regions from /dev/shm.
 pub struct Triton {

@@ -4,8 +4,6 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -18,8 +16,6 @@ use model_operator::{
     model_readiness::{ProbeSettings, ProbeTarget, Prober},
 };
 use tokio::{net::TcpListener, sync::watch};
-
-use super::{ServerProcess, Shutdown, TestServers};
 
 /// A model's replica, as the test starts it when the activator asks for one.
 pub type StartReplica = Box<dyn FnOnce(watch::Sender<Option<Upstream>>) + Send>;
@@ -105,16 +101,4 @@ pub fn http_client(service_host: &str, activator: SocketAddr) -> reqwest::Client
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
-}
-
-pub fn fastapi_app(servers: &TestServers, dir: &Path, model_path: &Path, port: u16) -> ServerProcess {
-    let mut command = Command::new(servers.path("PYTHON"));
-    command
-        .args(["-m", "uvicorn", "--factory", "model_server.app:create_app_from_env"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("inference"))
-        .env("MODEL_PATH", model_path)
-        .env("MODEL_NAME", "affine")
-        .env("MODEL_VERSION", "v1");
-    ServerProcess::spawn("uvicorn", command, dir.join("uvicorn.log"), Shutdown::MainProcess)
 }
