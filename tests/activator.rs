@@ -91,7 +91,7 @@ async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then
     assert!(model.wakes.load(Ordering::Relaxed) >= 1);
     assert!(app.lock().unwrap().is_some(), "the first request started the replica");
     assert_eq!(activator.held(&model.key), 0, "nobody is left waiting");
-    let text = activator.metrics().encode();
+    let text = activator.encode_metrics();
     assert!(
         text.contains(r#"model_operator_activator_requests_total{outcome="ForwardedAfterHold"} 8"#),
         "{text}"
@@ -349,7 +349,7 @@ async fn a_model_that_does_not_start_in_time_a_full_queue_and_an_unknown_host_ar
     assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "5000");
 
     // Each refusal is counted by its reason; nothing is held any more.
-    let text = activator.metrics().encode();
+    let text = activator.encode_metrics();
     for line in [
         r#"model_operator_activator_requests_total{outcome="QueueFull"} 1"#,
         r#"model_operator_activator_requests_total{outcome="ColdStartTimeout"} 2"#,

@@ -8,12 +8,9 @@
 //! requests held during a cold start are sent in arrival order and a request arriving later
 //! cannot overtake them. While the model answers the lock is free and a turn costs nanoseconds.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use tokio::{
@@ -28,7 +25,6 @@ pub struct Turn<T> {
     pub upstream: T,
     /// The request waited for the model to become ready (a cold start).
     pub was_held: bool,
-    pub waited: Duration,
     _order: OwnedMutexGuard<()>,
 }
 
@@ -93,7 +89,6 @@ impl<T: Clone + Send + Sync + 'static> Gate<T> {
     /// Waits for the request's turn, until `deadline` at most. `on_hold` is called (once) when
     /// the request has to wait for the model: the moment to ask for a replica.
     pub async fn turn(&self, deadline: Instant, mut on_hold: impl FnMut()) -> Result<Turn<T>, NoTurn> {
-        let arrived = Instant::now();
         let mut slot: Option<HeldSlot> = None;
         let mut state = self.state.clone();
         loop {
@@ -108,7 +103,6 @@ impl<T: Clone + Send + Sync + 'static> Gate<T> {
                 return Ok(Turn {
                     upstream,
                     was_held: slot.is_some(),
-                    waited: arrived.elapsed(),
                     _order: order,
                 });
             }
@@ -170,7 +164,7 @@ async fn keep<T>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex as StdMutex;
+    use std::{sync::Mutex as StdMutex, time::Duration};
 
     use super::*;
 

@@ -12,7 +12,8 @@ pub struct ActivatorMetrics {
     registry: Registry,
     /// `outcome` = [`FORWARDED`], [`FORWARDED_AFTER_HOLD`], or a refusal's reason.
     pub requests: IntCounterVec,
-    /// Requests waiting for their model now, across models.
+    /// Requests waiting for their model now, across models: set from the gates' own counts
+    /// when the metrics are encoded.
     pub held: IntGauge,
     /// How long each held request waited until it was forwarded or refused.
     pub hold_seconds: Histogram,

@@ -138,9 +138,17 @@ impl Activator {
         })
     }
 
-    /// Its metrics, as `/metrics` serves them.
-    pub fn metrics(&self) -> &ActivatorMetrics {
-        &self.metrics
+    /// Its metrics as `/metrics` serves them; the held requests counted from the gates.
+    pub fn encode_metrics(&self) -> String {
+        let held: usize = self
+            .gates
+            .lock()
+            .expect("gates lock")
+            .values()
+            .map(|gate| gate.held())
+            .sum();
+        self.metrics.held.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.metrics.encode()
     }
 
     /// Requests held now for `model`.
@@ -240,18 +248,17 @@ impl Activator {
         };
         let model = route.model.clone();
         let gate = self.gate(&route);
-        let deadline = Instant::now() + route.cold_start_timeout;
-        let waiting = Instant::now();
-        let mut held = None;
+        let arrived = Instant::now();
+        let deadline = arrived + route.cold_start_timeout;
+        let mut held = false;
         let turn = gate
             .turn(deadline, || {
-                held = Some(HeldGauge::new(&self.metrics));
+                held = true;
                 self.models.wake(&model);
             })
             .await;
-        if let Some(held) = held.take() {
-            self.metrics.hold_seconds.observe(waiting.elapsed().as_secs_f64());
-            drop(held);
+        if held {
+            self.metrics.hold_seconds.observe(arrived.elapsed().as_secs_f64());
         }
         let turn = match turn {
             Ok(turn) => turn,
@@ -270,7 +277,7 @@ impl Activator {
             Err(NoTurn::Gone) => return refuse(Refusal::NoModel(format!("model {model} was deleted"))),
         };
         let outcome = if turn.was_held {
-            debug!(%model, waited = ?turn.waited, "held request forwarded");
+            debug!(%model, waited = ?arrived.elapsed(), "held request forwarded");
             FORWARDED_AFTER_HOLD
         } else {
             FORWARDED
@@ -315,21 +322,5 @@ impl Activator {
         let gate = Arc::new(Gate::new(route.ready.clone(), self.limits.queue_per_model));
         gates.insert(route.model.clone(), gate.clone());
         gate
-    }
-}
-
-/// One request counted among the held while it waits (also when its client goes away).
-struct HeldGauge<'a>(&'a ActivatorMetrics);
-
-impl<'a> HeldGauge<'a> {
-    fn new(metrics: &'a ActivatorMetrics) -> Self {
-        metrics.held.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for HeldGauge<'_> {
-    fn drop(&mut self) {
-        self.0.held.dec();
     }
 }

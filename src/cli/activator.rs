@@ -147,7 +147,7 @@ async fn serve(
             "/metrics",
             get(move || {
                 let metrics = Arc::clone(&metrics);
-                async move { metrics.metrics().encode() }
+                async move { metrics.encode_metrics() }
             }),
         )
         .route(
