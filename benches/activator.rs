@@ -27,7 +27,7 @@ use model_operator::{
 };
 use support::{
     ServerProcess, TestServers, free_port, inference_app,
-    one_model::{OneModel, StartReplica, http_client, publish_once_ready, start_activator},
+    one_model::{OneModel, StartReplica, http_client, predict_affine, publish_once_ready, start_activator},
     write_affine_model,
 };
 use tokio::io::AsyncWriteExt;
@@ -60,18 +60,10 @@ fn resident_kib() -> u64 {
         .unwrap()
 }
 
+/// One checked prediction, timed.
 async fn predict(client: &reqwest::Client, url: &str, x: u32) -> Duration {
     let started = Instant::now();
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"features": [[{x}.0]]}}"#))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    let text = response.text().await.unwrap();
-    assert!(text.contains("predictions"), "{text}");
+    predict_affine(client, url, x).await;
     started.elapsed()
 }
 
@@ -109,7 +101,7 @@ async fn cold_start(dir: &std::path::Path, round: usize) -> (Duration, Timeline)
     let model = OneModel::new("affine", Duration::from_secs(120), Some(start));
     let (_activator, addr) = start_activator(model.clone(), Limits::default(), Protocol::Http).await;
     let service = "affine-service.ml";
-    let client = http_client(service, addr);
+    let client = http_client(service, addr, Duration::from_secs(120));
     let asked = Instant::now();
     predict(
         &client,
@@ -167,7 +159,7 @@ async fn main() {
     let direct_client = reqwest::Client::new();
     let direct_url = format!("http://{runtime}/predict");
     let service = "warm-service.ml";
-    let via_client = http_client(service, addr);
+    let via_client = http_client(service, addr, Duration::from_secs(120));
     let via_url = format!("http://{service}:{}/predict", addr.port());
     // Connections opened and the runtime's first-request costs paid before the clock runs.
     for i in 0..50 {

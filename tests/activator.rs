@@ -27,9 +27,12 @@ use model_operator::{
 };
 use support::{
     ServerProcess, TRITON_DOUBLER_PY, TestServers, Triton, free_port, inference_app,
-    one_model::{OneModel, StartReplica, http_client, publish_once_ready, start_activator},
+    one_model::{OneModel, StartReplica, http_client, predict_affine, publish_once_ready, start_activator},
     write_affine_model, write_triton_model,
 };
+
+/// Long enough for a runtime's start and load on this machine.
+const COLD_START: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then_answered() {
@@ -68,26 +71,11 @@ async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then
     let url = format!("http://{service}:{}/predict", addr.port());
     let asked = Instant::now();
     let requests = (1..=8).map(|i| {
-        let (client, url) = (http_client(service, addr), url.clone());
-        async move {
-            let response = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"features": [[{i}.0]]}}"#))
-                .send()
-                .await
-                .unwrap();
-            assert!(response.status().is_success(), "{}", response.status());
-            let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            (i, body)
-        }
+        let (client, url) = (http_client(service, addr, COLD_START), url.clone());
+        async move { predict_affine(&client, &url, i).await }
     });
-    let answers = futures::future::join_all(requests).await;
+    futures::future::join_all(requests).await;
     let cold_start = asked.elapsed();
-    for (i, body) in answers {
-        // The affine model: 2x + 1.
-        assert_eq!(body, serde_json::json!({"predictions": [[f64::from(2 * i + 1)]]}));
-    }
     assert!(model.wakes.load(Ordering::Relaxed) >= 1);
     assert!(app.lock().unwrap().is_some(), "the first request started the replica");
     assert_eq!(activator.held(&model.key), 0, "nobody is left waiting");
@@ -98,20 +86,9 @@ async fn predictions_sent_to_a_model_at_zero_are_held_until_fastapi_answers_then
     );
 
     // Several requests on one connection, one after another: answered in order, now warm.
-    let client = http_client(service, addr);
+    let client = http_client(service, addr, COLD_START);
     for i in 10..13 {
-        let text = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"features": [[{i}.0]]}}"#))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(body, serde_json::json!({"predictions": [[f64::from(2 * i + 1)]]}));
+        predict_affine(&client, &url, i).await;
     }
     eprintln!("cold start through the activator: {cold_start:?}");
 }
@@ -285,7 +262,7 @@ async fn a_model_that_does_not_start_in_time_a_full_queue_and_an_unknown_host_ar
     let service = "stuck-service.ml";
     let url = format!("http://{service}:{}/predict", http_addr.port());
     let held = (0..2).map(|_| {
-        let (client, url) = (http_client(service, http_addr), url.clone());
+        let (client, url) = (http_client(service, http_addr, COLD_START), url.clone());
         async move { client.post(&url).body("{}").send().await.unwrap() }
     });
     let held = tokio::spawn(futures::future::join_all(held));
@@ -296,7 +273,7 @@ async fn a_model_that_does_not_start_in_time_a_full_queue_and_an_unknown_host_ar
     }
 
     // The queue is full: the third is refused at once, with a retry hint.
-    let overflow = http_client(service, http_addr)
+    let overflow = http_client(service, http_addr, COLD_START)
         .post(&url)
         .body("{}")
         .send()
@@ -320,7 +297,7 @@ async fn a_model_that_does_not_start_in_time_a_full_queue_and_an_unknown_host_ar
     assert_eq!(activator.held(&model.key), 0);
 
     // A host that names no model's Service.
-    let other = http_client("payments.ml", http_addr)
+    let other = http_client("payments.ml", http_addr, COLD_START)
         .get(format!("http://payments.ml:{}/", http_addr.port()))
         .send()
         .await

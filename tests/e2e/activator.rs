@@ -20,7 +20,11 @@ use model_operator::api::{ModelDeployment, Phase};
 use serde_json::Value;
 
 use crate::{
-    servers::{TestServers, free_port, inference_app, write_affine_model},
+    servers::{
+        TestServers, free_port, inference_app,
+        one_model::{http_client, predict_affine},
+        write_affine_model,
+    },
     support::{Operator, TestNamespace, cluster, eventually, kubeconfig_path},
 };
 
@@ -106,15 +110,6 @@ spec:
     )
 }
 
-/// A client that sends `NAME-service.NAMESPACE` to the activator, as the Service would.
-fn client_for(service_host: &str, activator: SocketAddr, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .resolve(service_host, activator)
-        .timeout(timeout)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_request_to_a_model_at_zero_scales_it_to_one_and_is_answered_once_the_model_answers() {
     let servers = TestServers::installed();
@@ -156,23 +151,10 @@ async fn a_request_to_a_model_at_zero_scales_it_to_one_and_is_answered_once_the_
     let service = format!("sleepy-service.{}", ns.name);
     let url = format!("http://{service}:{}/predict", activator.http.port());
     let asked = Instant::now();
-    let http = client_for(&service, activator.http, SETTLE);
+    let http = http_client(&service, activator.http, SETTLE);
     let requests = (1..=3).map(|i| {
         let (http, url) = (http.clone(), url.clone());
-        async move {
-            let response = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"features": [[{i}.0]]}}"#))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let text = response.text().await.unwrap();
-            assert!(status.is_success(), "{status}: {text}");
-            let body: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(body, serde_json::json!({"predictions": [[f64::from(2 * i + 1)]]}));
-        }
+        async move { predict_affine(&http, &url, i).await }
     });
     futures::future::join_all(requests).await;
     let woke_in = asked.elapsed();
@@ -209,7 +191,7 @@ async fn an_activator_killed_while_holding_a_request_fails_it_at_once() {
     let service = format!("stuck-service.{}", ns.name);
     let url = format!("http://{service}:{}/predict", activator.http.port());
     // The request stays held.
-    let http = client_for(&service, activator.http, Duration::from_secs(60));
+    let http = http_client(&service, activator.http, Duration::from_secs(60));
     let held = tokio::spawn(async move {
         let sent = Instant::now();
         let result = http.post(&url).body("{}").send().await;

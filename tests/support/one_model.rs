@@ -94,11 +94,33 @@ pub async fn publish_once_ready(target: ProbeTarget, upstream: Upstream, ready: 
     }
 }
 
-/// A client that reaches `NAME-service.ml` at the activator, as the Service would send it there.
-pub fn http_client(service_host: &str, activator: SocketAddr) -> reqwest::Client {
+/// A client that reaches `service_host` (a model's Service name) at the activator, as the
+/// Service would send it there; each request may take up to `timeout`.
+pub fn http_client(service_host: &str, activator: SocketAddr, timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .resolve(service_host, activator)
-        .timeout(Duration::from_secs(120))
+        .timeout(timeout)
         .build()
         .unwrap()
+}
+
+/// `POST /predict` of `x` at `url` to the affine test model (`write_affine_model`), which must
+/// answer 2x + 1.
+pub async fn predict_affine(client: &reqwest::Client, url: &str, x: u32) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"features": [[{x}.0]]}}"#))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"predictions": [[f64::from(2 * x + 1)]]}),
+        "for {x}"
+    );
 }
