@@ -271,6 +271,31 @@ has_events() {
   k get events.events.k8s.io -n "$MODEL_NAMESPACE" --field-selector "regarding.name=$MODEL" -o name | grep -q .
 }
 
+# Becomes "$@" run as serviceaccount $1/$2 (exec: a caller that puts it in the background gets
+# the program's own PID). The impersonation variables are kube-rs' own (Config::infer); the admin
+# certificate may impersonate. Groups as the API server gives a ServiceAccount's token.
+exec_as_serviceaccount() {
+  local namespace=$1 account=$2
+  shift 2
+  KUBECONFIG="$KUBECONFIG_FILE" \
+    KUBE_RS_DEBUG_IMPERSONATE_USER="system:serviceaccount:$namespace:$account" \
+    KUBE_RS_DEBUG_IMPERSONATE_GROUP="system:serviceaccounts,system:serviceaccounts:$namespace,system:authenticated" \
+    RUST_LOG=info exec "$@"
+}
+
+# Prints field $3 of the JSON log $2 once process $1 has logged it (its listening addresses);
+# fails naming $4 when the process exits first or 60 s pass.
+listening_field() {
+  local pid=$1 log=$2 field=$3 what=$4 deadline=$((SECONDS + 60)) value=
+  until [[ -n $value ]]; do
+    process_alive "$pid" || { tail -n 20 "$log" >&2; fail "$what exited at start (log: $log)"; }
+    ((SECONDS < deadline)) || fail "$what logged no listening addresses in 60s (log: $log)"
+    sleep 0.5
+    value=$(log_field "$log" "$field")
+  done
+  printf '%s' "$value"
+}
+
 # Runs the operator binary as the ServiceAccount the install created ($1 namespace, $2 account,
 # $3 node-agent Service) and drives one ModelDeployment through every kind of write it makes.
 check_operator_rbac() {
@@ -278,13 +303,8 @@ check_operator_rbac() {
   local log="$WORK/operator-$label.log"
   k create namespace "$MODEL_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
   log "$label: running the operator as serviceaccount $namespace/$account"
-  # The impersonation variables are kube-rs' own (Config::infer); the admin certificate may
-  # impersonate. Groups as the API server gives a ServiceAccount's token.
   # Its fd 9 (the cluster lock) is closed: a stray operator must not hold the lock.
-  KUBECONFIG="$KUBECONFIG_FILE" \
-    KUBE_RS_DEBUG_IMPERSONATE_USER="system:serviceaccount:$namespace:$account" \
-    KUBE_RS_DEBUG_IMPERSONATE_GROUP="system:serviceaccounts,system:serviceaccounts:$namespace,system:authenticated" \
-    RUST_LOG=info \
+  exec_as_serviceaccount "$namespace" "$account" \
     "$OPERATOR_BIN" --log-format json run \
     --watch-namespace "$MODEL_NAMESPACE" \
     --lease-namespace "$namespace" --lease-name install-check-leader --holder-id install-check \
@@ -293,13 +313,8 @@ check_operator_rbac() {
     --probe-pod-ips=false >"$log" 2>&1 9>&- &
   OPERATOR_PID=$!
 
-  local deadline=$((SECONDS + 60)) health=
-  until [[ -n $health ]]; do
-    process_alive "$OPERATOR_PID" || { tail -n 20 "$log" >&2; fail "$label: the operator exited at start (log: $log)"; }
-    ((SECONDS < deadline)) || fail "$label: the operator logged no listening addresses in 60s (log: $log)"
-    sleep 0.5
-    health=$(log_field "$log" health_addr)
-  done
+  local health
+  health=$(listening_field "$OPERATOR_PID" "$log" health_addr "$label: the operator")
   # /readyz: every watch cache listed, i.e. list+watch on every kind it caches.
   wait_until 60 "$label: the operator's /readyz (every watch cache synced; log: $log)" http_ok "http://$health/readyz"
   wait_until 30 "$label: the operator to take the leader Lease (log: $log)" grep -q 'became the leader' "$log"
@@ -360,23 +375,16 @@ spec:
   replicas: 0
 EOF
   log "$label: running the activator as serviceaccount $namespace/$account"
-  KUBECONFIG="$KUBECONFIG_FILE" \
-    KUBE_RS_DEBUG_IMPERSONATE_USER="system:serviceaccount:$namespace:$account" \
-    KUBE_RS_DEBUG_IMPERSONATE_GROUP="system:serviceaccounts,system:serviceaccounts:$namespace,system:authenticated" \
-    RUST_LOG=info \
+  exec_as_serviceaccount "$namespace" "$account" \
     "$OPERATOR_BIN" --log-format json activator \
     --watch-namespace "$MODEL_NAMESPACE" \
     --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 \
     --forward-to-pod-ips=false >"$log" 2>&1 9>&- &
   ACTIVATOR_PID=$!
-  local deadline=$((SECONDS + 60)) health= http=
-  until [[ -n $health ]]; do
-    process_alive "$ACTIVATOR_PID" || { tail -n 20 "$log" >&2; fail "$label: the activator exited at start (log: $log)"; }
-    ((SECONDS < deadline)) || fail "$label: the activator logged no listening addresses in 60s (log: $log)"
-    sleep 0.5
-    health=$(log_field "$log" health)
-    http=$(log_field "$log" http)
-  done
+  # Both addresses are on the one "activator listening" line.
+  local health http
+  health=$(listening_field "$ACTIVATOR_PID" "$log" health "$label: the activator")
+  http=$(log_field "$log" http)
   wait_until 60 "$label: the activator's /readyz (its watches listed; log: $log)" http_ok "http://$health/readyz"
   # Held (the model never answers here) until curl gives up; what counts is the scale-up.
   curl -s --max-time 3 -H "Host: $model-service.$MODEL_NAMESPACE" -d '{}' "http://$http/predict" >/dev/null || true
