@@ -56,6 +56,17 @@ fn operator_container(deployment: &Deployment) -> &Container {
         .expect("an `operator` container")
 }
 
+/// The number of the container's port named `name`.
+fn container_port(container: &Container, name: &str) -> i32 {
+    container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("a port named {name}"))
+        .container_port
+}
+
 #[test]
 fn the_operator_runs_two_replicas_with_leader_election() {
     let deployment: Deployment = one("config/manager/deployment.yaml", "Deployment");
@@ -86,15 +97,7 @@ fn the_operator_runs_two_replicas_with_leader_election() {
 fn probes_and_ports_are_the_operators_defaults() {
     let deployment: Deployment = one("config/manager/deployment.yaml", "Deployment");
     let container = operator_container(&deployment);
-    let port = |name: &str| {
-        container
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("a port named {name}"))
-            .container_port
-    };
+    let port = |name: &str| container_port(container, name);
     // `model-operator run`'s --metrics-addr, --health-addr and --custom-metrics-addr defaults.
     assert_eq!(
         (port("metrics"), port("health"), port("custom-metrics")),
@@ -397,15 +400,7 @@ fn the_activator_runs_two_replicas_on_the_ports_its_service_names() {
     let pod = spec.template.spec.as_ref().unwrap();
     let container = pod.containers.iter().find(|c| c.name == "activator").unwrap();
     assert_eq!(container.args.as_deref(), Some(&["activator".to_owned()][..]));
-    let port = |name: &str| {
-        container
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("a port named {name}"))
-            .container_port
-    };
+    let port = |name: &str| container_port(container, name);
     // `model-operator activator`'s --http-addr, --grpc-addr and --health-addr defaults.
     assert_eq!((port("http"), port("grpc"), port("health")), (8012, 8013, 8081));
     let service: Service = one("config/activator/service.yaml", "Service");
