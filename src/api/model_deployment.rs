@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
     api::core::v1::{Affinity, EnvFromSource, EnvVar, ResourceRequirements, Toleration},
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{Condition, Time},
+    },
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -43,6 +46,7 @@ pub use crate::vocabulary::{GpuAllocation, GpuSharing, Runtime, ScalingMetric};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.ready","description":"Replicas whose model answers, of those wanted"}"#,
     printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".spec.gpu.count","description":"GPUs per replica"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Idle","type":"date","jsonPath":".status.idle.since","priority":1,"description":"Since when the model has served no request (with autoscaling.scaleToZeroAfter)"}"#,
     // Children are named NAME-service and NAME-validate-<8 hex>; Job pods carry the Job's
     // name as a label value, which is limited to 63 characters.
     validation = Rule::new("size(self.metadata.name) <= 45").message("metadata.name must be at most 45 characters, so that the names of the Service and validation Job derived from it stay valid"),
@@ -271,11 +275,15 @@ fn default_gpu_count() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not be greater than maxReplicas").field_path(".minReplicas"),
+    validation = Rule::new("!has(self.scaleToZeroAfter) || self.minReplicas == 0").message("scaleToZeroAfter needs minReplicas: 0; with a minimum of one or more the model never goes to zero").field_path(".scaleToZeroAfter"),
+    validation = Rule::new("!has(self.coldStartTimeout) || self.minReplicas == 0").message("coldStartTimeout needs minReplicas: 0: only a model that goes to zero has a cold start to wait for").field_path(".coldStartTimeout"),
 )]
 pub struct AutoscalingSpec {
-    /// Fewest replicas.
+    /// Fewest replicas. `0` lets the model go to zero once it has served no request for
+    /// `scaleToZeroAfter` (the HPA itself then keeps at least one while the model serves); a
+    /// request through the activator wakes it.
     #[serde(default = "default_min_replicas")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: i32,
 
     /// Most replicas.
@@ -298,6 +306,20 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: Option<i32>,
+
+    /// With `minReplicas: 0`: how long the model must serve no request (its runtime's own
+    /// request count unchanged) before it is scaled to zero and its GPUs are freed, as a
+    /// duration such as `15m`, `90s` or `1h30m`. Default `15m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    pub scale_to_zero_after: Option<String>,
+
+    /// With `minReplicas: 0`: the longest a request may wait at the activator for the model's
+    /// cold start before it is answered `503` / `UNAVAILABLE` with a retry hint, as a duration
+    /// such as `5m`. Default: the activator's `--cold-start-timeout` (5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    pub cold_start_timeout: Option<String>,
 }
 
 fn default_min_replicas() -> i32 {
@@ -316,6 +338,8 @@ impl Default for AutoscalingSpec {
             metric: None,
             target: None,
             scale_down_stabilization_seconds: None,
+            scale_to_zero_after: None,
+            cold_start_timeout: None,
         }
     }
 }
@@ -379,10 +403,37 @@ pub struct ModelDeploymentStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["pod".into()]))]
     pub gpu_devices: Vec<ReplicaGpus>,
 
+    /// Set while a model that may go to zero (`autoscaling.minReplicas: 0`) serves no request,
+    /// and while it is at zero for that reason; cleared by the next request or its wake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleStatus>,
+
     /// Validated, GPUCapacity, Applied, ModelReady, Available and Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A model without requests, and whether the operator scaled it to zero for that.
+///
+/// Written once when the model turns idle and once when it goes to zero, so a model at rest
+/// costs no writes; kept in the status so that a restarted operator goes on with the same
+/// clock instead of starting it again.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleStatus {
+    /// Since when the runtimes' request count has not changed.
+    pub since: Time,
+    /// That count, summed over the serving replicas: a different count later means the model
+    /// served requests in between, however long ago this was written.
+    pub requests: i64,
+    /// When the operator scaled the model to zero for being idle; absent while it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_to_zero_at: Option<Time>,
+    /// The Deployment's `metadata.generation` once it was scaled to zero: a later generation
+    /// that wants replicas again is a wake (the activator's, or anyone's `kubectl scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_generation: Option<i64>,
 }
 
 /// The DRA devices one replica holds.
@@ -409,7 +460,8 @@ pub enum Phase {
     Deploying,
     /// Every wanted replica serves the model.
     Ready,
-    /// No replica is wanted (`replicas: 0`); a request through the activator wakes the model.
+    /// No replica is wanted (`replicas: 0`, or idle for `autoscaling.scaleToZeroAfter`); a
+    /// request through the activator wakes the model.
     ScaledToZero,
     /// Validation failed or the spec cannot be served; see `message` and conditions.
     Failed,

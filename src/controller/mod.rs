@@ -33,7 +33,7 @@ use self::{
 };
 use crate::{
     api::ModelDeployment,
-    custom_metrics::{self, CustomMetricsServer},
+    custom_metrics::{self, CustomMetricsServer, queue_time::QueueTimeSource},
     model_readiness::{EndpointResolver, ProbeSchedule, ProbeSettings, Prober},
     reconcile::{self, ReconcileError, report::Reporter},
     telemetry::{CountRequests, Metrics},
@@ -119,6 +119,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     // The custom-metrics API reads the same pod cache; it serves before the caches sync, when
     // an empty answer makes the HPA keep the current scale.
+    // The idle check of models that may go to zero reads the same runtime counts.
+    let request_counts = QueueTimeSource::new(custom_metrics.queue_time.clone());
     let custom_metrics = CustomMetricsServer::bind(custom_metrics, &client, caches.pods.clone()).await?;
     // The bound addresses, which differ from the flags' when those ask for port 0.
     info!(
@@ -155,6 +157,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             apply_retries: reconcile::ApplyRetries::default(),
             last_applied: reconcile::LastApplied::default(),
             written_status: reconcile::WrittenStatus::default(),
+            request_counts,
+            idle_clocks: reconcile::IdleClocks::default(),
             leader: leadership,
             caches_synced,
         },

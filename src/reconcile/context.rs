@@ -4,8 +4,11 @@
 use kube::Client;
 use tokio::sync::watch;
 
-use super::{fetch::Caches, last_applied::LastApplied, retry::ApplyRetries, written_status::WrittenStatus};
+use super::{
+    fetch::Caches, idle::IdleClocks, last_applied::LastApplied, retry::ApplyRetries, written_status::WrittenStatus,
+};
 use crate::{
+    custom_metrics::queue_time::QueueTimeSource,
     model_readiness::{EndpointResolver, ProbeSchedule, Prober},
     vocabulary::{Leadership, OperatorImages},
 };
@@ -24,6 +27,10 @@ pub struct Context {
     pub last_applied: LastApplied,
     /// The status last written for each model, while the cache has not caught up with it.
     pub written_status: WrittenStatus,
+    /// Reads the runtimes' request counts, for models that may go to zero.
+    pub request_counts: QueueTimeSource,
+    /// The request count last seen for each busy model that may go to zero.
+    pub idle_clocks: IdleClocks,
     /// Whether this replica's term as leader runs (always, without leader election). The
     /// client's writes are gated on it too; the driver checks it to skip work a standby
     /// would have thrown away.
@@ -42,12 +49,13 @@ impl Context {
     }
 
     /// Drops what the driver keeps for a model that is gone (probe backoff, apply retries, what
-    /// was last written).
+    /// was last written, its idle clock).
     pub fn forget(&self, namespace: &str, name: &str) {
         self.probe_schedule.forget(namespace, name);
         self.apply_retries.forget(namespace, name);
         self.last_applied.forget(namespace, name);
         self.written_status.forget(namespace, name);
+        self.idle_clocks.forget(namespace, name);
     }
 
     /// The models the driver keeps something for.
@@ -56,6 +64,7 @@ impl Context {
         models.extend(self.apply_retries.models());
         models.extend(self.last_applied.models());
         models.extend(self.written_status.models());
+        models.extend(self.idle_clocks.models());
         models
     }
 }

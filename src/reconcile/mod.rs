@@ -3,6 +3,7 @@
 //!
 //! 1. [`fetch`] (reads): the children that exist, from the watch caches;
 //! 2. [`validate`] (pure): the spec resolved into `Validated`, or the fields that are wrong;
+//!    then [`idle`]: whether a model that may go to zero is asleep, woken, or idle long enough;
 //! 3. [`build`] (pure): the desired children, one file per kind;
 //! 4. [`apply`] (writes): every child's name checked to be free or this model's
 //!    ([`ownership`]), then server-side apply in a fixed order, pruning what is no longer wanted;
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod build;
 mod context;
 pub mod fetch;
+pub mod idle;
 mod last_applied;
 mod outcome;
 pub mod ownership;
@@ -33,11 +35,13 @@ use std::time::Duration;
 use self::{
     apply::Applied,
     apply::ApplyError,
+    idle::{Reading, Standing},
     status::{ApplyState, StatusInputs, ValidationState},
 };
 pub use self::{
     context::Context,
     fetch::{Caches, PodIndex, RequestedGpus},
+    idle::IdleClocks,
     last_applied::LastApplied,
     outcome::{Outcome, Reconciled, Skipped, ValidationVerdict, Work},
     retry::ApplyRetries,
@@ -45,10 +49,15 @@ pub use self::{
 };
 use crate::{
     api::{
-        ModelDeployment, ModelDeploymentStatus,
+        IdleStatus, ModelDeployment, ModelDeploymentStatus,
         conditions::{self, reasons},
     },
     model_readiness::{self, ModelReadiness},
+    vocabulary::{
+        Validated,
+        cached::CachedPod,
+        pods::{is_ready, is_terminating},
+    },
 };
 
 /// Without any event, every ModelDeployment is looked at again this often: a safety net for
@@ -135,6 +144,8 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
                 deployment: None,
                 capacity: None,
                 model: ModelReadiness::from_pod_readiness(None),
+                // The children stay as they are, and so does the idle clock.
+                idle: previous.and_then(|p| p.idle.clone()),
                 now,
             });
             let status_written = write_status_if_changed(ctx, model, previous, &next).await?;
@@ -154,6 +165,9 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
             ));
         }
     };
+
+    // 2b. idle: asleep (the Deployment wants no replica), woken, or looked at
+    let (mut idle_mark, idle_recheck) = look_for_idleness(ctx, &mut spec, previous, &observed, now).await;
 
     // 3. build, with `allocation: auto` resolved from what the cluster publishes
     if let Some(gpu) = spec.gpu.as_mut() {
@@ -186,6 +200,16 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         (ModelReadiness::from_pod_readiness(deployment), None)
     };
 
+    // Asleep only once the Deployment was written at zero; the generation it was written at
+    // tells a later wake from a cache that has not caught up.
+    let just_asleep = |m: &&mut IdleStatus| m.scaled_to_zero_at.is_some() && m.deployment_generation.is_none();
+    if let Some(mark) = idle_mark.as_mut().filter(just_asleep) {
+        match (&apply_state, applied.deployment.as_ref()) {
+            (ApplyState::Applied, Some(written)) => mark.deployment_generation = written.metadata.generation,
+            _ => mark.scaled_to_zero_at = None,
+        }
+    }
+
     // 6. status
     let retry = match &apply_state {
         ApplyState::Applied if applied.awaiting_cache => Some(last_applied::UNCONFIRMED_TRUST),
@@ -202,6 +226,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         deployment,
         capacity,
         model: readiness,
+        idle: idle_mark,
         now,
     });
     if let Some(gpu) = &spec.gpu {
@@ -230,7 +255,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
     // so that a model that stops answering is noticed). Everything else ends with a change a
     // watch reports (a Job finishing, pods becoming ready, GPUs freed), so only the safety
     // resync is timed.
-    let requeue = [recheck, retry]
+    let requeue = [recheck, retry, idle_recheck]
         .into_iter()
         .flatten()
         .min()
@@ -327,6 +352,59 @@ async fn apply_children(
                 };
                 (Applied::default(), state, Some(reasons::APPLY_FAILED))
             }
+        }
+    }
+}
+
+/// Step 2b, for a model that may go to zero: asleep, its Deployment is built at zero; awake and
+/// serving, the runtimes' request counts are read and judged against its idle clock, and a
+/// model idle for `scaleToZeroAfter` goes to zero in this very reconcile. Returns the status's
+/// idle mark and when to look again.
+async fn look_for_idleness(
+    ctx: &Context,
+    spec: &mut Validated,
+    previous: Option<&ModelDeploymentStatus>,
+    observed: &fetch::Observed,
+    now: Timestamp,
+) -> (Option<IdleStatus>, Option<Duration>) {
+    let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
+    let after = spec.scaling.scale_to_zero_after();
+    let mark = previous.and_then(|p| p.idle.as_ref());
+    match idle::standing(after, mark, observed.deployment.as_deref()) {
+        Standing::Never | Standing::Woken => {
+            ctx.idle_clocks.set(&namespace, &name, None);
+            (None, None)
+        }
+        Standing::Asleep(mark) => {
+            spec.asleep = true;
+            (Some(mark), None)
+        }
+        Standing::Awake(mark) => {
+            let after = after.expect("a model that may go to zero has an idle time");
+            let serving: Vec<std::sync::Arc<CachedPod>> = observed
+                .pods
+                .iter()
+                .filter(|pod| is_ready(pod) && !is_terminating(pod))
+                .cloned()
+                .collect();
+            let reading = if serving.is_empty() {
+                Reading::NotServing
+            } else {
+                match ctx.request_counts.requests_served(&serving).await {
+                    Some(requests) => Reading::Requests(requests.round() as i64),
+                    None => Reading::Unknown,
+                }
+            };
+            let look = idle::look(
+                after,
+                mark.as_ref(),
+                ctx.idle_clocks.get(&namespace, &name),
+                reading,
+                now,
+            );
+            ctx.idle_clocks.set(&namespace, &name, look.seen);
+            spec.asleep = look.goes_to_zero();
+            (look.idle, Some(look.recheck))
         }
     }
 }

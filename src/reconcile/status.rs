@@ -11,7 +11,7 @@ use k8s_openapi::{
 use super::{build, ownership::ForeignObject, retry::Retry};
 use crate::{
     api::{
-        ModelDeploymentStatus, Phase,
+        IdleStatus, ModelDeploymentStatus, Phase,
         admission::FieldErrors,
         conditions::{self, reasons},
     },
@@ -109,6 +109,8 @@ pub struct StatusInputs<'a> {
     /// The GPU pre-flight verdict; `None` when no GPU is requested.
     pub capacity: Option<CapacityReport>,
     pub model: ModelReadiness,
+    /// The idle mark of a model that may go to zero (`crate::reconcile::idle`).
+    pub idle: Option<IdleStatus>,
     pub now: Timestamp,
 }
 
@@ -123,6 +125,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         deployment,
         capacity,
         model,
+        idle,
         now,
     } = inputs;
     let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
@@ -262,10 +265,18 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
     // its reason says so), not an outage. Only no ready replica at all is unavailable.
     // Scaled to zero: nothing is wanted, so nothing missing is a fault.
     let at_zero = deployment.is_some() && wanted == 0;
+    let why_zero = match (idle.as_ref(), validated.scaling.scale_to_zero_after()) {
+        (Some(mark), Some(after)) if mark.scaled_to_zero_at.is_some() => format!(
+            "no request for {} (none since {})",
+            humantime::format_duration(after),
+            mark.since.0.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        _ => "replicas: 0".to_owned(),
+    };
     let zero_message = if replicas > 0 {
-        format!("scaled to zero; {replicas} replica(s) still stopping")
+        format!("scaled to zero ({why_zero}); {replicas} replica(s) still stopping")
     } else {
-        "scaled to zero (replicas: 0); a request through the activator scales it to one".to_owned()
+        format!("scaled to zero ({why_zero}); a request through the activator scales it to one")
     };
     if deployment.is_none() {
         conditions.set(
@@ -377,6 +388,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         // Set by the driver from the caches (DRA claims are not among these inputs).
         gpu_allocation: None,
         gpu_devices: Vec::new(),
+        idle,
         conditions: conditions.list,
     }
 }

@@ -14,6 +14,7 @@ use tower_test::mock::{self, Handle};
 use super::*;
 use crate::{
     api::conditions::reasons,
+    custom_metrics::queue_time::QueueTimeSource,
     model_readiness::{EndpointResolver, ProbeSchedule, ProbeSettings, Prober},
     telemetry::Metrics,
     vocabulary::{Leadership, OperatorImages},
@@ -108,6 +109,8 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
         apply_retries: ApplyRetries::default(),
         last_applied: LastApplied::default(),
         written_status: WrittenStatus::default(),
+        request_counts: QueueTimeSource::new(Default::default()),
+        idle_clocks: IdleClocks::default(),
         leader: if leader {
             Leadership::always()
         } else {

@@ -3,6 +3,8 @@
 //! are wrong. The API server has already applied the CRD's schema and CEL rules to anything read
 //! from a cluster; `check` applies them here too for objects read from files.
 
+use std::time::Duration;
+
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
@@ -14,7 +16,8 @@ use crate::{
     runtimes,
     vocabulary::{
         AutoscalingPlan, CredentialsPlan, GpuPlacement, GpuSharing, ModelSource, ModelUri, OperatorImages, Scaling,
-        ScalingMetric, SizeLimit, Validated, ValidationPlan, is_quantity, names::validation_job_name, quantity_bytes,
+        ScalingMetric, SizeLimit, Validated, ValidationPlan, is_quantity, names::validation_job_name, parse_duration,
+        quantity_bytes,
     },
 };
 
@@ -25,6 +28,13 @@ pub const DEFAULT_QUEUE_TIME_TARGET_US: i32 = 50_000;
 /// The model volume's size limit when neither `modelSizeLimit` nor an ephemeral-storage limit
 /// says otherwise: room for a 40-billion-parameter model in fp16, not for a whole node's disk.
 pub const DEFAULT_MODEL_SIZE_LIMIT: &str = "100Gi";
+/// How long a model with `minReplicas: 0` serves no request before it goes to zero, when
+/// `scaleToZeroAfter` is not given.
+pub const DEFAULT_SCALE_TO_ZERO_AFTER: Duration = Duration::from_secs(15 * 60);
+/// The shortest `scaleToZeroAfter`: the idle check reads the runtimes' counts no more often
+/// than every second, and a shorter window would put a model with steady but sparse traffic
+/// to sleep between two requests.
+pub const MIN_SCALE_TO_ZERO_AFTER: Duration = Duration::from_secs(2);
 
 /// Admission (schema and CEL, as the API server applies them) followed by `validate`: for
 /// objects that come from files rather than from the API server.
@@ -128,12 +138,44 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
             ScalingMetric::Cpu => DEFAULT_CPU_UTILIZATION_TARGET,
             ScalingMetric::InferenceQueue => DEFAULT_QUEUE_TIME_TARGET_US,
         });
+        let scale_to_zero_after = (autoscaling.min_replicas == 0).then(|| {
+            let written = autoscaling.scale_to_zero_after.as_deref();
+            match written.map(parse_duration) {
+                None => DEFAULT_SCALE_TO_ZERO_AFTER,
+                Some(Ok(after)) if after >= MIN_SCALE_TO_ZERO_AFTER => after,
+                Some(Ok(_)) => {
+                    refuse(
+                        "spec.autoscaling.scaleToZeroAfter",
+                        format!(
+                            "{:?} is shorter than the least idle time, {}: the runtimes' request counts are read about that often",
+                            written.unwrap_or_default(),
+                            humantime::format_duration(MIN_SCALE_TO_ZERO_AFTER)
+                        ),
+                    );
+                    DEFAULT_SCALE_TO_ZERO_AFTER
+                }
+                Some(Err(message)) => {
+                    refuse("spec.autoscaling.scaleToZeroAfter", message);
+                    DEFAULT_SCALE_TO_ZERO_AFTER
+                }
+            }
+        });
+        if autoscaling.min_replicas > 0 && autoscaling.scale_to_zero_after.is_some() {
+            refuse(
+                "spec.autoscaling.scaleToZeroAfter",
+                "needs minReplicas: 0; with a minimum of one or more the model never goes to zero".into(),
+            );
+        }
+        if let Some(Err(message)) = autoscaling.cold_start_timeout.as_deref().map(parse_duration) {
+            refuse("spec.autoscaling.coldStartTimeout", message);
+        }
         Scaling::Autoscaled(AutoscalingPlan {
             min_replicas: autoscaling.min_replicas,
             max_replicas: autoscaling.max_replicas,
             metric,
             target,
             scale_down_stabilization_seconds: autoscaling.scale_down_stabilization_seconds,
+            scale_to_zero_after,
         })
     } else {
         Scaling::Fixed {
@@ -212,6 +254,7 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
         resources,
         gpu,
         scaling,
+        asleep: false,
         validation,
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),

@@ -11,6 +11,7 @@ mod addresses;
 pub mod cached;
 mod custom_metric;
 pub mod digest;
+mod duration;
 mod errors;
 mod gpu;
 mod images;
@@ -28,6 +29,7 @@ pub use self::{
         InvalidEndpoint, InvalidModelEndpoint, ModelEndpoints, host_port, parse_endpoint, parse_model_endpoints,
     },
     custom_metric::{GPU_UTILIZATION_METRIC, POD_METRICS, PodValue, QUEUE_TIME_METRIC, QueueTimeSeries},
+    duration::parse_duration,
     errors::error_chain,
     gpu::{
         DRA_DRIVER, DRA_GPU_CLASS, DRA_MIG_CLASS, DeviceRequirements, GPU_RESOURCE, GPU_RESOURCE_PREFIX, GPU_TAINT_KEY,

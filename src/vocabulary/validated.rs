@@ -2,7 +2,7 @@
 //! scaling decided), the view every builder, probe and status computation reads instead of the
 //! raw spec. `crate::reconcile::validate` makes it.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{Affinity, EnvFromSource, EnvVar, ResourceRequirements, Toleration},
@@ -40,6 +40,9 @@ pub struct Validated {
     pub resources: ResourceRequirements,
     pub gpu: Option<GpuPlacement>,
     pub scaling: Scaling,
+    /// Not from the spec: the reconcile sets it for a model it scaled to zero for being idle
+    /// (`status.idle`), so that the Deployment wants no replica until a request wakes it.
+    pub asleep: bool,
     pub validation: Option<ValidationPlan>,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
@@ -101,6 +104,18 @@ pub struct AutoscalingPlan {
     pub metric: ScalingMetric,
     pub target: i32,
     pub scale_down_stabilization_seconds: Option<i32>,
+    /// With `minReplicas: 0`: how long without a request before the model goes to zero.
+    pub scale_to_zero_after: Option<Duration>,
+}
+
+impl Scaling {
+    /// How long the model may be idle before it goes to zero; `None` when it never does.
+    pub fn scale_to_zero_after(&self) -> Option<Duration> {
+        match self {
+            Self::Autoscaled(plan) => plan.scale_to_zero_after,
+            Self::Fixed { .. } => None,
+        }
+    }
 }
 
 /// A metric the HorizontalPodAutoscaler can scale on.

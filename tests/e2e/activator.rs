@@ -2,7 +2,10 @@
 //! operator: a model at zero (`replicas: 0`) gets a real `POST /predict`; the activator holds it,
 //! scales the model to one through its `/scale` subresource, waits until the operator's probe of
 //! the real FastAPI runtime says the model answers, and forwards it. An activator killed while
-//! it holds a request leaves its client with an error at once, not a hang.
+//! it holds a request leaves its client with an error at once, not a hang. A model that may go
+//! to zero (`autoscaling.minReplicas: 0`) stays up while it has traffic, goes to zero once its
+//! runtime's request count stands still for `scaleToZeroAfter`, and the first request through
+//! the activator wakes it (through its Deployment's `/scale`).
 //!
 //! kwok's pods have made-up IPs, so the runtime is the FastAPI app on loopback, started once the
 //! pod exists, and both the operator (`--probe-endpoint`) and the activator (`--model-endpoint`)
@@ -210,5 +213,137 @@ async fn an_activator_killed_while_holding_a_request_fails_it_at_once() {
         noticed < Duration::from_secs(5),
         "at once, not after its timeout: {noticed:?}"
     );
+    ns.delete().await;
+}
+
+fn model_that_may_go_to_zero(name: &str, after: &str) -> String {
+    format!(
+        "apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {{name: {name}}}
+spec:
+  modelURI: https://models.example.com/{name}.pt
+  runtime: fastapi-pytorch
+  modelName: affine
+  autoscale: true
+  autoscaling: {{metric: inference-queue, minReplicas: 0, maxReplicas: 2, scaleToZeroAfter: {after}}}
+"
+    )
+}
+
+/// The model's status and its Deployment's wanted replicas.
+async fn model_and_replicas(ns: &TestNamespace, name: &str) -> Option<(ModelDeployment, i32)> {
+    let model = ns.api::<ModelDeployment>().get_opt(name).await.ok()??;
+    let deployment = ns.api::<Deployment>().get_opt(name).await.ok()??;
+    Some((model, deployment.spec?.replicas?))
+}
+
+fn is_asleep(model: &ModelDeployment) -> bool {
+    model
+        .status
+        .as_ref()
+        .and_then(|s| s.idle.as_ref())
+        .is_some_and(|idle| idle.scaled_to_zero_at.is_some())
+}
+
+#[tokio::test]
+async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
+    const IDLE: Duration = Duration::from_secs(4);
+    let servers = TestServers::installed();
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-idle").await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.pt");
+    write_affine_model(&servers.path("PYTHON"), &model_path);
+    let port = free_port();
+    // The runtime runs throughout (kwok's pods are not real); what the operator reads is its
+    // own request count, on the same port.
+    let _app = inference_app(&servers, dir.path(), "affine", &model_path, port);
+    let runtime = format!("{}/drowsy=127.0.0.1:{port}", ns.name);
+    let operator = Operator::start_with(
+        &ns.name,
+        "idle-op",
+        &["--probe-endpoint", &runtime, "--runtime-metrics-endpoint", &runtime],
+    );
+    let activator = ActivatorProcess::start(&ns.name, "idle-activator", &["--model-endpoint", &runtime]);
+    ns.apply_model(&model_that_may_go_to_zero("drowsy", "4s"))
+        .await
+        .unwrap();
+    eventually(SETTLE, "the model serves", || async {
+        let (model, replicas) = model_and_replicas(&ns, "drowsy").await?;
+        (model.status?.phase == Some(Phase::Ready) && replicas == 1).then_some(())
+    })
+    .await;
+
+    // Traffic for three idle times: the model stays up.
+    let direct = reqwest::Client::new();
+    let busy_until = Instant::now() + IDLE * 3;
+    let mut sent = 0;
+    while Instant::now() < busy_until {
+        sent += 1;
+        predict_affine(&direct, &format!("http://127.0.0.1:{port}/predict"), sent).await;
+        let (model, replicas) = model_and_replicas(&ns, "drowsy").await.unwrap();
+        assert!(
+            !is_asleep(&model) && replicas == 1,
+            "a model with traffic went to zero: {:#?}",
+            model.status
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    // Then none: it goes to zero, and the HPA stands still.
+    let quiet = Instant::now();
+    let model = eventually(SETTLE, "the idle model goes to zero", || async {
+        let (model, replicas) = model_and_replicas(&ns, "drowsy").await?;
+        (is_asleep(&model) && replicas == 0 && model.status.as_ref()?.phase == Some(Phase::ScaledToZero))
+            .then_some(model)
+    })
+    .await;
+    let went_to_zero_in = quiet.elapsed();
+    let status = model.status.unwrap();
+    assert!(
+        status.message.as_deref().unwrap().contains("no request for 4s"),
+        "{status:#?}"
+    );
+    assert!(went_to_zero_in < IDLE + Duration::from_secs(10), "{went_to_zero_in:?}");
+    eventually(SETTLE, "the HPA stands still at zero", || async {
+        let hpa = ns
+            .api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>()
+            .get_opt("drowsy")
+            .await
+            .ok()??;
+        let conditions = hpa.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| {
+                c.type_ == "ScalingActive" && c.status == "False" && c.reason.as_deref() == Some("ScalingDisabled")
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The first request through the activator wakes it, and is answered.
+    let service = format!("drowsy-service.{}", ns.name);
+    let url = format!("http://{service}:{}/predict", activator.http.port());
+    let asked = Instant::now();
+    predict_affine(&http_client(&service, activator.http, SETTLE), &url, 7).await;
+    let woke_in = asked.elapsed();
+    let (model, replicas) = model_and_replicas(&ns, "drowsy").await.unwrap();
+    assert_eq!(replicas, 1, "woken to one replica");
+    assert!(!is_asleep(&model), "{:#?}", model.status);
+    assert!(
+        activator.log_text().contains("scaled it to 1"),
+        "{}",
+        activator.log_text()
+    );
+
+    // And once idle again, back to zero.
+    eventually(SETTLE, "the model goes back to zero after the idle time", || async {
+        let (model, replicas) = model_and_replicas(&ns, "drowsy").await?;
+        (is_asleep(&model) && replicas == 0).then_some(())
+    })
+    .await;
+    assert!(!operator.log_text().contains("panicked"), "{}", operator.log_text());
+    eprintln!("went to zero {went_to_zero_in:.1?} after the last request; woken and answered in {woke_in:.1?}");
     ns.delete().await;
 }

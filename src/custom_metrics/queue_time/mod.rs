@@ -150,6 +150,29 @@ impl QueueTimeSource {
         })
     }
 
+    /// The requests the runtimes of `pods` have served in all, for the idle check of a model
+    /// that may go to zero; `None` when one of them cannot be reached or read, since then what
+    /// it served is unknown. Nothing is kept.
+    pub async fn requests_served(&self, pods: &[Arc<CachedPod>]) -> Option<f64> {
+        let targets: Vec<Target> = pods.iter().map(|pod| self.target(pod)).collect::<Option<_>>()?;
+        let reads: Vec<Result<QueueCounters, ReadError>> = stream::iter(targets)
+            .map(|target| async move { self.read(&target).await })
+            .buffer_unordered(CONCURRENT_READS)
+            .collect()
+            .await;
+        let mut served = 0.0;
+        for read in reads {
+            match read {
+                Ok(counters) => served += counters.requests,
+                Err(error) => {
+                    debug!(%error, "a runtime's request count could not be read: no idle verdict this time");
+                    return None;
+                }
+            }
+        }
+        Some(served)
+    }
+
     /// Each pod's mean queue time since an earlier read, for the pods that have one.
     pub async fn values(&self, pods: &[Arc<CachedPod>]) -> Vec<PodValue> {
         let targets: Vec<Target> = pods.iter().filter_map(|pod| self.target(pod)).collect();

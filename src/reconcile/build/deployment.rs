@@ -54,6 +54,8 @@ pub fn build(model: &Validated, runtime_config: Option<&ConfigMap>) -> Deploymen
         runtime_config.map(|config| BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash(config))]));
 
     let replicas = match &model.scaling {
+        // Idle long enough: no replica, and the HPA, whose target is at zero, stands still.
+        _ if model.asleep => Some(0),
         Scaling::Fixed { replicas } => Some(*replicas),
         // The HPA owns the replica count; leaving the field out keeps apply from resetting it.
         Scaling::Autoscaled(_) => None,

@@ -67,7 +67,9 @@ pub fn build(model: &Validated) -> Option<HorizontalPodAutoscaler> {
                 kind: "Deployment".to_owned(),
                 name: deployment_name(&model.name),
             },
-            min_replicas: Some(plan.min_replicas),
+            // An HPA cannot go below one (`HPAScaleToZero` is alpha and off): going to zero is the
+            // idle check's (`crate::reconcile::idle`), and the HPA stands still at zero.
+            min_replicas: Some(plan.min_replicas.max(1)),
             max_replicas: plan.max_replicas,
             metrics: Some(vec![metric]),
             behavior,

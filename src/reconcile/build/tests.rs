@@ -1257,3 +1257,63 @@ fn dra_only_selectors_with_the_device_plugin_are_refused() {
         "",
     );
 }
+
+const GOES_TO_ZERO: &str = "apiVersion: mlops.sathvik.dev/v1\nkind: ModelDeployment\nmetadata: {name: m}\nspec:\n  modelURI: s3://b/m/\n  runtime: triton\n  autoscale: true\n  autoscaling: {metric: inference-queue, minReplicas: 0, maxReplicas: 3, scaleToZeroAfter: 10m}\n";
+
+#[test]
+fn a_model_that_may_go_to_zero_keeps_an_hpa_of_at_least_one_and_its_replicas_while_awake() {
+    let object: Value = serde_yaml_ng::from_str(GOES_TO_ZERO).unwrap();
+    let validated = check(&object, &OperatorImages::default()).unwrap();
+    assert_eq!(
+        validated.scaling.scale_to_zero_after(),
+        Some(std::time::Duration::from_secs(600))
+    );
+    let awake = build(&validated);
+    let hpa = awake.hpa.as_ref().expect("an HPA");
+    let spec = hpa.spec.as_ref().unwrap();
+    assert_eq!(
+        (spec.min_replicas, spec.max_replicas),
+        (Some(1), 3),
+        "an HPA cannot go below one: {}",
+        show(hpa)
+    );
+    assert_eq!(
+        awake.deployment.spec.as_ref().unwrap().replicas,
+        None,
+        "awake, the HPA owns the replicas"
+    );
+}
+
+#[test]
+fn an_asleep_model_wants_no_replica_and_keeps_its_hpa() {
+    let object: Value = serde_yaml_ng::from_str(GOES_TO_ZERO).unwrap();
+    let mut validated = check(&object, &OperatorImages::default()).unwrap();
+    validated.asleep = true;
+    let asleep = build(&validated);
+    assert_eq!(asleep.deployment.spec.as_ref().unwrap().replicas, Some(0));
+    assert!(
+        asleep.hpa.is_some(),
+        "the HPA stands still at zero rather than being deleted"
+    );
+}
+
+#[test]
+fn the_idle_time_defaults_to_fifteen_minutes_and_must_be_a_duration_of_two_seconds_or_more() {
+    let default = with_spec("autoscale: true\nautoscaling: {metric: inference-queue, minReplicas: 0}");
+    let object: Value = serde_yaml_ng::from_str(&default).unwrap();
+    let validated = check(&object, &OperatorImages::default()).unwrap();
+    assert_eq!(
+        validated.scaling.scale_to_zero_after(),
+        Some(std::time::Duration::from_secs(900))
+    );
+    assert_refused(
+        &with_spec("autoscale: true\nautoscaling: {metric: inference-queue, minReplicas: 0, scaleToZeroAfter: 500ms}"),
+        "spec.autoscaling.scaleToZeroAfter",
+        "shorter than the least idle time",
+    );
+    assert_refused(
+        &with_spec("autoscale: true\nautoscaling: {metric: inference-queue, minReplicas: 2, scaleToZeroAfter: 5m}"),
+        "spec.autoscaling.scaleToZeroAfter",
+        "needs minReplicas: 0",
+    );
+}

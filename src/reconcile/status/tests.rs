@@ -83,6 +83,7 @@ fn inputs<'a>(
         deployment,
         capacity: None,
         model: ModelReadiness::from_pod_readiness(deployment),
+        idle: None,
         now: at(0),
     }
 }
@@ -216,6 +217,7 @@ fn an_invalid_spec_fails_with_the_field_errors_and_keeps_the_serving_version() {
         deployment: None,
         capacity: None,
         model: ModelReadiness::from_pod_readiness(None),
+        idle: None,
         now: at(0),
     });
     assert_eq!(status.phase, Some(Phase::Failed));
@@ -514,6 +516,36 @@ fn a_model_at_zero_is_scaled_to_zero_not_deploying_and_says_how_it_wakes() {
     assert_eq!(status.phase, Some(Phase::ScaledToZero));
     assert_eq!(
         status.message.as_deref(),
-        Some("scaled to zero; 2 replica(s) still stopping")
+        Some("scaled to zero (replicas: 0); 2 replica(s) still stopping")
     );
+}
+
+#[test]
+fn a_model_the_operator_put_to_sleep_says_how_long_it_was_idle_and_keeps_its_mark() {
+    let spec = validated(&TRITON.replace(
+        "  gpu: {count: 2}\n",
+        "  gpu: {count: 2}\n  autoscale: true\n  autoscaling: {minReplicas: 0, scaleToZeroAfter: 15m}\n",
+    ));
+    let asleep = scaled_to_zero(0);
+    let mark = crate::api::IdleStatus {
+        since: Time(at(0)),
+        requests: 41,
+        scaled_to_zero_at: Some(Time(at(900))),
+        deployment_generation: Some(6),
+    };
+    let status = compute(StatusInputs {
+        idle: Some(mark.clone()),
+        ..inputs(&spec, Some(&asleep), succeeded())
+    });
+    assert_eq!(status.phase, Some(Phase::ScaledToZero), "{status:#?}");
+    let message = status.message.clone().unwrap();
+    assert!(
+        message.starts_with("scaled to zero (no request for 15m (none since "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("a request through the activator scales it to one"),
+        "{message}"
+    );
+    assert_eq!(status.idle, Some(mark), "the mark is kept for the wake and a restart");
 }
