@@ -430,7 +430,7 @@ fn the_activator_runs_two_replicas_on_the_ports_its_service_names() {
 }
 
 #[test]
-fn the_activator_may_write_only_a_models_scale() {
+fn the_activator_may_write_only_the_scale_of_models_and_their_deployments() {
     let role: ClusterRole = one("config/activator/rbac.yaml", "ClusterRole");
     let mut grants: Vec<String> = role
         .rules
@@ -450,6 +450,7 @@ fn the_activator_may_write_only_a_models_scale() {
         [
             "list modeldeployments",
             "list pods",
+            "patch deployments/scale",
             "patch modeldeployments/scale",
             "watch modeldeployments",
             "watch pods"

@@ -1,14 +1,17 @@
 //! What the activator knows of the cluster, from two watches:
 //!
 //! - the ModelDeployments: which Service is whose, the runtime (its ports), whether the model is
-//!   at zero (`spec.replicas: 0`, set by hand, `kubectl scale` or an autoscaler), and whether one
-//!   of its replicas' model answers (`status.modelReadyReplicas`, the operator's own probe: a
-//!   Ready pod alone is not enough);
+//!   at zero and why, and whether one of its replicas' model answers
+//!   (`status.modelReadyReplicas`, the operator's own probe: a Ready pod alone is not enough);
 //! - the serving pods: the address of a Ready one to forward to.
 //!
-//! Asking for a replica is what any autoscaler does: `spec.replicas` set to 1 through the
-//! ModelDeployment's `/scale` subresource, and only for a model at zero. A model that is merely
-//! starting (or autoscaled, so never at zero) is already coming: its requests just wait.
+//! Asking for a replica depends on who put the model at zero:
+//! - the user or their autoscaler (`spec.replicas: 0`): `spec.replicas` set to 1 through the
+//!   ModelDeployment's `/scale` subresource, as any autoscaler does;
+//! - the operator, for being idle (`status.idle.scaledToZeroAt`): its Deployment's `/scale` set
+//!   to 1, which the operator takes as the wake, handing the replicas back to the HPA.
+//!
+//! A model that is merely starting is already coming: its requests just wait.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -21,6 +24,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -41,14 +45,14 @@ use crate::{
     vocabulary::{
         Runtime,
         cached::CachedPod,
-        names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME, service_name},
-        pods,
+        names::{COMPONENT_SERVER, LABEL_COMPONENT, LABEL_NAME, deployment_name, service_name},
+        parse_duration, pods,
     },
 };
 
 /// At most one request for a replica per model this often, however many requests wait.
 const WAKE_INTERVAL: Duration = Duration::from_secs(5);
-/// The field manager of the activator's writes (the `/scale` subresource).
+/// The field manager of the activator's writes (the `/scale` subresources).
 pub const FIELD_MANAGER: &str = "model-operator-activator";
 
 /// Addresses that stand in for a model's pods (`--model-endpoint`), where pods' IPs cannot be
@@ -257,10 +261,13 @@ impl Models for ClusterModels {
             .cloned()
             .collect();
         let key = choose(host, &candidates, self.is_synced())?;
+        let cold_start_timeout = self.model(&key).map_or(self.settings.cold_start_timeout, |model| {
+            cold_start_timeout(&model, self.settings.cold_start_timeout)
+        });
         Ok(Route {
             ready: self.follow(&key),
             model: key,
-            cold_start_timeout: self.settings.cold_start_timeout,
+            cold_start_timeout,
         })
     }
 
@@ -268,10 +275,10 @@ impl Models for ClusterModels {
         let Some(model) = self.model(key) else {
             return;
         };
-        if model.spec.autoscale || model.spec.replicas > 0 {
+        let Some(wake) = wake_for(&model) else {
             // Starting already, or the HPA's (which never goes below one).
             return;
-        }
+        };
         {
             let mut followed = self.followed.lock().expect("followed lock");
             let Some(entry) = followed.get_mut(key) else {
@@ -282,19 +289,65 @@ impl Models for ClusterModels {
             }
             entry.last_wake = Some(Instant::now());
         }
-        let api: Api<ModelDeployment> = Api::namespaced(self.client.clone(), &key.namespace);
-        let key = key.clone();
+        let (client, key) = (self.client.clone(), key.clone());
         tokio::spawn(async move {
             let patch = json!({"spec": {"replicas": 1}});
-            match api
-                .patch_scale(&key.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => info!(model = %key, "requests are waiting for a model at zero: scaled it to 1"),
-                Err(error) => warn!(model = %key, %error, "could not scale the model to 1 for its waiting requests"),
+            let params = PatchParams::apply(FIELD_MANAGER);
+            let written = match wake {
+                Wake::ModelScale => Api::<ModelDeployment>::namespaced(client, &key.namespace)
+                    .patch_scale(&key.name, &params, &Patch::Merge(&patch))
+                    .await
+                    .map(drop),
+                Wake::DeploymentScale => Api::<Deployment>::namespaced(client, &key.namespace)
+                    .patch_scale(&deployment_name(&key.name), &params, &Patch::Merge(&patch))
+                    .await
+                    .map(drop),
+            };
+            match written {
+                Ok(()) => info!(model = %key, ?wake, "requests are waiting for a model at zero: scaled it to 1"),
+                Err(error) => {
+                    warn!(model = %key, ?wake, %error, "could not scale the model to 1 for its waiting requests")
+                }
             }
         });
     }
+}
+
+/// How a model at zero is asked for a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The user's `spec.replicas: 0`: the ModelDeployment's `/scale`.
+    ModelScale,
+    /// Asleep for being idle: the Deployment's `/scale`, which the operator takes as the wake.
+    DeploymentScale,
+}
+
+/// How to wake `model`; `None` for a model that is not at zero (it is starting, or serves).
+fn wake_for(model: &ModelDeployment) -> Option<Wake> {
+    let asleep = model
+        .status
+        .as_ref()
+        .and_then(|status| status.idle.as_ref())
+        .is_some_and(|idle| idle.scaled_to_zero_at.is_some());
+    if asleep {
+        Some(Wake::DeploymentScale)
+    } else if !model.spec.autoscale && model.spec.replicas == 0 {
+        Some(Wake::ModelScale)
+    } else {
+        None
+    }
+}
+
+/// The longest a request for `model` may wait: its `autoscaling.coldStartTimeout`, else the
+/// flag's. The API server checked the field's form; one that still does not read is the flag's.
+fn cold_start_timeout(model: &ModelDeployment, default: Duration) -> Duration {
+    model
+        .spec
+        .autoscaling
+        .as_ref()
+        .and_then(|autoscaling| autoscaling.cold_start_timeout.as_deref())
+        .and_then(|text| parse_duration(text).ok())
+        .unwrap_or(default)
 }
 
 /// The one model a host can mean, among those with its Service name; the words for the client
@@ -489,6 +542,47 @@ mod tests {
             "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
         }))
         .unwrap()
+    }
+
+    fn model(spec: serde_json::Value, status: serde_json::Value) -> ModelDeployment {
+        let mut spec = spec;
+        spec["modelURI"] = json!("https://models.example.com/m.pt");
+        spec["runtime"] = json!("fastapi-pytorch");
+        serde_json::from_value(json!({
+            "apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": "ml"},
+            "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_model_is_woken_through_whoever_put_it_at_zero() {
+        let user_zero = model(json!({"replicas": 0}), json!({}));
+        assert_eq!(wake_for(&user_zero), Some(Wake::ModelScale));
+        let idle_at_zero = model(
+            json!({"autoscale": true, "autoscaling": {"minReplicas": 0}}),
+            json!({"idle": {"since": "2026-12-04T05:00:00Z", "requests": 7,
+                            "scaledToZeroAt": "2026-12-04T05:15:00Z", "deploymentGeneration": 4}}),
+        );
+        assert_eq!(wake_for(&idle_at_zero), Some(Wake::DeploymentScale));
+        let idle_but_serving = model(
+            json!({"autoscale": true, "autoscaling": {"minReplicas": 0}}),
+            json!({"idle": {"since": "2026-12-04T05:00:00Z", "requests": 7}}),
+        );
+        assert_eq!(wake_for(&idle_but_serving), None, "it serves: nothing to wake");
+        assert_eq!(wake_for(&model(json!({"replicas": 2}), json!({}))), None);
+    }
+
+    #[test]
+    fn a_models_own_cold_start_bound_wins_over_the_flag() {
+        let flag = Duration::from_secs(300);
+        let own = model(
+            json!({"autoscale": true, "autoscaling": {"minReplicas": 0, "coldStartTimeout": "45s"}}),
+            json!({}),
+        );
+        assert_eq!(cold_start_timeout(&own, flag), Duration::from_secs(45));
+        assert_eq!(cold_start_timeout(&model(json!({}), json!({})), flag), flag);
     }
 
     #[test]

@@ -358,11 +358,16 @@ scaled_to_one() {
   [[ $(k get modeldeployment "$1" -n "$MODEL_NAMESPACE" -o jsonpath='{.spec.replicas}') == 1 ]]
 }
 
+deployment_scaled_to_one() {
+  [[ $(k get deployment "$1" -n "$MODEL_NAMESPACE" -o jsonpath='{.spec.replicas}') == 1 ]]
+}
+
 # Runs the activator binary as its ServiceAccount ($1 namespace, $2 account): its watches must
-# list, and a request for a model at zero must make it scale the model to one.
+# list, and a request for a model at zero must make it scale the model to one; for a model the
+# operator put to sleep for being idle, its Deployment (status.idle says so; set by hand here).
 check_activator_rbac() {
   local namespace=$1 account=$2 label=$3
-  local log="$WORK/activator-$label.log" model=install-check-zero
+  local log="$WORK/activator-$label.log" model=install-check-zero idle=install-check-idle
   k create namespace "$MODEL_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
   k apply -n "$MODEL_NAMESPACE" -f - >/dev/null <<EOF
 apiVersion: mlops.sathvik.dev/v1
@@ -373,7 +378,22 @@ spec:
   modelURI: https://example.com/models/install-check.pt
   runtime: fastapi-pytorch
   replicas: 0
+---
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata:
+  name: $idle
+spec:
+  modelURI: https://example.com/models/install-check.pt
+  runtime: fastapi-pytorch
+  autoscale: true
+  resources: {requests: {cpu: 100m}}
+  autoscaling: {minReplicas: 0, scaleToZeroAfter: 10m}
 EOF
+  k create deployment "$idle" -n "$MODEL_NAMESPACE" --image=registry.invalid/none --replicas=0 \
+    --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
+  k patch modeldeployment "$idle" -n "$MODEL_NAMESPACE" --subresource=status --type merge \
+    -p '{"status":{"idle":{"since":"2026-01-01T00:00:00Z","requests":3,"scaledToZeroAt":"2026-01-01T00:10:00Z"}}}' >/dev/null
   log "$label: running the activator as serviceaccount $namespace/$account"
   exec_as_serviceaccount "$namespace" "$account" \
     "$OPERATOR_BIN" --log-format json activator \
@@ -389,12 +409,16 @@ EOF
   # Held (the model never answers here) until curl gives up; what counts is the scale-up.
   curl -s --max-time 3 -H "Host: $model-service.$MODEL_NAMESPACE" -d '{}' "http://$http/predict" >/dev/null || true
   wait_until 30 "$label: the activator to scale $model to one (log: $log)" scaled_to_one "$model"
+  curl -s --max-time 3 -H "Host: $idle-service.$MODEL_NAMESPACE" -d '{}' "http://$http/predict" >/dev/null || true
+  wait_until 30 "$label: the activator to scale the Deployment of $idle to one (log: $log)" \
+    deployment_scaled_to_one "$idle"
   stop_activator
   if grep -qiE 'forbidden|\b403\b' "$log"; then
     operator_fail "$log" "$label: the API server refused the activator something (above)"
   fi
-  k delete modeldeployment "$model" -n "$MODEL_NAMESPACE" --ignore-not-found --wait=false >/dev/null
-  log "$label: the activator listed its watches and scaled a model at zero to one as $namespace/$account"
+  k delete modeldeployment "$model" "$idle" -n "$MODEL_NAMESPACE" --ignore-not-found --wait=false >/dev/null
+  k delete deployment "$idle" -n "$MODEL_NAMESPACE" --ignore-not-found --wait=false >/dev/null
+  log "$label: the activator listed its watches and scaled a model at zero (and an idle one's Deployment) to one as $namespace/$account"
 }
 
 # ---------------------------------------------------------------------------------------------
