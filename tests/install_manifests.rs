@@ -231,7 +231,8 @@ fn the_operator_may_write_only_what_it_applies() {
             }
         }
     }
-    // Server-side apply of every child kind (src/reconcile/apply.rs), pruning of the optional ones,
+    // Server-side apply of every child kind (src/reconcile/apply.rs; the EndpointSlice points a
+    // model's Service at the activator), pruning of the optional ones,
     // the status, Events; nothing on pods, nodes or the ModelDeployment's spec.
     let mut expected = vec![
         "update modeldeployments/finalizers",
@@ -240,6 +241,9 @@ fn the_operator_may_write_only_what_it_applies() {
         "patch deployments",
         "create services",
         "patch services",
+        "create endpointslices",
+        "patch endpointslices",
+        "delete endpointslices",
         "create jobs",
         "patch jobs",
         "create horizontalpodautoscalers",

@@ -30,6 +30,7 @@ pub async fn write_children(client: &Client, models: &[ModelDeployment], at_once
                 resource_claim_template,
                 deployment,
                 service,
+                activator_slice,
                 hpa,
                 validation_job,
             } = mix::desired(model);
@@ -43,6 +44,9 @@ pub async fn write_children(client: &Client, models: &[ModelDeployment], at_once
                 apply(client, &job).await;
             }
             apply(client, &deployment).await;
+            if let Some(slice) = activator_slice {
+                apply(client, &slice).await;
+            }
             apply(client, &service).await;
             if let Some(hpa) = hpa {
                 apply(client, &hpa).await;

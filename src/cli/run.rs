@@ -8,7 +8,7 @@ use tracing::error;
 
 use super::ImageArgs;
 use crate::{
-    controller::{self, LeaseSettings, Settings},
+    controller::{self, ActivatorService, LeaseSettings, Settings},
     custom_metrics::{self, AgentEndpoint},
     model_readiness::{EndpointResolver, ProbeSettings},
     vocabulary::parse_model_endpoints,
@@ -79,6 +79,12 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub runtime_metrics_endpoints: Vec<String>,
+    /// The activator's Service, `NAMESPACE/NAME`: while a model has no replica that answers (at
+    /// zero, or waking), its Service points at the activator's ready addresses, read from this
+    /// Service's EndpointSlices, and back at the pods once the model answers. Unset: Services
+    /// always select the pods, and clients must send to the activator themselves.
+    #[arg(long, env = "ACTIVATOR_SERVICE")]
+    pub activator_service: Option<ActivatorService>,
     /// Address of the custom.metrics.k8s.io API (HTTPS) that the APIService points at.
     #[arg(long, env = "CUSTOM_METRICS_ADDR", default_value = "0.0.0.0:6443")]
     pub custom_metrics_addr: SocketAddr,
@@ -148,6 +154,7 @@ impl RunArgs {
             probe_endpoints,
             probe_pod_ips,
             runtime_metrics_endpoints,
+            activator_service,
             custom_metrics_addr,
             tls_cert_file,
             tls_key_file,
@@ -227,6 +234,7 @@ impl RunArgs {
                     timeout: agent_timeout,
                 },
             },
+            activator: activator_service,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

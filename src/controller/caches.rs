@@ -14,6 +14,7 @@ use k8s_openapi::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, Node},
+        discovery::v1::EndpointSlice,
         resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice},
     },
 };
@@ -29,14 +30,16 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::{admin::CachesSynced, projections};
+use super::{ActivatorService, admin::CachesSynced, projections};
 use crate::{
     api::ModelDeployment,
     reconcile::{Caches, PodIndex, RequestedGpus},
     vocabulary::{
         cached::{CachedDeployment, CachedPod, CachedService},
         digest::text_hash,
-        names::{LABEL_MANAGED_BY, MANAGED_BY},
+        names::{
+            ENDPOINTSLICE_MANAGER, LABEL_ENDPOINTSLICE_MANAGED_BY, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGED_BY,
+        },
         per_model,
     },
 };
@@ -58,6 +61,8 @@ pub struct Watches {
     pub claim_templates: Triggers<ResourceClaimTemplate>,
     pub resource_slices: Triggers<ResourceSlice>,
     pub resource_claims: Triggers<ResourceClaim>,
+    pub endpoint_slices: Triggers<EndpointSlice>,
+    pub activator_slices: Triggers<EndpointSlice>,
 }
 
 /// Whether the cluster serves `resource.k8s.io/v1` (Dynamic Resource Allocation, GA in 1.34):
@@ -74,12 +79,14 @@ pub async fn dra_served(client: &Client) -> bool {
 }
 
 /// Starts every watch: ModelDeployments, the operator's children and pods in `namespace` (all
-/// when `None`; a namespaced install may read no further), nodes everywhere. Each
-/// ModelDeployment a watch reports deleted is sent to `deleted` as (namespace, name).
+/// when `None`; a namespaced install may read no further), nodes everywhere, and the
+/// EndpointSlices of the activator's Service when there is one. Each ModelDeployment a watch
+/// reports deleted is sent to `deleted` as (namespace, name).
 pub fn start(
     client: &Client,
     namespace: Option<&str>,
     dra: bool,
+    activator: Option<&ActivatorService>,
     deleted: futures::channel::mpsc::UnboundedSender<(String, String)>,
 ) -> Watches {
     let children = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
@@ -117,6 +124,23 @@ pub fn start(
         projections::config_map,
         ignore,
     );
+    // Selected by the slice's own managed-by label: the EndpointSlice controller copies a
+    // Service's labels (the operator's among them) onto the slices it makes for the pods.
+    let (endpoint_slices, endpoint_slice_stream) = reflect(
+        in_scope(client, namespace),
+        watcher::Config::default().labels(&format!("{LABEL_ENDPOINTSLICE_MANAGED_BY}={ENDPOINTSLICE_MANAGER}")),
+        projections::endpoint_slice,
+        ignore,
+    );
+    let (activator_slices, activator_slice_stream) = served_or_empty(activator.is_some(), || {
+        let activator = activator.expect("watched only with an activator");
+        reflect(
+            Api::namespaced(client.clone(), &activator.namespace),
+            watcher::Config::default().labels(&format!("{LABEL_SERVICE_NAME}={}", activator.name)),
+            projections::whole,
+            ignore,
+        )
+    });
     let (claim_templates, claim_template_stream) = served_or_empty(dra, || {
         reflect(in_scope(client, namespace), children, projections::whole, ignore)
     });
@@ -174,6 +198,8 @@ pub fn start(
             resource_slices,
             resource_claims,
             device_classes,
+            endpoint_slices,
+            activator_slices,
             pods_namespace: namespace.map(str::to_owned),
             pod_index,
             requested_gpus: RequestedGpus::default(),
@@ -189,10 +215,13 @@ pub fn start(
         claim_templates: claim_template_stream,
         resource_slices: resource_slice_stream,
         resource_claims: resource_claim_stream,
+        endpoint_slices: endpoint_slice_stream,
+        activator_slices: activator_slice_stream,
     }
 }
 
-/// A DRA cache where the API is served; an empty one that counts as listed where it is not.
+/// A cache where its source exists (the DRA API is served, an activator is installed); an empty
+/// one that counts as listed where it does not.
 fn served_or_empty<K>(served: bool, watch: impl FnOnce() -> (Store<K>, Triggers<K>)) -> (Store<K>, Triggers<K>)
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
@@ -226,6 +255,8 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
             resource_slices,
             resource_claims,
             device_classes,
+            endpoint_slices,
+            activator_slices,
             pods_namespace: _,
             pod_index: _,
             requested_gpus: _,
@@ -243,6 +274,8 @@ pub fn report_sync(caches: Caches, ready: CachesSynced) -> watch::Receiver<bool>
             ("resourceslices", resource_slices.wait_until_ready().boxed()),
             ("resourceclaims", resource_claims.wait_until_ready().boxed()),
             ("deviceclasses", device_classes.wait_until_ready().boxed()),
+            ("endpointslices", endpoint_slices.wait_until_ready().boxed()),
+            ("activator endpointslices", activator_slices.wait_until_ready().boxed()),
         ];
         let waiting: Arc<Mutex<Vec<&str>>> = Arc::new(Mutex::new(waits.iter().map(|(name, _)| *name).collect()));
         let all = future::join_all(waits.into_iter().map(|(name, wait)| {

@@ -29,6 +29,7 @@ use self::{
     leader::NotLeader,
     triggers::{
         leadership_gained, models_affected_by_claim, models_affected_by_node, models_affected_by_pod, models_with_gpus,
+        models_without_answering_replicas,
     },
 };
 use crate::{
@@ -61,6 +62,30 @@ pub struct Settings {
     /// Where each pod's runtime is reached for the model probe.
     pub endpoints: EndpointResolver,
     pub custom_metrics: custom_metrics::Settings,
+    /// The activator's Service, which takes a model's traffic while the model has no replica
+    /// that answers; `None`: Services always select the pods.
+    pub activator: Option<ActivatorService>,
+}
+
+/// A Service by namespace and name (`--activator-service NAMESPACE/NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivatorService {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for ActivatorService {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => Ok(Self {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+            _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+        }
+    }
 }
 
 /// What the Controller's reconcile function needs: the driver's context and its report step.
@@ -81,6 +106,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         probes,
         endpoints,
         custom_metrics,
+        activator,
     } = settings;
     let prober = Prober::new(probes)?;
     let config = kube::Config::infer()
@@ -111,10 +137,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         claim_templates,
         resource_slices,
         resource_claims,
+        endpoint_slices,
+        activator_slices,
     } = caches::start(
         &client,
         watch_namespace.as_deref(),
         caches::dra_served(&client).await,
+        activator.as_ref(),
         deleted_tx,
     );
     // The custom-metrics API reads the same pod cache; it serves before the caches sync, when
@@ -171,6 +200,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let node_pods = operator.context.caches.pods.clone();
     let (claim_models, claim_pods, slice_models) =
         (models.clone(), operator.context.caches.pods.clone(), models.clone());
+    let sleeping_models = models.clone();
     let controller = Controller::for_stream(model_stream, models)
         .owns_stream(deployments)
         .owns_stream(services)
@@ -178,6 +208,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .owns_stream(jobs)
         .owns_stream(config_maps)
         .owns_stream(claim_templates)
+        .owns_stream(endpoint_slices)
+        .watches_stream(activator_slices, move |_| {
+            models_without_answering_replicas(&sleeping_models)
+        })
         .watches_stream(resource_claims, move |claim| {
             models_affected_by_claim(&claim, &claim_pods, &claim_models)
         })

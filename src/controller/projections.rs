@@ -174,6 +174,14 @@ pub fn service(service: &mut CachedService) {
     service.spec_digest = service.spec.take().map(|spec| json_hash(&spec));
 }
 
+/// The operator's own EndpointSlice (pointing a Service at the activator): whether it exists,
+/// as which object, is all the reconcile reads.
+pub fn endpoint_slice(slice: &mut k8s_openapi::api::discovery::v1::EndpointSlice) {
+    common(&mut slice.metadata);
+    slice.endpoints = Vec::new();
+    slice.ports = None;
+}
+
 /// Everything else (the DRA objects) is kept whole but for managed fields.
 pub fn whole<K: Resource>(object: &mut K) {
     common(object.meta_mut());

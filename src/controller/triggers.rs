@@ -1,5 +1,6 @@
 //! Which ModelDeployments a change to something else concerns: a serving pod its model, a freed
-//! GPU or a node change the models short of GPUs, a new leadership every model.
+//! GPU or a node change the models short of GPUs, the activator's replicas the models it may
+//! stand in for, a new leadership every model.
 
 use crate::{
     api::{ModelDeployment, conditions},
@@ -79,6 +80,22 @@ pub fn models_with_gpus(models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelD
         .state()
         .iter()
         .filter(|model| model.spec.gpu.is_some())
+        .map(|model| ObjectRef::from_obj(model.as_ref()))
+        .collect()
+}
+
+/// The activator's replicas changed (its Service's EndpointSlices): the models whose Service
+/// may point at it now, those with no replica that answers (at zero, or waking), follow.
+pub fn models_without_answering_replicas(models: &Store<ModelDeployment>) -> Vec<ObjectRef<ModelDeployment>> {
+    models
+        .state()
+        .iter()
+        .filter(|model| {
+            model
+                .status
+                .as_ref()
+                .is_none_or(|status| status.model_ready_replicas.unwrap_or(0) == 0)
+        })
         .map(|model| ObjectRef::from_obj(model.as_ref()))
         .collect()
 }

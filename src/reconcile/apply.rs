@@ -124,6 +124,7 @@ pub async fn apply(
         resource_claim_template,
         deployment,
         service,
+        activator_slice,
         hpa,
         validation_job,
     } = desired;
@@ -183,7 +184,29 @@ pub async fn apply(
         }
         Ok(())
     };
-    let service_write = writer.apply_unless_current(service, observed.service.as_deref());
+    // Both of the Service's handovers overlap rather than leave a gap: the activator's slice
+    // exists before the Service stops selecting the pods, and the Service selects them again
+    // before the slice goes (while both count, the Service balances over both, and the
+    // activator forwards what it gets).
+    let service_write = async {
+        match activator_slice {
+            Some(slice) => {
+                writer
+                    .apply_unless_current(slice, observed.activator_slice.as_deref())
+                    .await?;
+                writer
+                    .apply_unless_current(service, observed.service.as_deref())
+                    .await?;
+            }
+            None => {
+                writer
+                    .apply_unless_current(service, observed.service.as_deref())
+                    .await?;
+                writer.prune(observed.activator_slice.as_deref()).await?;
+            }
+        }
+        Ok::<_, ApplyError>(())
+    };
     // Both run to the end, so that a Service written beside a refused Deployment is recorded.
     let (in_order, service_written) = futures::join!(in_order, service_write);
     in_order?;

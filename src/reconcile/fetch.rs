@@ -10,6 +10,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::Job,
     core::v1::{ConfigMap, Node},
+    discovery::v1::EndpointSlice,
     resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice},
 };
 use kube::{
@@ -26,10 +27,11 @@ use crate::{
     api::ReplicaGpus,
     gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, dra, requested_per_node},
     vocabulary::{
-        GpuAllocation, GpuPlacement, Scaling, Validated,
+        ActivatorEndpoints, GpuAllocation, GpuPlacement, Scaling, Validated,
         cached::{CachedDeployment, CachedPod, CachedService},
         names::{
-            COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, deployment_name, runtime_config_name, service_name,
+            COMPONENT_VALIDATION, LABEL_COMPONENT, LABEL_NAME, activator_slice_name, deployment_name,
+            runtime_config_name, service_name,
         },
         per_model::{ModelKey, shrink_if_sparse},
         pods::{is_finished, is_terminating, node_name, served_model},
@@ -55,6 +57,12 @@ pub struct Caches {
     pub resource_slices: Store<ResourceSlice>,
     pub resource_claims: Store<ResourceClaim>,
     pub device_classes: Store<DeviceClass>,
+    /// The operator's EndpointSlices (the activator's handovers), by their managed-by label,
+    /// without their endpoints.
+    pub endpoint_slices: Store<EndpointSlice>,
+    /// The EndpointSlices of the activator's Service (`--activator-service`); empty, and no
+    /// handover, without an activator.
+    pub activator_slices: Store<EndpointSlice>,
     /// The one namespace pods are cached from, when the operator watches only that one: GPUs
     /// that pods of other namespaces hold are then unseen, and the capacity message says so.
     pub pods_namespace: Option<String>,
@@ -69,6 +77,8 @@ pub struct Caches {
 pub struct Observed {
     pub deployment: Option<Arc<CachedDeployment>>,
     pub service: Option<Arc<CachedService>>,
+    /// The EndpointSlice that points the Service at the activator.
+    pub activator_slice: Option<Arc<EndpointSlice>>,
     /// The model's validation Jobs, of this spec and of earlier ones.
     pub validation_jobs: Vec<Arc<Job>>,
     /// Of those, the Job of the current spec (`pick_validation_job`).
@@ -97,6 +107,12 @@ impl Caches {
                 owner_uid.as_deref(),
             ),
             service: owned_child(&self.services, &namespace, &service_name(&name), owner_uid.as_deref()),
+            activator_slice: owned_child(
+                &self.endpoint_slices,
+                &namespace,
+                &activator_slice_name(&name),
+                owner_uid.as_deref(),
+            ),
             validation_jobs: self
                 .jobs
                 .state()
@@ -133,6 +149,13 @@ impl Caches {
                 .filter_map(|pod| self.pods.get(&ObjectRef::new(pod).within(&namespace)))
                 .collect(),
         }
+    }
+
+    /// The activator's ready addresses, from its Service's EndpointSlices: IPv4 where it has
+    /// any (a slice holds one family), else IPv6. `None` without an activator, or while none of
+    /// its replicas is ready.
+    pub fn activator_endpoints(&self) -> Option<ActivatorEndpoints> {
+        ready_activator_addresses(&self.activator_slices.state())
     }
 
     /// The GPU pre-flight: do the replicas that have no node yet fit on the free GPUs of the
@@ -470,11 +493,78 @@ fn node_is_ready(node: &Node) -> bool {
         .is_none_or(|ready| ready.status == "True")
 }
 
+/// The ready addresses of the activator's slices, of one family: IPv4 where there are any.
+fn ready_activator_addresses(slices: &[Arc<EndpointSlice>]) -> Option<ActivatorEndpoints> {
+    let ready = |family: &str| -> Vec<String> {
+        let mut addresses: Vec<String> = slices
+            .iter()
+            .filter(|slice| slice.address_type == family)
+            .flat_map(|slice| slice.endpoints.iter())
+            // An endpoint without conditions counts as ready, as kube-proxy counts it.
+            .filter(|endpoint| endpoint.conditions.as_ref().is_none_or(|c| c.ready.unwrap_or(true)))
+            .flat_map(|endpoint| endpoint.addresses.iter().cloned())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    };
+    ["IPv4", "IPv6"].into_iter().find_map(|family| {
+        let addresses = ready(family);
+        (!addresses.is_empty()).then(|| ActivatorEndpoints {
+            address_type: family.to_owned(),
+            addresses,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn slice(family: &str, endpoints: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(serde_json::from_value(json!({"addressType": family, "endpoints": endpoints})).expect("a slice"))
+    }
+
+    #[test]
+    fn the_activators_ready_addresses_are_gathered_from_its_slices_one_family() {
+        let slices = [
+            slice(
+                "IPv4",
+                json!([
+                    {"addresses": ["10.0.0.9"], "conditions": {"ready": true}},
+                    {"addresses": ["10.0.0.8"], "conditions": {"ready": false}},
+                ]),
+            ),
+            slice(
+                "IPv4",
+                json!([{"addresses": ["10.0.0.7"]}, {"addresses": ["10.0.0.9"]}]),
+            ),
+            slice(
+                "IPv6",
+                json!([{"addresses": ["fd00::7"], "conditions": {"ready": true}}]),
+            ),
+        ];
+        assert_eq!(
+            ready_activator_addresses(&slices),
+            Some(ActivatorEndpoints {
+                address_type: "IPv4".into(),
+                addresses: vec!["10.0.0.7".into(), "10.0.0.9".into()],
+            }),
+            "ready ones, once each, IPv4 first"
+        );
+        assert_eq!(
+            ready_activator_addresses(&slices[2..]).map(|e| e.address_type),
+            Some("IPv6".into())
+        );
+        let none_ready = [slice(
+            "IPv4",
+            json!([{"addresses": ["10.0.0.8"], "conditions": {"ready": false}}]),
+        )];
+        assert_eq!(ready_activator_addresses(&none_ready), None, "no handover to no one");
+        assert_eq!(ready_activator_addresses(&[]), None);
+    }
 
     fn serving(model: &str, pod: &str) -> CachedPod {
         serde_json::from_value(json!({"metadata": {"name": pod, "namespace": "ml", "labels": {

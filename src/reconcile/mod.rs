@@ -3,7 +3,8 @@
 //!
 //! 1. [`fetch`] (reads): the children that exist, from the watch caches;
 //! 2. [`validate`] (pure): the spec resolved into `Validated`, or the fields that are wrong;
-//!    then [`idle`]: whether a model that may go to zero is asleep, woken, or idle long enough;
+//!    then [`idle`]: whether a model that may go to zero is asleep, woken, or idle long enough,
+//!    and [`traffic`]: whether its Service points at the pods or at the activator;
 //! 3. [`build`] (pure): the desired children, one file per kind;
 //! 4. [`apply`] (writes): every child's name checked to be free or this model's
 //!    ([`ownership`]), then server-side apply in a fixed order, pruning what is no longer wanted;
@@ -25,6 +26,7 @@ pub mod ownership;
 pub mod report;
 mod retry;
 pub mod status;
+pub mod traffic;
 pub mod validate;
 mod written_status;
 
@@ -54,7 +56,7 @@ use crate::{
     },
     model_readiness::{self, ModelReadiness},
     vocabulary::{
-        Validated,
+        Scaling, Validated,
         cached::CachedPod,
         pods::{is_ready, is_terminating},
     },
@@ -168,6 +170,17 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
 
     // 2b. idle: asleep (the Deployment wants no replica), woken, or looked at
     let (mut idle_mark, idle_recheck) = look_for_idleness(ctx, &mut spec, previous, &observed, now).await;
+
+    // 2c. traffic: the activator's while the model has no replica that answers
+    let activator = ctx.caches.activator_endpoints();
+    let wants_zero = spec.asleep || matches!(spec.scaling, Scaling::Fixed { replicas: 0 });
+    let to_activator = traffic::activator_takes_traffic(traffic::TrafficInputs {
+        wants_zero,
+        model_ready_replicas: previous.and_then(|p| p.model_ready_replicas).unwrap_or(0),
+        handed_to_activator: observed.activator_slice.is_some(),
+        activator_ready: activator.is_some(),
+    });
+    spec.activator = activator.filter(|_| to_activator);
 
     // 3. build, with `allocation: auto` resolved from what the cluster publishes
     if let Some(gpu) = spec.gpu.as_mut() {

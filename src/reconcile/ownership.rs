@@ -63,11 +63,12 @@ pub async fn foreign_objects(
         resource_claim_template,
         deployment,
         service,
+        activator_slice,
         hpa,
         validation_job,
     } = desired;
-    // The reads are independent: sent at once, a new model waits for one round trip, not six.
-    let (config, template, job, deployment, service, hpa) = futures::try_join!(
+    // The reads are independent: sent at once, a new model waits for one round trip, not seven.
+    let (config, template, job, deployment, service, slice, hpa) = futures::try_join!(
         optional(
             runtime_config.as_ref().filter(|_| observed.runtime_config.is_none()),
             |config| { unless_written_lately(client, last, model, config, owner_uid) }
@@ -89,11 +90,15 @@ pub async fn foreign_objects(
         optional(Some(service).filter(|_| observed.service.is_none()), |service| {
             unless_written_lately(client, last, model, service, owner_uid)
         }),
+        optional(
+            activator_slice.as_ref().filter(|_| observed.activator_slice.is_none()),
+            |slice| { unless_written_lately(client, last, model, slice, owner_uid) }
+        ),
         optional(hpa.as_ref().filter(|_| observed.hpa.is_none()), |hpa| {
             unless_written_lately(client, last, model, hpa, owner_uid)
         }),
     )?;
-    Ok([config, template, job, deployment, service, hpa]
+    Ok([config, template, job, deployment, service, slice, hpa]
         .into_iter()
         .flatten()
         .collect())

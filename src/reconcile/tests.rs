@@ -97,6 +97,8 @@ fn context(client: Client, leader: bool, caches_synced: bool) -> Context {
             resource_slices: reflector::store().0,
             resource_claims: reflector::store().0,
             device_classes: reflector::store().0,
+            endpoint_slices: reflector::store().0,
+            activator_slices: reflector::store().0,
             pods_namespace: None,
             pod_index: PodIndex::default(),
             requested_gpus: RequestedGpus::default(),

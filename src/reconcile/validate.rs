@@ -255,6 +255,7 @@ pub fn validate(model: &ModelDeployment, images: &OperatorImages) -> Result<Vali
         gpu,
         scaling,
         asleep: false,
+        activator: None,
         validation,
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),

@@ -43,6 +43,7 @@ pub use self::{
     quantity::{is_quantity, quantity_bytes},
     runtime::Runtime,
     validated::{
-        AutoscalingPlan, CredentialsPlan, ModelLayout, Scaling, ScalingMetric, SizeLimit, Validated, ValidationPlan,
+        ActivatorEndpoints, AutoscalingPlan, CredentialsPlan, ModelLayout, Scaling, ScalingMetric, SizeLimit,
+        Validated, ValidationPlan,
     },
 };

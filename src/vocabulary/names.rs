@@ -39,6 +39,30 @@ pub fn service_name(model_name: &str) -> String {
     format!("{model_name}-service")
 }
 
+/// The EndpointSlice that points the model's Service at the activator while the model has no
+/// replica that answers.
+pub fn activator_slice_name(model_name: &str) -> String {
+    format!("{}-activator", service_name(model_name))
+}
+
+/// Part of a model's Service selector while the activator takes its traffic: no pod carries
+/// it, so the Service selects none and the activator's slice is its only endpoints. (A Service
+/// without a selector would keep its last Endpoints, which the mirroring controller turns into
+/// slices of pods that are gone.)
+pub const LABEL_HELD_BY_ACTIVATOR: &str = "mlops.sathvik.dev/held-by-activator";
+
+/// The label that ties an EndpointSlice to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Who manages an EndpointSlice: anything but the EndpointSlice controller's own value, which
+/// would make that controller delete the slice of a Service without a selector.
+pub const LABEL_ENDPOINTSLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+/// `LABEL_ENDPOINTSLICE_MANAGED_BY` on the operator's slices.
+pub const ENDPOINTSLICE_MANAGER: &str = "model-operator.mlops.sathvik.dev";
+/// The activator's ports (`model-operator activator`'s defaults, and its Service's): HTTP/1.1
+/// and HTTP/2 alike on the first, gRPC on the second.
+pub const ACTIVATOR_HTTP_PORT: i32 = 8012;
+pub const ACTIVATOR_GRPC_PORT: i32 = 8013;
+
 /// The ConfigMap holding the runtime's generated configuration files.
 pub fn runtime_config_name(model_name: &str) -> String {
     format!("{model_name}-runtime-config")

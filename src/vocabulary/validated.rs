@@ -43,6 +43,10 @@ pub struct Validated {
     /// Not from the spec: the reconcile sets it for a model it scaled to zero for being idle
     /// (`status.idle`), so that the Deployment wants no replica until a request wakes it.
     pub asleep: bool,
+    /// Not from the spec either: while the model has no replica that answers and an activator
+    /// is installed, the reconcile sets the activator's addresses, and the Service's traffic
+    /// goes to them instead of to the pods.
+    pub activator: Option<ActivatorEndpoints>,
     pub validation: Option<ValidationPlan>,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
@@ -50,6 +54,14 @@ pub struct Validated {
     pub env: Vec<EnvVar>,
     pub env_from: Vec<EnvFromSource>,
     pub runtime_args: Vec<String>,
+}
+
+/// The activator's ready addresses, from its Service's EndpointSlices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivatorEndpoints {
+    /// `IPv4` or `IPv6`, as an EndpointSlice's `addressType` says.
+    pub address_type: String,
+    pub addresses: Vec<String>,
 }
 
 /// How much the fetched model may take.

@@ -5,7 +5,9 @@
 //! it holds a request leaves its client with an error at once, not a hang. A model that may go
 //! to zero (`autoscaling.minReplicas: 0`) stays up while it has traffic, goes to zero once its
 //! runtime's request count stands still for `scaleToZeroAfter`, and the first request through
-//! the activator wakes it (through its Deployment's `/scale`).
+//! the activator wakes it (through its Deployment's `/scale`). With `--activator-service`, the
+//! Service of a model at zero selects no pod and an EndpointSlice points it at the activator,
+//! until the woken model answers.
 //!
 //! kwok's pods have made-up IPs, so the runtime is the FastAPI app on loopback, started once the
 //! pod exists, and both the operator (`--probe-endpoint`) and the activator (`--model-endpoint`)
@@ -17,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, discovery::v1::EndpointSlice};
 use kube::ResourceExt;
 use model_operator::api::{ModelDeployment, Phase};
 use serde_json::Value;
@@ -345,5 +347,146 @@ async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
     .await;
     assert!(!operator.log_text().contains("panicked"), "{}", operator.log_text());
     eprintln!("went to zero {went_to_zero_in:.1?} after the last request; woken and answered in {woke_in:.1?}");
+    ns.delete().await;
+}
+
+/// A stand-in for the activator's Service as the EndpointSlice controller would list it: only
+/// its slices matter to the operator, and their addresses are never dialled here.
+async fn fake_activator_slice(ns: &TestNamespace, addresses: &[&str]) {
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "fake-activator-1", "labels": {"kubernetes.io/service-name": "fake-activator"}},
+        "addressType": "IPv4",
+        "endpoints": addresses.iter().map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8012}, {"name": "grpc", "port": 8013}],
+    }))
+    .unwrap();
+    ns.api::<EndpointSlice>()
+        .patch(
+            "fake-activator-1",
+            &kube::api::PatchParams::apply("e2e").force(),
+            &kube::api::Patch::Apply(&slice),
+        )
+        .await
+        .unwrap();
+}
+
+/// Whether the model's Service selects its pods, and the EndpointSlices of the Service that
+/// hold addresses, with those addresses (what kube-proxy sends the Service's traffic to).
+async fn service_traffic(ns: &TestNamespace, name: &str) -> Option<(bool, Vec<(String, Vec<String>)>)> {
+    let service = ns.api::<Service>().get_opt(&format!("{name}-service")).await.ok()??;
+    let selects = service
+        .spec?
+        .selector
+        .is_some_and(|s| !s.contains_key("mlops.sathvik.dev/held-by-activator"));
+    let slices = ns
+        .api::<EndpointSlice>()
+        .list(&kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={name}-service")))
+        .await
+        .ok()?;
+    let slices = slices
+        .items
+        .into_iter()
+        .map(|slice| {
+            let addresses: Vec<String> = slice.endpoints.iter().flat_map(|e| e.addresses.clone()).collect();
+            (slice.name_any(), addresses)
+        })
+        .filter(|(_, addresses)| !addresses.is_empty())
+        .collect();
+    Some((selects, slices))
+}
+
+#[tokio::test]
+async fn a_model_at_zero_has_its_service_point_at_the_activator_until_its_model_answers_again() {
+    let servers = TestServers::installed();
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-handover").await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.pt");
+    write_affine_model(&servers.path("PYTHON"), &model_path);
+    let port = free_port();
+    let _app = inference_app(&servers, dir.path(), "affine", &model_path, port);
+    fake_activator_slice(&ns, &["10.1.2.3"]).await;
+    let runtime = format!("{}/parked=127.0.0.1:{port}", ns.name);
+    let activator_service = format!("{}/fake-activator", ns.name);
+    let operator = Operator::start_with(
+        &ns.name,
+        "handover-op",
+        &["--probe-endpoint", &runtime, "--activator-service", &activator_service],
+    );
+    ns.apply_model(&model_at_zero("parked")).await.unwrap();
+    let to_the_activator = |addresses: &'static [&'static str]| {
+        let ns = &ns;
+        move || async move {
+            let (selects, slices) = service_traffic(ns, "parked").await?;
+            let expected = vec![(
+                "parked-service-activator".to_owned(),
+                addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            )];
+            (!selects && slices == expected).then_some(())
+        }
+    };
+    eventually(
+        SETTLE,
+        "the Service of the model at zero selects no pod and points at the activator alone",
+        to_the_activator(&["10.1.2.3"]),
+    )
+    .await;
+    let slice = ns.api::<EndpointSlice>().get("parked-service-activator").await.unwrap();
+    let model = ns.api::<ModelDeployment>().get("parked").await.unwrap();
+    assert_eq!(
+        slice.owner_references()[0].uid,
+        model.uid().unwrap(),
+        "owned by the model, so it goes with it"
+    );
+    let ports: Vec<(Option<String>, Option<i32>)> =
+        slice.ports.unwrap().into_iter().map(|p| (p.name, p.port)).collect();
+    assert_eq!(ports, [(Some("http".into()), Some(8012))]);
+
+    // The activator's replicas change: the model's slice follows.
+    fake_activator_slice(&ns, &["10.1.2.3", "10.1.2.4"]).await;
+    eventually(
+        SETTLE,
+        "the model's slice follows the activator's replicas",
+        to_the_activator(&["10.1.2.3", "10.1.2.4"]),
+    )
+    .await;
+
+    // Woken (as the activator would), the Service is the pods' again once the model answers.
+    ns.api::<ModelDeployment>()
+        .patch_scale(
+            "parked",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        SETTLE,
+        "the Service selects the pods again, and the slice is gone",
+        || async {
+            let model = ns.api::<ModelDeployment>().get_opt("parked").await.ok()??;
+            let ready = model.status?.model_ready_replicas == Some(1);
+            let (selects, slices) = service_traffic(&ns, "parked").await?;
+            (ready && selects && slices.iter().all(|(name, _)| name != "parked-service-activator")).then_some(())
+        },
+    )
+    .await;
+
+    // And back to zero: the activator's again.
+    ns.api::<ModelDeployment>()
+        .patch_scale(
+            "parked",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        SETTLE,
+        "at zero again, the Service points at the activator",
+        to_the_activator(&["10.1.2.3", "10.1.2.4"]),
+    )
+    .await;
+    assert!(!operator.log_text().contains("forbidden"), "{}", operator.log_text());
     ns.delete().await;
 }

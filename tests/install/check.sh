@@ -265,6 +265,9 @@ operator_fail() {
 
 http_ok() { curl -sf --max-time 2 "$1" >/dev/null; }
 
+has_object() { k get "$1" "$2" -n "$MODEL_NAMESPACE" >/dev/null 2>&1; }
+no_object() { ! has_object "$@"; }
+
 no_hpa() { ! k get hpa "$MODEL" -n "$MODEL_NAMESPACE" >/dev/null 2>&1; }
 
 has_events() {
@@ -297,9 +300,10 @@ listening_field() {
 }
 
 # Runs the operator binary as the ServiceAccount the install created ($1 namespace, $2 account,
-# $3 node-agent Service) and drives one ModelDeployment through every kind of write it makes.
+# $3 node-agent Service, $5 activator Service) and drives one ModelDeployment through every kind
+# of write it makes.
 check_operator_rbac() {
-  local namespace=$1 account=$2 agent_service=$3 label=$4
+  local namespace=$1 account=$2 agent_service=$3 label=$4 activator_service=$5
   local log="$WORK/operator-$label.log"
   k create namespace "$MODEL_NAMESPACE" --dry-run=client -o yaml | k apply --server-side -f - >/dev/null
   log "$label: running the operator as serviceaccount $namespace/$account"
@@ -309,6 +313,7 @@ check_operator_rbac() {
     --watch-namespace "$MODEL_NAMESPACE" \
     --lease-namespace "$namespace" --lease-name install-check-leader --holder-id install-check \
     --agent-namespace "$namespace" --agent-service "$agent_service" \
+    --activator-service "$namespace/$activator_service" \
     --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --custom-metrics-addr 127.0.0.1:0 \
     --probe-pod-ips=false >"$log" 2>&1 9>&- &
   OPERATOR_PID=$!
@@ -345,13 +350,21 @@ EOF
   k patch "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" --type merge -p '{"spec":{"autoscale":false}}' >/dev/null
   wait_until 30 "$label: the operator to delete the HPA of $MODEL (log: $log)" no_hpa
   wait_until 30 "$label: Events about $MODEL" has_events
+  # At zero, the Service points at the activator (whose kwok pods are "ready") through the
+  # operator's EndpointSlice; serving again, the slice goes.
+  k patch "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" --type merge -p '{"spec":{"replicas":0}}' >/dev/null
+  wait_until 60 "$label: the operator to point $MODEL's Service at the activator (log: $log)" \
+    has_object endpointslice "$MODEL-service-activator"
+  k patch "modeldeployment/$MODEL" -n "$MODEL_NAMESPACE" --type merge -p '{"spec":{"replicas":1}}' >/dev/null
+  wait_until 60 "$label: the operator to give $MODEL's Service back to its pods (log: $log)" \
+    no_object endpointslice "$MODEL-service-activator"
 
   stop_operator
   grep -q 'stepped down as leader' "$log" || fail "$label: the operator did not release its Lease on SIGTERM (log: $log)"
   if grep -qiE 'forbidden|\b403\b' "$log"; then
     operator_fail "$log" "$label: the API server refused the operator something (above)"
   fi
-  log "$label: the operator synced, led, reconciled $MODEL to Ready, pruned its HPA and published Events as $namespace/$account"
+  log "$label: the operator synced, led, reconciled $MODEL to Ready, pruned its HPA, handed its Service to the activator and back, and published Events as $namespace/$account"
 }
 
 scaled_to_one() {
@@ -512,7 +525,7 @@ check_kustomize() {
   check_pod_security "$KUSTOMIZE_NAMESPACE"
   awk '$1 == "ClusterRole" || $1 == "Role"' "$WORK/kustomize.objects" | check_no_wildcards
   check_agent_writes_nothing "$KUSTOMIZE_NAMESPACE" node-agent
-  check_operator_rbac "$KUSTOMIZE_NAMESPACE" model-operator node-agent kustomize
+  check_operator_rbac "$KUSTOMIZE_NAMESPACE" model-operator node-agent kustomize model-operator-activator
   check_activator_rbac "$KUSTOMIZE_NAMESPACE" model-operator-activator kustomize
 
   # The opt-in overlay: the same objects plus the two ServiceMonitors, applied over the default.
@@ -597,7 +610,7 @@ check_helm() {
     "Role $fullname $HELM_NAMESPACE" |
     check_no_wildcards
   check_agent_writes_nothing "$HELM_NAMESPACE" "$fullname-node-agent"
-  check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm
+  check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm "$fullname-activator"
   check_activator_rbac "$HELM_NAMESPACE" "$fullname-activator" helm
 
   install_servicemonitor_crd
@@ -635,7 +648,7 @@ check_helm_namespaced() {
   [[ $cluster_wide == $'["nodes"] ["list","watch"]\n["resourceslices","deviceclasses"] ["list","watch"]' ]] ||
     fail "a namespaced install grants more than reading nodes, ResourceSlices and DeviceClasses cluster-wide: $cluster_wide"
   printf '%s\n' "ClusterRole $fullname-nodes" "Role $fullname $MODEL_NAMESPACE" "Role $fullname-activator $MODEL_NAMESPACE" | check_no_wildcards
-  check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm-namespaced
+  check_operator_rbac "$HELM_NAMESPACE" "$fullname" "$fullname-node-agent" helm-namespaced "$fullname-activator"
   check_activator_rbac "$HELM_NAMESPACE" "$fullname-activator" helm-namespaced
   log "helm: a namespaced install (Role in $MODEL_NAMESPACE; nodes, ResourceSlices, DeviceClasses read-only) is enough for the operator"
 }

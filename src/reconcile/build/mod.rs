@@ -2,6 +2,7 @@
 //! owned kind; `Desired` gathers them so that `apply` destructures every field and a new kind
 //! cannot be forgotten.
 
+mod activator_slice;
 mod deployment;
 mod hpa;
 mod pod;
@@ -18,6 +19,7 @@ use k8s_openapi::{
         autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::Job,
         core::v1::{ConfigMap, Service},
+        discovery::v1::EndpointSlice,
         resource::v1::ResourceClaimTemplate,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -25,6 +27,7 @@ use k8s_openapi::{
 use serde::Serialize;
 
 pub use self::{
+    activator_slice::build as build_activator_slice,
     deployment::{build as build_deployment, pod_tolerations},
     hpa::build as build_hpa,
     resource_claim_template::{build as build_resource_claim_template, name_for as claim_template_name_for},
@@ -46,6 +49,8 @@ pub struct Desired {
     pub resource_claim_template: Option<ResourceClaimTemplate>,
     pub deployment: Deployment,
     pub service: Service,
+    /// Points the Service at the activator while the model has no replica that answers.
+    pub activator_slice: Option<EndpointSlice>,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub validation_job: Option<Job>,
 }
@@ -57,6 +62,7 @@ pub fn build(model: &Validated) -> Desired {
         runtime_config,
         resource_claim_template: build_resource_claim_template(model),
         service: build_service(model),
+        activator_slice: build_activator_slice(model),
         hpa: build_hpa(model),
         validation_job: build_validation_job(model),
     }
@@ -72,6 +78,7 @@ impl Desired {
             resource_claim_template,
             deployment,
             service,
+            activator_slice,
             hpa,
             validation_job,
         } = self;
@@ -81,6 +88,7 @@ impl Desired {
         objects.extend(validation_job.iter().map(to_value));
         objects.push(to_value(deployment));
         objects.push(to_value(service));
+        objects.extend(activator_slice.iter().map(to_value));
         objects.extend(hpa.iter().map(to_value));
         objects
     }

@@ -1,4 +1,7 @@
-//! Service `NAME-service`: the runtime's named ports, selecting serving pods only.
+//! Service `NAME-service`: the runtime's named ports, selecting serving pods only; selecting no
+//! pod while the activator takes its traffic (`activator_slice`).
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{Service, ServicePort, ServiceSpec},
@@ -10,9 +13,19 @@ use crate::{
     runtimes,
     vocabulary::{
         Validated,
-        names::{COMPONENT_SERVER, service_name},
+        names::{COMPONENT_SERVER, LABEL_HELD_BY_ACTIVATOR, service_name},
     },
 };
+
+/// The serving pods; none while the activator takes the traffic, so that the EndpointSlice
+/// controller empties its slices and the activator's slice is what the Service reaches.
+fn selector(model: &Validated) -> BTreeMap<String, String> {
+    let mut selector = server_selector(model);
+    if model.activator.is_some() {
+        selector.insert(LABEL_HELD_BY_ACTIVATOR.to_owned(), "true".to_owned());
+    }
+    selector
+}
 
 pub fn build(model: &Validated) -> Service {
     let ports = runtimes::of(model)
@@ -31,7 +44,7 @@ pub fn build(model: &Validated) -> Service {
         metadata: object_meta(model, service_name(&model.name), COMPONENT_SERVER),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
-            selector: Some(server_selector(model)),
+            selector: Some(selector(model)),
             ports: Some(ports),
             ..ServiceSpec::default()
         }),

@@ -1317,3 +1317,47 @@ fn the_idle_time_defaults_to_fifteen_minutes_and_must_be_a_duration_of_two_secon
         "needs minReplicas: 0",
     );
 }
+
+#[test]
+fn while_the_activator_takes_the_traffic_the_service_selects_nothing_and_a_slice_points_at_the_activator() {
+    let object: Value = serde_yaml_ng::from_str(GOES_TO_ZERO).unwrap();
+    let mut validated = check(&object, &OperatorImages::default()).unwrap();
+    let serving = build(&validated);
+    assert!(serving.activator_slice.is_none());
+    assert!(serving.service.spec.as_ref().unwrap().selector.is_some());
+
+    validated.activator = Some(crate::vocabulary::ActivatorEndpoints {
+        address_type: "IPv4".into(),
+        addresses: vec!["10.0.0.7".into(), "10.0.0.8".into()],
+    });
+    let handed = build(&validated);
+    let selector = handed.service.spec.as_ref().unwrap().selector.clone().unwrap();
+    assert_eq!(
+        selector.get("mlops.sathvik.dev/held-by-activator").map(String::as_str),
+        Some("true"),
+        "a selector no pod matches, so the EndpointSlice controller empties its slices: {}",
+        show(&handed.service)
+    );
+    let slice = handed.activator_slice.as_ref().expect("the activator's slice");
+    let shown = show(slice);
+    assert_eq!(slice.metadata.name.as_deref(), Some("m-service-activator"), "{shown}");
+    let labels = slice.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["kubernetes.io/service-name"], "m-service", "{shown}");
+    assert_eq!(
+        labels["endpointslice.kubernetes.io/managed-by"], "model-operator.mlops.sathvik.dev",
+        "not the EndpointSlice controller's, which would delete it: {shown}"
+    );
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "model-operator", "{shown}");
+    assert_eq!(slice.address_type, "IPv4");
+    let addresses: Vec<&str> = slice.endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+    assert_eq!(addresses, ["10.0.0.7", "10.0.0.8"], "{shown}");
+    // Triton's inference ports go to the activator's; its metrics port is left out.
+    let ports: Vec<(&str, i32)> = slice
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.as_deref().unwrap(), p.port.unwrap()))
+        .collect();
+    assert_eq!(ports, [("http", 8012), ("grpc", 8013)], "{shown}");
+}
