@@ -233,6 +233,22 @@ impl Caches {
             &constraints,
             &nodes,
         );
+        if wanted == 0 && report.fits {
+            // At zero the report is about the GPUs given back, and the room a wake would find.
+            let room = report
+                .message
+                .split_once("; ")
+                .map_or(report.message.as_str(), |(_, room)| room)
+                .to_owned();
+            report.message = if live.is_empty() {
+                format!("scaled to zero: the model holds no GPU; {room}")
+            } else {
+                format!(
+                    "scaled to zero: {} replica(s) still stopping hold their GPUs until they are gone; {room}",
+                    live.len()
+                )
+            };
+        }
         if let Some(namespace) = &self.pods_namespace {
             report.message.push_str(&format!(
                 " (counting only pods of namespace {namespace}, the one the operator watches)"
