@@ -41,7 +41,7 @@ DEPLOY_CONFIG ?= config/default
 
 .PHONY: help test lint fmt-check clippy unit e2e test-e2e install-check release-build crd-check manifests crds \
 	build render-examples demo run install uninstall deploy undeploy docker-build docker-push \
-	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling bench-churn bench-scale bench-activator chaos \
+	cluster-build cluster-up cluster-down cluster-smoke bench bench-node-agent bench-readiness bench-autoscaling bench-churn bench-scale bench-activator bench-cold-start chaos \
 	test-servers test-inference
 
 ## help: every target with its `##` line.
@@ -205,7 +205,7 @@ cluster-smoke:
 	$(ON_CLUSTER) tests/cluster/smoke.sh
 
 ## bench: every benchmark; each prints its figures and fails when it misses its target.
-bench: bench-node-agent bench-readiness bench-autoscaling bench-churn bench-scale bench-activator
+bench: bench-node-agent bench-readiness bench-autoscaling bench-churn bench-scale bench-activator bench-cold-start
 
 ## bench-node-agent: resident memory and CPU per scrape of the release agent, 8 GPUs and 50 pods.
 bench-node-agent:
@@ -220,6 +220,14 @@ bench-readiness: test-servers
 ## parts (asking for a replica, start and load, forward), the added latency on a warm model
 ## (target: under 1 ms at the median), resident memory per held request. No cluster needed.
 bench-activator: test-servers
+	$(CARGO) bench --bench activator
+
+## bench-cold-start: a cold start on the test tier's cluster, the real operator and activator
+## binaries and the real FastAPI runtime: first request at zero to its answer, split into
+## scale-up, scheduling, start and load, and the forward; then bench-activator's warm overhead
+## and memory per held request.
+bench-cold-start: test-servers
+	$(WITH_TEST_CLUSTER) $(CARGO) bench --bench cold_start
 	$(CARGO) bench --bench activator
 
 ## bench-churn: 1000 ModelDeployments created and deleted beside one that stays, on the test tier's

@@ -157,8 +157,11 @@ pub async fn apply(
             }
         }
         if rollout {
+            // Only when the apply leaves the replicas out: a model asleep at zero keeps them.
+            let hpa_decides = deployment.spec.as_ref().is_some_and(|s| s.replicas.is_none());
             if let (Some(hpa), Some(current)) = (hpa, observed.deployment.as_deref())
                 && observed.hpa.is_none()
+                && hpa_decides
             {
                 hand_replicas_to_the_hpa(client, current, hpa).await?;
             }

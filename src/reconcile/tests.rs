@@ -671,3 +671,121 @@ async fn a_model_whose_children_are_as_written_costs_no_request_and_a_drifted_ch
     drop(ctx);
     api.expect_nothing_more().await;
 }
+
+/// A model that may go to zero, put to sleep by the operator with its Deployment at generation 4.
+const ASLEEP: &str = r#"
+apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {name: drowsy, namespace: ml, uid: 5d0e-uid, generation: 1}
+spec:
+  modelURI: https://example.com/drowsy.pt
+  runtime: fastapi-pytorch
+  autoscale: true
+  autoscaling: {metric: inference-queue, minReplicas: 0, scaleToZeroAfter: 10m}
+status:
+  phase: ScaledToZero
+  idle:
+    since: "2026-12-04T05:00:00Z"
+    requests: 12
+    scaledToZeroAt: "2026-12-04T05:10:00Z"
+    deploymentGeneration: 4
+"#;
+
+/// The model's Deployment in the cache, as a wake left it: a later generation wanting a replica.
+fn woken_deployment() -> crate::vocabulary::cached::CachedDeployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "drowsy", "namespace": "ml", "generation": 5, "uid": "d-uid",
+                     "ownerReferences": [{"apiVersion": "mlops.sathvik.dev/v1", "kind": "ModelDeployment",
+                                          "name": "drowsy", "uid": "5d0e-uid", "controller": true}]},
+        "spec": {"replicas": 1, "template": {"metadata": {"labels": {"mlops.sathvik.dev/version": "v1"}}}},
+    }))
+    .expect("a Deployment")
+}
+
+#[tokio::test]
+async fn a_woken_model_hands_its_replicas_back_to_the_hpa_and_its_idle_mark_is_cleared() {
+    let (client, mut api) = ApiServer::new();
+    let mut ctx = context(client, true, true);
+    let (deployments, mut writer) = reflector::store();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(woken_deployment()));
+    ctx.caches.deployments = deployments;
+    let model = model(ASLEEP);
+    let script = async {
+        api.expect_absent("/api/v1/namespaces/ml/services/drowsy-service").await;
+        api.expect_absent("/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/drowsy")
+            .await;
+        // Its replica count goes to the HPA's keeping before the operator's apply leaves it out.
+        api.expect(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/ml/deployments/drowsy",
+            200,
+            |sent| sent.clone(),
+        )
+        .await;
+        api.expect_apply("/api/v1/namespaces/ml/services/drowsy-service").await;
+        let deployment = api.expect_apply("/apis/apps/v1/namespaces/ml/deployments/drowsy").await;
+        assert_eq!(
+            deployment.body["spec"].get("replicas"),
+            None,
+            "awake, the HPA owns the replicas: {:#}",
+            deployment.body
+        );
+        api.expect_apply("/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/drowsy")
+            .await;
+        let status = api.expect_status_write(&model).await;
+        assert_eq!(
+            status.body["status"].get("idle"),
+            None,
+            "the wake clears the idle mark: {:#}",
+            status.body
+        );
+        api
+    };
+    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let work = outcome.expect("the reconcile succeeds");
+    let work = work.reconciled_work().expect("reconciled");
+    assert_eq!(work.status.idle, None);
+}
+
+#[tokio::test]
+async fn an_asleep_model_keeps_its_deployment_at_zero_without_reading_any_runtime() {
+    let (client, mut api) = ApiServer::new();
+    let mut ctx = context(client, true, true);
+    let mut at_zero = woken_deployment();
+    at_zero.metadata.generation = Some(4);
+    at_zero.spec.as_mut().unwrap().replicas = Some(0);
+    let (deployments, mut writer) = reflector::store();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(at_zero));
+    ctx.caches.deployments = deployments;
+    let model = model(ASLEEP);
+    let script = async {
+        api.expect_absent("/api/v1/namespaces/ml/services/drowsy-service").await;
+        api.expect_absent("/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/drowsy")
+            .await;
+        // No handover of the replicas to the HPA, which would wake it: the apply keeps them at 0.
+        let deployment = api.expect_apply("/apis/apps/v1/namespaces/ml/deployments/drowsy").await;
+        assert_eq!(deployment.body["spec"]["replicas"], 0, "{:#}", deployment.body);
+        api.expect_apply("/api/v1/namespaces/ml/services/drowsy-service").await;
+        api.expect_apply("/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/drowsy")
+            .await;
+        let status = api.expect_status_write(&model).await;
+        assert_eq!(
+            status.body["status"]["idle"]["deploymentGeneration"], 4,
+            "{:#}",
+            status.body
+        );
+        assert_eq!(status.body["status"]["phase"], "ScaledToZero", "{:#}", status.body);
+        api
+    };
+    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
+    drop(ctx);
+    api.expect_nothing_more().await;
+    let outcome = outcome.expect("the reconcile succeeds");
+    assert_eq!(
+        outcome.requeue_after,
+        Some(RESYNC_INTERVAL),
+        "asleep, nothing is polled: the wake comes as a Deployment event"
+    );
+}

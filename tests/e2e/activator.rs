@@ -13,16 +13,7 @@
 //! pod exists, and both the operator (`--probe-endpoint`) and the activator (`--model-endpoint`)
 //! reach it there; the test sends to the activator itself, as the model's Service would.
 
-use std::{
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
-
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, discovery::v1::EndpointSlice};
-use kube::ResourceExt;
-use model_operator::api::{ModelDeployment, Phase};
-use serde_json::Value;
+use std::time::{Duration, Instant};
 
 use crate::{
     servers::{
@@ -30,76 +21,13 @@ use crate::{
         one_model::{http_client, predict_affine},
         write_affine_model,
     },
-    support::{Operator, TestNamespace, cluster, eventually, kubeconfig_path},
+    support::{ActivatorProcess, Operator, TestNamespace, cluster, eventually},
 };
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, discovery::v1::EndpointSlice};
+use kube::ResourceExt;
+use model_operator::api::{ModelDeployment, Phase};
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-/// `model-operator activator` for one namespace, its ports read back from its log. Killed on drop.
-struct ActivatorProcess {
-    child: Child,
-    http: SocketAddr,
-    log: std::path::PathBuf,
-}
-
-impl ActivatorProcess {
-    fn start(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
-        let binary =
-            std::env::var("E2E_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_model-operator").to_owned());
-        let mut child = Command::new(binary)
-            .args(["--log-format", "json", "activator"])
-            .args(["--watch-namespace", namespace])
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-            .args(["--health-addr", "127.0.0.1:0"])
-            // The test cluster's pod IPs are made up: never dialled.
-            .arg("--forward-to-pod-ips=false")
-            .args(extra_args)
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "info,model_operator=debug")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("the activator starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let http = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let listening = text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|line| line["fields"]["message"] == "activator listening");
-            if let Some(line) = listening {
-                break line["fields"]["http"].as_str().unwrap().parse().unwrap();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the activator exited ({status}) before listening:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the activator did not listen in 30 s:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, http, log }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ActivatorProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn model_at_zero(name: &str) -> String {
     format!(

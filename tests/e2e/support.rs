@@ -4,6 +4,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -442,4 +443,70 @@ static DRA_DEVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn dra_devices() -> tokio::sync::MutexGuard<'static, ()> {
     DRA_DEVICES.lock().await
+}
+
+/// `model-operator activator` for one namespace, its ports read back from its log. Killed on drop.
+pub struct ActivatorProcess {
+    child: Child,
+    pub http: SocketAddr,
+    log: PathBuf,
+}
+
+impl ActivatorProcess {
+    pub fn start(namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("model-operator-e2e-{namespace}-{identity}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let binary =
+            std::env::var("E2E_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_model-operator").to_owned());
+        let mut child = Command::new(binary)
+            .args(["--log-format", "json", "activator"])
+            .args(["--watch-namespace", namespace])
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--health-addr", "127.0.0.1:0"])
+            // The test cluster's pod IPs are made up: never dialled.
+            .arg("--forward-to-pod-ips=false")
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,model_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("the activator starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let listening = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["fields"]["message"] == "activator listening");
+            if let Some(line) = listening {
+                break line["fields"]["http"].as_str().unwrap().parse().unwrap();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the activator exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the activator did not listen in 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, http, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ActivatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
