@@ -11,7 +11,9 @@ use crate::vocabulary::per_model::forget_model;
 /// When to probe a model again: every 30 s once ready, so that a model that stops answering is
 /// noticed; every 2 s while the runtime answers that the model is still loading, so that "Ready"
 /// follows the end of a load within seconds; otherwise (server down, load failed, no answer)
-/// backing off exponentially, 1 s, 2 s, 4 s … up to 60 s, as failures repeat.
+/// every second for the first [`QUICK_RETRIES`] tries, since a server that has just started
+/// often takes a few seconds to listen (and a request held by the activator may be waiting for
+/// it), then backing off exponentially, 2 s, 4 s … up to 60 s, as failures repeat.
 /// `consecutive_not_ready` counts the not-ready outcomes before this one.
 pub fn recheck_after(outcome: &ProbeOutcome, consecutive_not_ready: u32) -> Duration {
     const READY_RECHECK: Duration = Duration::from_secs(30);
@@ -24,10 +26,15 @@ pub fn recheck_after(outcome: &ProbeOutcome, consecutive_not_ready: u32) -> Dura
     if [reasons::MODEL_LOADING, reasons::WORKERS_NOT_READY].contains(&outcome.reason) {
         return LOADING_RECHECK;
     }
+    let backing_off = consecutive_not_ready.saturating_sub(QUICK_RETRIES - 1);
     FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(consecutive_not_ready.min(16)))
+        .saturating_mul(2u32.saturating_pow(backing_off.min(16)))
         .min(MAX_RETRY)
 }
+
+/// Tries a second apart before a silent model's probes back off: some ten seconds, as long as
+/// a runtime commonly takes to start listening.
+pub const QUICK_RETRIES: u32 = 8;
 
 /// Consecutive silent probes per ModelDeployment (namespace, name): the backoff state, shared by
 /// every reconcile.
@@ -77,10 +84,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failing_probes_back_off_exponentially_up_to_a_minute() {
+    fn failing_probes_retry_each_second_for_a_while_then_back_off_up_to_a_minute() {
         let down = ProbeOutcome::not_ready(reasons::SERVER_UNAVAILABLE, "connection refused");
-        let delays: Vec<u64> = (0..9).map(|n| recheck_after(&down, n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let delays: Vec<u64> = (0..16).map(|n| recheck_after(&down, n).as_secs()).collect();
+        assert_eq!(delays, [1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(recheck_after(&down, u32::MAX), Duration::from_secs(60));
     }
 
@@ -105,8 +112,8 @@ mod tests {
     fn a_silent_model_backs_off_until_it_answers_and_is_forgotten_when_gone() {
         let schedule = ProbeSchedule::default();
         let down = ProbeOutcome::not_ready(reasons::SERVER_UNAVAILABLE, "connection refused");
-        let delays: Vec<u64> = (0..4).map(|_| schedule.next("ml", "bert", &down).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8]);
+        let delays: Vec<u64> = (0..10).map(|_| schedule.next("ml", "bert", &down).as_secs()).collect();
+        assert_eq!(delays, [1, 1, 1, 1, 1, 1, 1, 1, 2, 4]);
         assert_eq!(
             schedule.next("ml", "other", &down).as_secs(),
             1,

@@ -190,7 +190,7 @@ async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
     // own request count, on the same port.
     let _app = inference_app(&servers, dir.path(), "affine", &model_path, port);
     let runtime = format!("{}/drowsy=127.0.0.1:{port}", ns.name);
-    let operator = Operator::start_with(
+    let mut operator = Operator::start_with(
         &ns.name,
         "idle-op",
         &["--probe-endpoint", &runtime, "--runtime-metrics-endpoint", &runtime],
@@ -221,8 +221,20 @@ async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 
-    // Then none: it goes to zero, and the HPA stands still.
+    // Then none. Once the idle mark is written, a restarted operator goes on with its clock.
     let quiet = Instant::now();
+    let mark = eventually(SETTLE, "the idle mark is written", || async {
+        let (model, _) = model_and_replicas(&ns, "drowsy").await?;
+        model.status?.idle
+    })
+    .await;
+    // SIGTERM: it steps down, so the next one leads at once (a crash would only add the Lease).
+    operator.terminate();
+    let operator = Operator::start_with(
+        &ns.name,
+        "idle-op-again",
+        &["--probe-endpoint", &runtime, "--runtime-metrics-endpoint", &runtime],
+    );
     let model = eventually(SETTLE, "the idle model goes to zero", || async {
         let (model, replicas) = model_and_replicas(&ns, "drowsy").await?;
         (is_asleep(&model) && replicas == 0 && model.status.as_ref()?.phase == Some(Phase::ScaledToZero))
@@ -231,6 +243,11 @@ async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
     .await;
     let went_to_zero_in = quiet.elapsed();
     let status = model.status.unwrap();
+    assert_eq!(
+        status.idle.as_ref().map(|idle| (&idle.since, idle.requests)),
+        Some((&mark.since, mark.requests)),
+        "the restart kept the clock"
+    );
     assert!(
         status.message.as_deref().unwrap().contains("no request for 4s"),
         "{status:#?}"
@@ -416,5 +433,105 @@ async fn a_model_at_zero_has_its_service_point_at_the_activator_until_its_model_
     )
     .await;
     assert!(!operator.log_text().contains("forbidden"), "{}", operator.log_text());
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_grpc_inference_for_a_triton_model_at_zero_is_held_until_the_model_answers_then_answered() {
+    use model_operator::model_readiness::triton::kserve::{
+        ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
+        model_infer_request::InferInputTensor,
+    };
+    let servers = TestServers::installed();
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-triton-zero").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    crate::servers::write_triton_model(
+        &repo,
+        "adder",
+        &crate::servers::TRITON_DOUBLER_PY.replace("{delay}", "0"),
+    );
+    // Triton serves throughout (kwok's pods are not real); the model only counts as answering
+    // once its pod exists and the operator's probe of it says so.
+    let triton = crate::servers::Triton::start(&servers, &repo, dir.path(), &[]);
+    triton.wait_until_ready(SETTLE).await;
+    let http = triton.http.trim_start_matches("http://");
+    let probe = format!("{}/adder={}", ns.name, triton.grpc);
+    let to_http = format!("{}/adder={http}", ns.name);
+    let _operator = Operator::start_with(&ns.name, "triton-zero-op", &["--probe-endpoint", &probe]);
+    let activator = ActivatorProcess::start(
+        &ns.name,
+        "triton-zero-activator",
+        &["--model-endpoint", &to_http, "--model-grpc-endpoint", &probe],
+    );
+    ns.apply_model(&format!(
+        "apiVersion: mlops.sathvik.dev/v1
+kind: ModelDeployment
+metadata: {{name: adder}}
+spec:
+  modelURI: https://models.example.com/adder/
+  runtime: triton
+  replicas: 0
+"
+    ))
+    .await
+    .unwrap();
+    eventually(SETTLE, "the Triton model says it is scaled to zero", || async {
+        let model = ns.api::<ModelDeployment>().get_opt("adder").await.ok()??;
+        (model.status?.phase == Some(Phase::ScaledToZero)).then_some(())
+    })
+    .await;
+
+    // One HTTP/2 connection to the activator's gRPC port, its `:authority` the model's Service.
+    let grpc_port = activator.grpc_port();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .origin(format!("http://adder-service.{}.svc:8001", ns.name).parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let inference = |value: f32| {
+        let mut client = GrpcInferenceServiceClient::new(channel.clone());
+        async move {
+            let request = ModelInferRequest {
+                model_name: "adder".into(),
+                inputs: vec![InferInputTensor {
+                    name: "INPUT0".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![1, 4],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![
+                    [value, value + 1.0, 0.5, -1.0]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                ],
+                ..Default::default()
+            };
+            let response = client
+                .model_infer(request)
+                .await
+                .unwrap_or_else(|status| panic!("inference of {value}: {status}"))
+                .into_inner();
+            let output: Vec<f32> = response.raw_output_contents[0]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(
+                output,
+                [2.0 * value, 2.0 * value + 2.0, 1.0, -2.0],
+                "inference of {value}"
+            );
+        }
+    };
+    let asked = Instant::now();
+    futures::future::join_all((0..3u8).map(|i| inference(f32::from(i)))).await;
+    let answered_in = asked.elapsed();
+    let model = ns.api::<ModelDeployment>().get("adder").await.unwrap();
+    assert_eq!(model.spec.replicas, 1, "the activator scaled it to one");
+    assert_eq!(model.status.and_then(|s| s.model_ready_replicas), Some(1));
+    eprintln!("three ModelInfer calls to a Triton model at zero answered in {answered_in:.1?}");
     ns.delete().await;
 }

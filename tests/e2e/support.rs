@@ -503,6 +503,18 @@ impl ActivatorProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The port of its gRPC listener, from the same log line as the HTTP one.
+    pub fn grpc_port(&self) -> u16 {
+        let text = self.log_text();
+        let line = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "activator listening")
+            .expect("the activator logged its addresses");
+        let grpc: SocketAddr = line["fields"]["grpc"].as_str().unwrap().parse().unwrap();
+        grpc.port()
+    }
 }
 
 impl Drop for ActivatorProcess {

@@ -154,7 +154,12 @@ impl QueueTimeSource {
     /// that may go to zero; `None` when one of them cannot be reached or read, since then what
     /// it served is unknown. Nothing is kept.
     pub async fn requests_served(&self, pods: &[Arc<CachedPod>]) -> Option<f64> {
-        let targets: Vec<Target> = pods.iter().map(|pod| self.target(pod)).collect::<Option<_>>()?;
+        let Some(targets) = pods.iter().map(|pod| self.target(pod)).collect::<Option<Vec<Target>>>() else {
+            debug!(
+                "a serving pod's runtime metrics cannot be reached (no IP, or --probe-pod-ips=false without a --runtime-metrics-endpoint): no idle verdict"
+            );
+            return None;
+        };
         let reads: Vec<Result<QueueCounters, ReadError>> = stream::iter(targets)
             .map(|target| async move { self.read(&target).await })
             .buffer_unordered(CONCURRENT_READS)
