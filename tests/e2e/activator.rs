@@ -465,16 +465,16 @@ async fn a_grpc_inference_for_a_triton_model_at_zero_is_held_until_the_model_ans
         "triton-zero-activator",
         &["--model-endpoint", &to_http, "--model-grpc-endpoint", &probe],
     );
-    ns.apply_model(&format!(
+    ns.apply_model(
         "apiVersion: mlops.sathvik.dev/v1
 kind: ModelDeployment
-metadata: {{name: adder}}
+metadata: {name: adder}
 spec:
   modelURI: https://models.example.com/adder/
   runtime: triton
   replicas: 0
-"
-    ))
+",
+    )
     .await
     .unwrap();
     eventually(SETTLE, "the Triton model says it is scaled to zero", || async {
