@@ -17,18 +17,12 @@ use std::{
 use model_operator::{
     activator::{Limits, Upstream, upstream::Protocol},
     api::Runtime,
-    model_readiness::{
-        ProbeTarget,
-        triton::kserve::{
-            ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
-            model_infer_request::InferInputTensor,
-        },
-    },
+    model_readiness::{ProbeTarget, triton::kserve::grpc_inference_service_client::GrpcInferenceServiceClient},
 };
 use support::{
-    ServerProcess, TRITON_DOUBLER_PY, TestServers, Triton, free_port, inference_app,
+    ServerProcess, TRITON_DOUBLER_PY, TestServers, Triton, doubler_infer_request, free_port, inference_app,
     one_model::{OneModel, StartReplica, http_client, predict_affine, publish_once_ready, start_activator},
-    write_affine_model, write_triton_model,
+    raw_floats, write_affine_model, write_triton_model,
 };
 
 /// Long enough for a runtime's start and load on this machine.
@@ -99,26 +93,6 @@ fn adder_repository(dir: &Path) -> PathBuf {
     repo
 }
 
-fn infer_request(values: [f32; 4]) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: "adder".into(),
-        inputs: vec![InferInputTensor {
-            name: "INPUT0".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
-        ..Default::default()
-    }
-}
-
-fn floats(raw: &[u8]) -> Vec<f32> {
-    raw.chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_inferences_sent_to_a_triton_model_at_zero_are_held_then_answered() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,14 +131,14 @@ async fn grpc_inferences_sent_to_a_triton_model_at_zero_are_held_then_answered()
         async move {
             let value = f32::from(i);
             let response = client
-                .model_infer(infer_request([value, value + 1.0, 0.5, -1.0]))
+                .model_infer(doubler_infer_request([value, value + 1.0, 0.5, -1.0]))
                 .await
                 .unwrap_or_else(|status| panic!("inference {i}: {status}"))
                 .into_inner();
             order.lock().unwrap().push(i);
             assert_eq!(response.model_name, "adder");
             assert_eq!(
-                floats(&response.raw_output_contents[0]),
+                raw_floats(&response.raw_output_contents[0]),
                 [2.0 * value, 2.0 * value + 2.0, 1.0, -2.0],
                 "inference {i}"
             );
@@ -314,7 +288,7 @@ async fn a_model_that_does_not_start_in_time_a_full_queue_and_an_unknown_host_ar
         .await
         .unwrap();
     let status = GrpcInferenceServiceClient::new(channel)
-        .model_infer(infer_request([1.0; 4]))
+        .model_infer(doubler_infer_request([1.0; 4]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);

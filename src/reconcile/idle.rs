@@ -8,8 +8,8 @@
 //!
 //! - in memory ([`IdleClocks`]), the count last seen and since when, while the model is busy:
 //!   a busy model's count changes at every look, and none of that is written;
-//! - in the status (`status.idle`), once the count is seen unchanged: the moment it last
-//!   changed and the count itself. A restarted operator goes on with that clock as long as the
+//! - in the status (`status.idle`), once the count has stood still for half the idle time:
+//!   the moment it last changed and the count itself. A restarted operator goes on with that clock as long as the
 //!   count is still the same; a different count means requests came meanwhile, so the clock
 //!   starts again (never "idle" by default).
 //!
@@ -147,6 +147,19 @@ pub fn look(after: Duration, mark: Option<&IdleStatus>, seen: Option<Seen>, read
     let idle_for = Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO);
     let goes_to_zero = idle_for >= after;
     let remaining = after.saturating_sub(idle_for).max(FASTEST_LOOK);
+    // The mark is written only once half the idle time has passed: a model whose requests
+    // come sparser than its looks but closer than that costs no writes, and a restart loses
+    // at most half a window of the clock (it then starts again, never counts as idle sooner).
+    let marked = mark.is_some() || idle_for >= after / 2;
+    if !marked {
+        return Look {
+            idle: None,
+            seen: Some(Seen { requests, since }),
+            recheck: interval
+                .min(remaining)
+                .min((after / 2).saturating_sub(idle_for).max(FASTEST_LOOK)),
+        };
+    }
     Look {
         idle: Some(IdleStatus {
             since: Time(since),
@@ -286,10 +299,20 @@ mod tests {
     fn a_request_while_idle_clears_the_mark_and_starts_the_clock_again() {
         let counts = [4, 4, 4, 5, 5, 5, 5, 5, 5];
         let (written, asleep) = run(&counts, 15);
-        assert_eq!(written[0], Some(mark(0, 4)));
+        assert_eq!(written[0], Some(mark(0, 4)), "marked at 30 s, half the idle time");
         assert_eq!(written[1], None, "the request cleared the mark");
         assert_eq!(written[2], Some(mark(45, 5)));
         assert_eq!(asleep, Some(105));
+    }
+
+    #[test]
+    fn sparse_requests_closer_than_half_the_idle_time_cost_no_writes() {
+        // A request every 20 s, looked at every 15 s: the count often stands still between two
+        // looks, never for 30 s.
+        let counts: Vec<i64> = (0..40).map(|n| n * 15 / 20).collect();
+        let (written, asleep) = run(&counts, 15);
+        assert_eq!(asleep, None);
+        assert!(written.is_empty(), "{written:?}");
     }
 
     #[test]

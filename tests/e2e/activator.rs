@@ -315,6 +315,18 @@ async fn fake_activator_slice(ns: &TestNamespace, addresses: &[&str]) {
         .unwrap();
 }
 
+/// `kubectl scale md/NAME --replicas=N`, as the activator or an autoscaler writes it.
+async fn scale_model(ns: &TestNamespace, name: &str, replicas: i32) {
+    ns.api::<ModelDeployment>()
+        .patch_scale(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
 /// Whether the model's Service selects its pods, and the EndpointSlices of the Service that
 /// hold addresses, with those addresses (what kube-proxy sends the Service's traffic to).
 async fn service_traffic(ns: &TestNamespace, name: &str) -> Option<(bool, Vec<(String, Vec<String>)>)> {
@@ -397,14 +409,7 @@ async fn a_model_at_zero_has_its_service_point_at_the_activator_until_its_model_
     .await;
 
     // Woken (as the activator would), the Service is the pods' again once the model answers.
-    ns.api::<ModelDeployment>()
-        .patch_scale(
-            "parked",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
-        )
-        .await
-        .unwrap();
+    scale_model(&ns, "parked", 1).await;
     eventually(
         SETTLE,
         "the Service selects the pods again, and the slice is gone",
@@ -418,14 +423,7 @@ async fn a_model_at_zero_has_its_service_point_at_the_activator_until_its_model_
     .await;
 
     // And back to zero: the activator's again.
-    ns.api::<ModelDeployment>()
-        .patch_scale(
-            "parked",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
-        )
-        .await
-        .unwrap();
+    scale_model(&ns, "parked", 0).await;
     eventually(
         SETTLE,
         "at zero again, the Service points at the activator",
@@ -438,10 +436,7 @@ async fn a_model_at_zero_has_its_service_point_at_the_activator_until_its_model_
 
 #[tokio::test]
 async fn a_grpc_inference_for_a_triton_model_at_zero_is_held_until_the_model_answers_then_answered() {
-    use model_operator::model_readiness::triton::kserve::{
-        ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
-        model_infer_request::InferInputTensor,
-    };
+    use model_operator::model_readiness::triton::kserve::grpc_inference_service_client::GrpcInferenceServiceClient;
     let servers = TestServers::installed();
     let client = cluster().await;
     let ns = TestNamespace::create(&client, "e2e-triton-zero").await;
@@ -494,31 +489,13 @@ spec:
     let inference = |value: f32| {
         let mut client = GrpcInferenceServiceClient::new(channel.clone());
         async move {
-            let request = ModelInferRequest {
-                model_name: "adder".into(),
-                inputs: vec![InferInputTensor {
-                    name: "INPUT0".into(),
-                    datatype: "FP32".into(),
-                    shape: vec![1, 4],
-                    ..Default::default()
-                }],
-                raw_input_contents: vec![
-                    [value, value + 1.0, 0.5, -1.0]
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect(),
-                ],
-                ..Default::default()
-            };
+            let request = crate::servers::doubler_infer_request([value, value + 1.0, 0.5, -1.0]);
             let response = client
                 .model_infer(request)
                 .await
                 .unwrap_or_else(|status| panic!("inference of {value}: {status}"))
                 .into_inner();
-            let output: Vec<f32> = response.raw_output_contents[0]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            let output = crate::servers::raw_floats(&response.raw_output_contents[0]);
             assert_eq!(
                 output,
                 [2.0 * value, 2.0 * value + 2.0, 1.0, -2.0],

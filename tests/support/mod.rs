@@ -228,6 +228,30 @@ class TritonPythonModel:
 "#;
 
 /// A Triton model `name` in `repo`: the doubler's configuration, `model_py` as its version 1.
+/// A KServe-v2 `ModelInfer` of the doubler model (`TRITON_DOUBLER_PY`) named `adder`: one FP32
+/// tensor `INPUT0` of shape [1, 4].
+pub fn doubler_infer_request(values: [f32; 4]) -> model_operator::model_readiness::triton::kserve::ModelInferRequest {
+    use model_operator::model_readiness::triton::kserve::{ModelInferRequest, model_infer_request::InferInputTensor};
+    ModelInferRequest {
+        model_name: "adder".into(),
+        inputs: vec![InferInputTensor {
+            name: "INPUT0".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
+/// The little-endian FP32 values of a raw output tensor.
+pub fn raw_floats(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 pub fn write_triton_model(repo: &Path, name: &str, model_py: &str) {
     let version_dir = repo.join(name).join("1");
     std::fs::create_dir_all(&version_dir).unwrap();
