@@ -146,6 +146,17 @@ async fn an_activator_killed_while_holding_a_request_fails_it_at_once() {
     ns.delete().await;
 }
 
+/// The FastAPI runtime serving the affine model on a free loopback port, running throughout
+/// (kwok's pods are not real): its directory, its process and its port.
+fn affine_runtime(servers: &TestServers) -> (tempfile::TempDir, crate::servers::ServerProcess, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = dir.path().join("model.pt");
+    write_affine_model(&servers.path("PYTHON"), &model_path);
+    let port = free_port();
+    let app = inference_app(servers, dir.path(), "affine", &model_path, port);
+    (dir, app, port)
+}
+
 fn model_that_may_go_to_zero(name: &str, after: &str) -> String {
     format!(
         "apiVersion: mlops.sathvik.dev/v1
@@ -182,13 +193,8 @@ async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
     let servers = TestServers::installed();
     let client = cluster().await;
     let ns = TestNamespace::create(&client, "e2e-idle").await;
-    let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.pt");
-    write_affine_model(&servers.path("PYTHON"), &model_path);
-    let port = free_port();
-    // The runtime runs throughout (kwok's pods are not real); what the operator reads is its
-    // own request count, on the same port.
-    let _app = inference_app(&servers, dir.path(), "affine", &model_path, port);
+    // What the operator reads is the runtime's own request count, on the same port.
+    let (_dir, _app, port) = affine_runtime(&servers);
     let runtime = format!("{}/drowsy=127.0.0.1:{port}", ns.name);
     let mut operator = Operator::start_with(
         &ns.name,
@@ -357,11 +363,7 @@ async fn a_model_at_zero_has_its_service_point_at_the_activator_until_its_model_
     let servers = TestServers::installed();
     let client = cluster().await;
     let ns = TestNamespace::create(&client, "e2e-handover").await;
-    let dir = tempfile::tempdir().unwrap();
-    let model_path = dir.path().join("model.pt");
-    write_affine_model(&servers.path("PYTHON"), &model_path);
-    let port = free_port();
-    let _app = inference_app(&servers, dir.path(), "affine", &model_path, port);
+    let (_dir, _app, port) = affine_runtime(&servers);
     fake_activator_slice(&ns, &["10.1.2.3"]).await;
     let runtime = format!("{}/parked=127.0.0.1:{port}", ns.name);
     let activator_service = format!("{}/fake-activator", ns.name);
