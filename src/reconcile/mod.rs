@@ -310,6 +310,7 @@ async fn apply_children(
         desired,
         observed,
         &owner_uid,
+        validation.allows_rollout(),
     )
     .await
     {

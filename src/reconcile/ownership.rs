@@ -49,7 +49,13 @@ pub struct OwnershipError {
 }
 
 /// The objects holding the names of `desired` children that are not this model's, in the
-/// order the children are applied. `owner_uid` is the model's UID.
+/// order the children are applied. `owner_uid` is the model's UID; `rollout` says whether this
+/// reconcile may write the Deployment ([`super::apply::apply`]).
+///
+/// Only the names this reconcile may write are read, and all of them when it starts the
+/// validation Job, so that a taken name is reported before the Job runs. Reading the
+/// Deployment's name on every reconcile of a validation in progress cost about one and a half
+/// reads per validated model in a burst, for a name nothing was going to write.
 pub async fn foreign_objects(
     client: &Client,
     last: &LastApplied,
@@ -57,6 +63,7 @@ pub async fn foreign_objects(
     desired: &Desired,
     observed: &Observed,
     owner_uid: &str,
+    rollout: bool,
 ) -> Result<Vec<ForeignObject>, OwnershipError> {
     let Desired {
         runtime_config,
@@ -67,6 +74,10 @@ pub async fn foreign_objects(
         hpa,
         validation_job,
     } = desired;
+    let starts_validation = validation_job.is_some() && observed.validation_job.is_none();
+    let writes_deployment = rollout || starts_validation;
+    // The HPA is written once its target exists ([`super::apply::apply`]).
+    let writes_hpa = writes_deployment || observed.deployment.is_some();
     // The reads are independent: sent at once, a new model waits for one round trip, not seven.
     let (config, template, job, deployment, service, slice, hpa) = futures::try_join!(
         optional(
@@ -84,7 +95,7 @@ pub async fn foreign_objects(
             |job| { unless_written_lately(client, last, model, job, owner_uid) }
         ),
         optional(
-            Some(deployment).filter(|_| observed.deployment.is_none()),
+            Some(deployment).filter(|_| writes_deployment && observed.deployment.is_none()),
             |deployment| { unless_written_lately(client, last, model, deployment, owner_uid) }
         ),
         optional(Some(service).filter(|_| observed.service.is_none()), |service| {
@@ -94,7 +105,7 @@ pub async fn foreign_objects(
             activator_slice.as_ref().filter(|_| observed.activator_slice.is_none()),
             |slice| { unless_written_lately(client, last, model, slice, owner_uid) }
         ),
-        optional(hpa.as_ref().filter(|_| observed.hpa.is_none()), |hpa| {
+        optional(hpa.as_ref().filter(|_| writes_hpa && observed.hpa.is_none()), |hpa| {
             unless_written_lately(client, last, model, hpa, owner_uid)
         }),
     )?;

@@ -342,36 +342,48 @@ async fn an_unchanged_status_is_not_written_again() {
 }
 
 #[tokio::test]
-async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
+async fn a_version_awaiting_validation_gets_its_job_and_no_deployment_and_then_costs_no_request() {
     let (client, mut api) = ApiServer::new();
-    let ctx = context(client, true, true);
+    let mut ctx = context(client, true, true);
+    let (config_maps, mut config_map_cache) = reflector::store();
+    let (services, mut service_cache) = reflector::store();
+    let (jobs, mut job_cache) = reflector::store();
+    ctx.caches.config_maps = config_maps;
+    ctx.caches.services = services;
+    ctx.caches.jobs = jobs;
     let model = model(VALIDATED);
     let job_name = job_name(&model);
+    let config_path = "/api/v1/namespaces/ml/configmaps/bert-runtime-config";
+    let service_path = "/api/v1/namespaces/ml/services/bert-service";
+    let job_path = format!("/apis/batch/v1/namespaces/ml/jobs/{job_name}");
     let script = async {
+        // Starting the Job, every name is read: a taken one is reported before the Job runs.
         for path in [
-            "/api/v1/namespaces/ml/configmaps/bert-runtime-config".to_owned(),
-            format!("/apis/batch/v1/namespaces/ml/jobs/{job_name}"),
+            config_path.to_owned(),
+            job_path.clone(),
             "/apis/apps/v1/namespaces/ml/deployments/bert".to_owned(),
-            "/api/v1/namespaces/ml/services/bert-service".to_owned(),
+            service_path.to_owned(),
         ] {
             api.expect_absent(&path).await;
         }
         // Configuration first, then the Job that gates the Deployment; the Deployment waits.
         // The Service goes beside them.
-        api.expect_apply("/api/v1/namespaces/ml/configmaps/bert-runtime-config")
+        let config = api
+            .expect(Method::PATCH, config_path, 200, |sent| stored(sent, None))
             .await;
-        api.expect_apply("/api/v1/namespaces/ml/services/bert-service").await;
+        let service = api
+            .expect(Method::PATCH, service_path, 200, |sent| stored(sent, None))
+            .await;
         let job = api
-            .expect_apply(&format!("/apis/batch/v1/namespaces/ml/jobs/{job_name}"))
+            .expect(Method::PATCH, &job_path, 200, |sent| stored(sent, Some(1)))
             .await;
         assert_eq!(job.body["spec"]["backoffLimit"], 0);
         let status = api.expect_status_write(&model).await;
         assert_eq!(status.body["status"]["phase"], "Validating", "{:#}", status.body);
-        api
+        (api, config.body, service.body, job.body, status.body)
     };
-    let (outcome, api) = within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
-    drop(ctx);
-    api.expect_nothing_more().await;
+    let (outcome, (api, config, service, job, status)) =
+        within(async { tokio::join!(reconcile(&model, &ctx), script) }).await;
     let outcome = outcome.unwrap();
     let work = outcome.reconciled_work().unwrap();
     assert_eq!(work.started_validation.as_deref(), Some(job_name.as_str()));
@@ -380,6 +392,29 @@ async fn a_version_awaiting_validation_gets_its_job_and_no_deployment() {
         condition(&work.status, conditions::VALIDATED).reason,
         reasons::VALIDATION_RUNNING
     );
+
+    // The watches bring back what was written, and the Job's pod runs: the reconciles its
+    // events bring read no name (nothing is written until the Job passes) and write nothing.
+    config_map_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+        serde_json::from_value(stored(&config, None)).unwrap(),
+    ));
+    service_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+        serde_json::from_value(stored(&service, None)).unwrap(),
+    ));
+    let mut running = stored(&job, Some(1));
+    running["status"] = json!({"active": 1});
+    job_cache.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+        serde_json::from_value(running).unwrap(),
+    ));
+    let mut validating = model.clone();
+    validating.status = serde_json::from_value(status["status"].clone()).unwrap();
+    let outcome = within(reconcile(&validating, &ctx))
+        .await
+        .expect("reconciled while validating");
+    let work = outcome.reconciled_work().expect("reconciled");
+    assert!(!work.status_written, "{:#?}", work.status);
+    drop(ctx);
+    api.expect_nothing_more().await;
 }
 
 #[tokio::test]
