@@ -233,6 +233,35 @@ pub fn check_capacity(
     }
 }
 
+/// The report of a model at zero, from `report` for no unscheduled replica: it needs no GPU,
+/// so it is never short of one (a phase `Pending` would say it waits for something); the
+/// message says what it still holds (`stopping` replicas on their way out) and the room a
+/// wake would find, or why a wake would wait for GPUs.
+pub fn capacity_at_zero(report: CapacityReport, stopping: usize) -> CapacityReport {
+    let holds = if stopping == 0 {
+        "scaled to zero: the model holds no GPU".to_owned()
+    } else {
+        format!("scaled to zero: {stopping} replica(s) still stopping hold their GPUs until they are gone")
+    };
+    if report.fits {
+        // "every replica has its …; room for …": at zero only the room is news.
+        let room = report
+            .message
+            .split_once("; ")
+            .map_or(report.message.as_str(), |(_, room)| room);
+        CapacityReport {
+            message: format!("{holds}; {room}"),
+            ..report
+        }
+    } else {
+        CapacityReport {
+            fits: true,
+            reason: reasons::SCALED_TO_ZERO,
+            message: format!("{holds}; a wake would wait for GPUs: {}", report.message),
+        }
+    }
+}
+
 /// Kubernetes' toleration semantics for the taints that keep pods off a node.
 fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
     if taint.effect == "PreferNoSchedule" {
@@ -404,6 +433,30 @@ mod tests {
             report.message
         );
         assert!(report.message.len() < 600, "{} bytes", report.message.len());
+    }
+
+    #[test]
+    fn a_model_at_zero_is_never_short_of_gpus_and_says_what_a_wake_would_find() {
+        let nodes = [a100_node("gpu-a100-0", 8, 6), cpu_node()];
+        let room = capacity_at_zero(check_capacity(&placement("count: 2"), 0, &gpu_constraints(), &nodes), 0);
+        assert_eq!((room.fits, room.reason), (true, "GPUsAvailable"), "{room:?}");
+        assert_eq!(
+            room.message,
+            "scaled to zero: the model holds no GPU; room for 1 more: 2 free on 1 matching node(s)"
+        );
+        let nowhere = capacity_at_zero(
+            check_capacity(&placement("products: [Tesla-T4]"), 0, &gpu_constraints(), &nodes),
+            2,
+        );
+        assert_eq!((nowhere.fits, nowhere.reason), (true, "ScaledToZero"), "{nowhere:?}");
+        assert!(
+            nowhere.message.starts_with(
+                "scaled to zero: 2 replica(s) still stopping hold their GPUs until they are gone; \
+                 a wake would wait for GPUs: needs 1 × nvidia.com/gpu on Tesla-T4 per replica; none of the 2 nodes"
+            ),
+            "{}",
+            nowhere.message
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::build::pod_tolerations;
 use crate::{
     api::ModelDeployment,
     api::ReplicaGpus,
-    gpu::{CapacityReport, NodeGpus, PodConstraints, check_capacity, dra, requested_per_node},
+    gpu::{CapacityReport, NodeGpus, PodConstraints, capacity_at_zero, check_capacity, dra, requested_per_node},
     vocabulary::{
         ActivatorEndpoints, GpuAllocation, GpuPlacement, Scaling, Validated,
         cached::{CachedDeployment, CachedPod, CachedService},
@@ -233,21 +233,8 @@ impl Caches {
             &constraints,
             &nodes,
         );
-        if wanted == 0 && report.fits {
-            // At zero the report is about the GPUs given back, and the room a wake would find.
-            let room = report
-                .message
-                .split_once("; ")
-                .map_or(report.message.as_str(), |(_, room)| room)
-                .to_owned();
-            report.message = if live.is_empty() {
-                format!("scaled to zero: the model holds no GPU; {room}")
-            } else {
-                format!(
-                    "scaled to zero: {} replica(s) still stopping hold their GPUs until they are gone; {room}",
-                    live.len()
-                )
-            };
+        if wanted == 0 {
+            report = capacity_at_zero(report, live.len());
         }
         if let Some(namespace) = &self.pods_namespace {
             report.message.push_str(&format!(
