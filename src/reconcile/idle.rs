@@ -172,10 +172,16 @@ pub fn look(after: Duration, mark: Option<&IdleStatus>, seen: Option<Seen>, read
     }
 }
 
-/// The count last seen for each busy model (namespace, name), shared by every reconcile.
+/// Looks in a row whose count could not be read before the model says it will not go to zero:
+/// one failed read is a blip (a replica restarting), not worth a status write and back.
+pub const UNREADABLE_LOOKS_REPORTED: u32 = 2;
+
+/// The count last seen for each busy model (namespace, name), and how many looks in a row
+/// could not read it, shared by every reconcile.
 #[derive(Debug, Default)]
 pub struct IdleClocks {
     seen: Mutex<HashMap<(String, String), Seen>>,
+    unreadable: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl IdleClocks {
@@ -200,9 +206,25 @@ impl IdleClocks {
         }
     }
 
+    /// Counts a look whose reading could (`false`) or could not (`true`) be read, and returns
+    /// the looks in a row that could not.
+    pub fn unreadable_looks(&self, namespace: &str, name: &str, unreadable: bool) -> u32 {
+        let mut looks = self.unreadable.lock().expect("idle clocks lock");
+        let key = (namespace.to_owned(), name.to_owned());
+        if unreadable {
+            let count = looks.entry(key).or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        } else {
+            looks.remove(&key);
+            0
+        }
+    }
+
     /// Drops what is kept for a model that is gone.
     pub fn forget(&self, namespace: &str, name: &str) {
         forget_model(&mut self.seen.lock().expect("idle clocks lock"), namespace, name);
+        forget_model(&mut self.unreadable.lock().expect("idle clocks lock"), namespace, name);
     }
 
     /// The models with a clock now.
@@ -345,6 +367,23 @@ mod tests {
             assert_eq!(kept.idle, Some(mark(0, 7)), "{reading:?}");
             assert!(!kept.goes_to_zero());
         }
+    }
+
+    #[test]
+    fn an_unreadable_count_is_reported_from_the_second_look_in_a_row_until_one_reads() {
+        let clocks = IdleClocks::default();
+        let looks: Vec<u32> = [true, true, true, false, true]
+            .into_iter()
+            .map(|unreadable| clocks.unreadable_looks("ml", "drowsy", unreadable))
+            .collect();
+        assert_eq!(looks, [1, 2, 3, 0, 1]);
+        assert_eq!(clocks.unreadable_looks("ml", "other", true), 1, "per model");
+        clocks.forget("ml", "drowsy");
+        assert_eq!(
+            clocks.unreadable_looks("ml", "drowsy", true),
+            1,
+            "forgotten with the model"
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod written_status;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use std::time::Duration;
+use tracing::{debug, warn};
 
 use self::{
     apply::Applied,
@@ -148,6 +149,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
                 model: ModelReadiness::from_pod_readiness(None),
                 // The children stay as they are, and so does the idle clock.
                 idle: previous.and_then(|p| p.idle.clone()),
+                idle_count_unreadable: false,
                 now,
             });
             let status_written = write_status_if_changed(ctx, model, previous, &next).await?;
@@ -169,7 +171,11 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
     };
 
     // 2b. idle: asleep (the Deployment wants no replica), woken, or looked at
-    let (mut idle_mark, idle_recheck) = look_for_idleness(ctx, &mut spec, previous, &observed, now).await;
+    let Idleness {
+        mark: mut idle_mark,
+        recheck: idle_recheck,
+        count_unreadable,
+    } = look_for_idleness(ctx, &mut spec, previous, &observed, now).await;
 
     // 2c. traffic: the activator's while the model has no replica that answers
     let activator = ctx.caches.activator_endpoints();
@@ -240,6 +246,7 @@ async fn reconcile_while_leading(model: &ModelDeployment, ctx: &Context) -> Resu
         capacity,
         model: readiness,
         idle: idle_mark,
+        idle_count_unreadable: count_unreadable,
         now,
     });
     if let Some(gpu) = &spec.gpu {
@@ -370,28 +377,45 @@ async fn apply_children(
     }
 }
 
+/// What step 2b found.
+struct Idleness {
+    /// The status's idle mark.
+    mark: Option<IdleStatus>,
+    /// When to look again.
+    recheck: Option<Duration>,
+    /// The runtimes' request count could not be read at the last few looks, so the model does
+    /// not go to zero; the status says so.
+    count_unreadable: bool,
+}
+
 /// Step 2b, for a model that may go to zero: asleep, its Deployment is built at zero; awake and
 /// serving, the runtimes' request counts are read and judged against its idle clock, and a
-/// model idle for `scaleToZeroAfter` goes to zero in this very reconcile. Returns the status's
-/// idle mark and when to look again.
+/// model idle for `scaleToZeroAfter` goes to zero in this very reconcile.
 async fn look_for_idleness(
     ctx: &Context,
     spec: &mut Validated,
     previous: Option<&ModelDeploymentStatus>,
     observed: &fetch::Observed,
     now: Timestamp,
-) -> (Option<IdleStatus>, Option<Duration>) {
+) -> Idleness {
     let (namespace, name) = (spec.namespace.clone(), spec.name.clone());
     let after = spec.scaling.scale_to_zero_after();
     let mark = previous.and_then(|p| p.idle.as_ref());
+    let quiet = |mark, recheck| Idleness {
+        mark,
+        recheck,
+        count_unreadable: false,
+    };
     match idle::standing(after, mark, observed.deployment.as_deref()) {
         Standing::Never | Standing::Woken => {
             ctx.idle_clocks.set(&namespace, &name, None);
-            (None, None)
+            ctx.idle_clocks.unreadable_looks(&namespace, &name, false);
+            quiet(None, None)
         }
         Standing::Asleep(mark) => {
             spec.asleep = true;
-            (Some(mark), None)
+            ctx.idle_clocks.unreadable_looks(&namespace, &name, false);
+            quiet(Some(mark), None)
         }
         Standing::Awake(mark) => {
             let after = after.expect("a model that may go to zero has an idle time");
@@ -401,14 +425,25 @@ async fn look_for_idleness(
                 .filter(|pod| is_ready(pod) && !is_terminating(pod))
                 .cloned()
                 .collect();
-            let reading = if serving.is_empty() {
-                Reading::NotServing
+            let (reading, unreadable) = if serving.is_empty() {
+                (Reading::NotServing, None)
             } else {
                 match ctx.request_counts.requests_served(&serving).await {
-                    Some(requests) => Reading::Requests(requests.round() as i64),
-                    None => Reading::Unknown,
+                    Ok(requests) => (Reading::Requests(requests.round() as i64), None),
+                    Err(why) => (Reading::Unknown, Some(why)),
                 }
             };
+            let looks = ctx
+                .idle_clocks
+                .unreadable_looks(&namespace, &name, unreadable.is_some());
+            if let Some(why) = &unreadable {
+                // Said once at warn, when the status starts saying it; the looks after at debug.
+                if looks == idle::UNREADABLE_LOOKS_REPORTED {
+                    warn!(model = %name, %namespace, %why, "the request count cannot be read: the model does not go to zero");
+                } else {
+                    debug!(model = %name, %namespace, %why, "the request count cannot be read: no idle verdict");
+                }
+            }
             let look = idle::look(
                 after,
                 mark.as_ref(),
@@ -418,7 +453,11 @@ async fn look_for_idleness(
             );
             ctx.idle_clocks.set(&namespace, &name, look.seen);
             spec.asleep = look.goes_to_zero();
-            (look.idle, Some(look.recheck))
+            Idleness {
+                mark: look.idle,
+                recheck: Some(look.recheck),
+                count_unreadable: looks >= idle::UNREADABLE_LOOKS_REPORTED,
+            }
         }
     }
 }

@@ -111,6 +111,9 @@ pub struct StatusInputs<'a> {
     pub model: ModelReadiness,
     /// The idle mark of a model that may go to zero (`crate::reconcile::idle`).
     pub idle: Option<IdleStatus>,
+    /// A model that may go to zero whose runtimes' request count cannot be read: it stays up,
+    /// and `Available` says why.
+    pub idle_count_unreadable: bool,
     pub now: Timestamp,
 }
 
@@ -126,6 +129,7 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         capacity,
         model,
         idle,
+        idle_count_unreadable,
         now,
     } = inputs;
     let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
@@ -287,20 +291,28 @@ pub fn compute(inputs: StatusInputs<'_>) -> ModelDeploymentStatus {
         );
     } else if at_zero {
         conditions.set(conditions::AVAILABLE, false, reasons::SCALED_TO_ZERO, &zero_message);
-    } else if ready_replicas > 0 && ready_replicas >= wanted {
-        conditions.set(
-            conditions::AVAILABLE,
-            true,
-            reasons::DEPLOYMENT_AVAILABLE,
-            &format!("{ready_replicas} of {wanted} replica(s) ready"),
-        );
     } else if ready_replicas > 0 {
-        conditions.set(
-            conditions::AVAILABLE,
-            true,
-            reasons::REDUCED_CAPACITY,
-            &format!("{ready_replicas} of {wanted} replica(s) ready; the others are starting or being replaced"),
-        );
+        // A model that may go to zero and cannot tell whether it is idle stays up: said here,
+        // since it is about how many replicas it keeps.
+        let stays_up = if idle_count_unreadable {
+            "; it does not go to zero while its runtime's request count cannot be read (the operator's log says why)"
+        } else {
+            ""
+        };
+        let (reason, message) = if ready_replicas >= wanted {
+            (
+                reasons::DEPLOYMENT_AVAILABLE,
+                format!("{ready_replicas} of {wanted} replica(s) ready{stays_up}"),
+            )
+        } else {
+            (
+                reasons::REDUCED_CAPACITY,
+                format!(
+                    "{ready_replicas} of {wanted} replica(s) ready; the others are starting or being replaced{stays_up}"
+                ),
+            )
+        };
+        conditions.set(conditions::AVAILABLE, true, reason, &message);
     } else {
         conditions.set(
             conditions::AVAILABLE,

@@ -301,6 +301,49 @@ async fn an_idle_model_goes_to_zero_by_itself_and_the_first_request_wakes_it() {
     ns.delete().await;
 }
 
+/// A model that may go to zero whose runtime's request count the operator cannot read (kwok's
+/// pod IPs are not dialled, and no `--runtime-metrics-endpoint` names it) is never guessed idle:
+/// it stays up past its idle time, and its status and the operator's log say why.
+#[tokio::test]
+async fn a_model_whose_request_count_cannot_be_read_stays_up_and_says_why() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let client = cluster().await;
+    let ns = TestNamespace::create(&client, "e2e-unread").await;
+    let operator = Operator::start(&ns.name, "unread-op");
+    ns.apply_model(&model_that_may_go_to_zero("blind", "2s")).await.unwrap();
+    let said = eventually(SETTLE, "Available says the request count cannot be read", || async {
+        let (model, replicas) = model_and_replicas(&ns, "blind").await?;
+        let status = model.status?;
+        let available = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == model_operator::api::conditions::AVAILABLE)?;
+        (available.status == "True" && replicas == 1 && available.message.contains("does not go to zero"))
+            .then(|| available.message.clone())
+    })
+    .await;
+    // Three idle times later it still serves, and no idle clock was started.
+    tokio::time::sleep(IDLE * 3).await;
+    let (model, replicas) = model_and_replicas(&ns, "blind").await.unwrap();
+    let status = model.status.unwrap();
+    assert_eq!(replicas, 1, "{status:#?}");
+    assert_eq!(status.phase, Some(Phase::Ready), "{status:#?}");
+    assert_eq!(status.idle, None, "{status:#?}");
+    let log = operator.log_text();
+    let warned = log
+        .lines()
+        .filter(|line| line.contains("the request count cannot be read: the model does not go to zero"))
+        .collect::<Vec<_>>();
+    assert_eq!(warned.len(), 1, "said once at warn, then at debug: {log}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("have no address"),
+        "{}",
+        warned[0]
+    );
+    eprintln!("{said}");
+    ns.delete().await;
+}
+
 /// A stand-in for the activator's Service as the EndpointSlice controller would list it: only
 /// its slices matter to the operator, and their addresses are never dialled here.
 async fn fake_activator_slice(ns: &TestNamespace, addresses: &[&str]) {

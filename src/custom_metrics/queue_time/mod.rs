@@ -151,31 +151,34 @@ impl QueueTimeSource {
     }
 
     /// The requests the runtimes of `pods` have served in all, for the idle check of a model
-    /// that may go to zero; `None` when one of them cannot be reached or read, since then what
-    /// it served is unknown. Nothing is kept.
-    pub async fn requests_served(&self, pods: &[Arc<CachedPod>]) -> Option<f64> {
-        let Some(targets) = pods.iter().map(|pod| self.target(pod)).collect::<Option<Vec<Target>>>() else {
-            debug!(
-                "a serving pod's runtime metrics cannot be reached (no IP, or --probe-pod-ips=false without a --runtime-metrics-endpoint): no idle verdict"
-            );
-            return None;
-        };
-        let reads: Vec<Result<QueueCounters, ReadError>> = stream::iter(targets)
-            .map(|target| async move { self.read(&target).await })
+    /// that may go to zero; an error, saying which pod and why, when one of them cannot be
+    /// reached or read, since then what it served is unknown. Nothing is kept.
+    pub async fn requests_served(&self, pods: &[Arc<CachedPod>]) -> Result<f64, String> {
+        let mut targets = Vec::with_capacity(pods.len());
+        for pod in pods {
+            match self.target(pod) {
+                Some(target) => targets.push(target),
+                None => {
+                    return Err(format!(
+                        "pod {}: its runtime's metrics have no address (no pod IP, or --probe-pod-ips=false without a --runtime-metrics-endpoint for the model)",
+                        pod.name_any()
+                    ));
+                }
+            }
+        }
+        let reads: Vec<(String, Result<QueueCounters, ReadError>)> = stream::iter(targets)
+            .map(|target| async move { (target.pod.clone(), self.read(&target).await) })
             .buffer_unordered(CONCURRENT_READS)
             .collect()
             .await;
         let mut served = 0.0;
-        for read in reads {
+        for (pod, read) in reads {
             match read {
                 Ok(counters) => served += counters.requests,
-                Err(error) => {
-                    debug!(%error, "a runtime's request count could not be read: no idle verdict this time");
-                    return None;
-                }
+                Err(error) => return Err(format!("pod {pod}: {error}")),
             }
         }
-        Some(served)
+        Ok(served)
     }
 
     /// Each pod's mean queue time since an earlier read, for the pods that have one.

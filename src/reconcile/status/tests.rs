@@ -84,6 +84,7 @@ fn inputs<'a>(
         capacity: None,
         model: ModelReadiness::from_pod_readiness(deployment),
         idle: None,
+        idle_count_unreadable: false,
         now: at(0),
     }
 }
@@ -218,6 +219,7 @@ fn an_invalid_spec_fails_with_the_field_errors_and_keeps_the_serving_version() {
         capacity: None,
         model: ModelReadiness::from_pod_readiness(None),
         idle: None,
+        idle_count_unreadable: false,
         now: at(0),
     });
     assert_eq!(status.phase, Some(Phase::Failed));
@@ -517,6 +519,33 @@ fn a_model_at_zero_is_scaled_to_zero_not_deploying_and_says_how_it_wakes() {
     assert_eq!(
         status.message.as_deref(),
         Some("scaled to zero (replicas: 0); 2 replica(s) still stopping")
+    );
+}
+
+#[test]
+fn a_model_that_cannot_tell_whether_it_is_idle_stays_up_and_says_why() {
+    let spec = validated(&TRITON.replace(
+        "  gpu: {count: 2}\n",
+        "  gpu: {count: 2}\n  autoscale: true\n  autoscaling: {minReplicas: 0, scaleToZeroAfter: 15m}\n",
+    ));
+    let deployment = deployment(AVAILABLE_V2);
+    let status = compute(StatusInputs {
+        idle_count_unreadable: true,
+        ..inputs(&spec, Some(&deployment), succeeded())
+    });
+    let available = condition(&status, conditions::AVAILABLE);
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("True", "DeploymentAvailable")
+    );
+    assert_eq!(
+        available.message,
+        "2 of 2 replica(s) ready; it does not go to zero while its runtime's request count cannot be read (the operator's log says why)"
+    );
+    let readable = compute(inputs(&spec, Some(&deployment), succeeded()));
+    assert_eq!(
+        condition(&readable, conditions::AVAILABLE).message,
+        "2 of 2 replica(s) ready"
     );
 }
 
