@@ -290,6 +290,37 @@ fn strip_nulls(value: &mut Value) {
 mod tests {
     use super::*;
 
+    fn with_idle_time(scale_to_zero_after: &str) -> Value {
+        serde_json::json!({
+            "apiVersion": "mlops.sathvik.dev/v1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "drowsy"},
+            "spec": {
+                "modelURI": "https://models.example.com/model.pt",
+                "runtime": "fastapi-pytorch",
+                "autoscale": true,
+                "resources": {"requests": {"cpu": "1"}},
+                "autoscaling": {"minReplicas": 0, "scaleToZeroAfter": scale_to_zero_after},
+            },
+        })
+    }
+
+    #[test]
+    fn an_idle_time_under_two_seconds_is_refused_by_the_crd_and_a_malformed_one_by_its_pattern_alone() {
+        for fine in ["2s", "2000ms", "15m", "1h30m"] {
+            let errors = admit_all(&with_idle_time(fine)).errors;
+            assert!(errors.is_empty(), "{fine}: {errors:?}");
+        }
+        let short = admit_all(&with_idle_time("1500ms")).errors;
+        assert_eq!(short.len(), 1, "{short:?}");
+        assert_eq!(short[0].field, "spec.autoscaling.scaleToZeroAfter");
+        assert!(short[0].message.contains("must be at least 2s"), "{}", short[0].message);
+        // The pattern's refusal, and no CEL evaluation error beside it.
+        let malformed = admit_all(&with_idle_time("ten minutes")).errors;
+        assert_eq!(malformed.len(), 1, "{malformed:?}");
+        assert_eq!(malformed[0].field, "spec.autoscaling.scaleToZeroAfter");
+    }
+
     #[test]
     fn json_pointers_become_field_paths() {
         assert_eq!(pointer_to_field_path("/spec/gpu/count"), "spec.gpu.count");

@@ -276,6 +276,10 @@ fn default_gpu_count() -> i32 {
 #[x_kube(
     validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not be greater than maxReplicas").field_path(".minReplicas"),
     validation = Rule::new("!has(self.scaleToZeroAfter) || self.minReplicas == 0").message("scaleToZeroAfter needs minReplicas: 0; with a minimum of one or more the model never goes to zero").field_path(".scaleToZeroAfter"),
+    // The least idle time is MIN_SCALE_TO_ZERO_AFTER (reconcile/validate.rs), refused here so that
+    // `kubectl apply` hears of it; a value that is no duration is the pattern's to refuse, not a
+    // CEL evaluation error's.
+    validation = Rule::new("!has(self.scaleToZeroAfter) || !self.scaleToZeroAfter.matches('^([0-9]+(ms|s|m|h))+$') || duration(self.scaleToZeroAfter) >= duration('2s')").message("scaleToZeroAfter must be at least 2s: the runtimes' request counts are read about once a second, and a shorter idle time would put a model with sparse traffic to sleep between two requests").field_path(".scaleToZeroAfter"),
     validation = Rule::new("!has(self.coldStartTimeout) || self.minReplicas == 0").message("coldStartTimeout needs minReplicas: 0: only a model that goes to zero has a cold start to wait for").field_path(".coldStartTimeout"),
 )]
 pub struct AutoscalingSpec {
